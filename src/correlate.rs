@@ -1,0 +1,103 @@
+//! Correlate: evidence → alerts → incidents (candidate threats).
+//!
+//! Second stage of the pipeline. A GUIDE incident is `(OrgId, IncidentId)`; the key always
+//! includes the tenant, so no candidate threat ever spans two tenants. Grouping uses ordered maps:
+//! the incidents (and their order) do not depend on the order of the input rows.
+
+use crate::domain::{AlertId, Evidence, Grade, IncidentKey};
+use std::collections::BTreeMap;
+
+/// One candidate threat: the evidence rows of one `(tenant, incident)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incident {
+    /// tenant + incident id
+    pub key: IncidentKey,
+    /// indices into the evidence slice, ascending
+    pub evidence: Vec<u32>,
+    /// distinct alerts, ascending
+    pub alerts: Vec<AlertId>,
+    /// earliest evidence time (Unix seconds)
+    pub first_seen: i64,
+    /// latest evidence time
+    pub last_seen: i64,
+    /// the analysts' grade, when labels were read: the most frequent grade among its rows
+    /// (ties → TP, then BP, then FP); GUIDE grades are per incident so they agree
+    pub grade: Option<Grade>,
+    /// number of rows whose grade disagreed with [`Incident::grade`]
+    pub grade_conflicts: u32,
+}
+
+/// Incidents of one input, sorted by key, with the incident of every evidence row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Correlated {
+    /// incidents, sorted by (tenant, incident)
+    pub incidents: Vec<Incident>,
+    /// for each evidence row, the index of its incident in `incidents`
+    pub incident_of: Vec<u32>,
+}
+
+impl Correlated {
+    /// Incidents that carry a grade (training and evaluation use these).
+    pub fn labelled(&self) -> impl Iterator<Item = (usize, &Incident, Grade)> {
+        self.incidents
+            .iter()
+            .enumerate()
+            .filter_map(|(i, inc)| inc.grade.map(|g| (i, inc, g)))
+    }
+}
+
+/// Groups evidence into incidents.
+///
+/// ```
+/// use threatrank::correlate::group_incidents;
+/// let incidents = group_incidents(&[]);
+/// assert!(incidents.incidents.is_empty());
+/// ```
+pub fn group_incidents(evidence: &[Evidence]) -> Correlated {
+    let mut groups: BTreeMap<IncidentKey, Vec<u32>> = BTreeMap::new();
+    for (i, e) in evidence.iter().enumerate() {
+        groups.entry(e.incident_key()).or_default().push(i as u32);
+    }
+    let mut incident_of = vec![0u32; evidence.len()];
+    let incidents = groups
+        .into_iter()
+        .enumerate()
+        .map(|(k, (key, rows))| {
+            let mut alerts: Vec<AlertId> = rows.iter().map(|&r| evidence[r as usize].alert).collect();
+            alerts.sort_unstable();
+            alerts.dedup();
+            let mut counts = [0u32; 3];
+            let (mut first, mut last) = (i64::MAX, i64::MIN);
+            for &r in &rows {
+                let e = &evidence[r as usize];
+                incident_of[r as usize] = k as u32;
+                first = first.min(e.timestamp);
+                last = last.max(e.timestamp);
+                if let Some(g) = e.grade {
+                    counts[g.class_id() as usize] += 1;
+                }
+            }
+            let total: u32 = counts.iter().sum();
+            let (grade, conflicts) = if total == 0 {
+                (None, 0)
+            } else {
+                // max_by_key keeps the last maximum: iterate in reverse so ties go to TP.
+                let best = (0..3).rev().max_by_key(|&c| counts[c]).unwrap_or(0);
+                (Grade::from_class_id(best as u8), total - counts[best])
+            };
+            Incident {
+                key,
+                evidence: rows,
+                alerts,
+                first_seen: first,
+                last_seen: last,
+                grade,
+                grade_conflicts: conflicts,
+            }
+        })
+        .collect();
+    Correlated {
+        incidents,
+        incident_of,
+    }
+}

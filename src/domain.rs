@@ -1,0 +1,250 @@
+//! Plain data of the pipeline: evidence → alert → incident, grades and id newtypes.
+//!
+//! First stop of the pipeline's types (no I/O here). One GUIDE CSV row is one [`Evidence`]; rows
+//! sharing `(tenant, alert)` form an alert, rows sharing `(tenant, incident)` an incident — the
+//! candidate threat that gets graded and ranked. A tenant is GUIDE's `OrgId`.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+macro_rules! id_newtype {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+id_newtype!(
+    /// A customer tenant (GUIDE `OrgId`). Nothing is ever grouped across two tenants.
+    TenantId
+);
+id_newtype!(
+    /// An incident id, unique only within its tenant (GUIDE `IncidentId`).
+    IncidentId
+);
+id_newtype!(
+    /// An alert id (GUIDE `AlertId`).
+    AlertId
+);
+
+/// A candidate threat's key: incidents are per tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct IncidentKey {
+    /// owning tenant
+    pub tenant: TenantId,
+    /// incident within the tenant
+    pub incident: IncidentId,
+}
+
+impl fmt::Display for IncidentKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.incident)
+    }
+}
+
+/// An analyst's verdict on an incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Grade {
+    /// real malicious activity
+    TruePositive,
+    /// real activity that is allowed (admin tool, pentest): not a false positive
+    BenignPositive,
+    /// the detection was wrong
+    FalsePositive,
+}
+
+impl Grade {
+    /// All grades in class-id order.
+    pub const ALL: [Grade; 3] = [
+        Grade::TruePositive,
+        Grade::BenignPositive,
+        Grade::FalsePositive,
+    ];
+
+    /// Class id used by `models`: TP = 0, BP = 1, FP = 2.
+    pub fn class_id(self) -> u8 {
+        self as u8
+    }
+
+    /// Inverse of [`Grade::class_id`].
+    pub fn from_class_id(id: u8) -> Option<Grade> {
+        Self::ALL.get(id as usize).copied()
+    }
+
+    /// GUIDE spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Grade::TruePositive => "TruePositive",
+            Grade::BenignPositive => "BenignPositive",
+            Grade::FalsePositive => "FalsePositive",
+        }
+    }
+
+    /// Short form (TP/BP/FP).
+    pub fn short(self) -> &'static str {
+        match self {
+            Grade::TruePositive => "TP",
+            Grade::BenignPositive => "BP",
+            Grade::FalsePositive => "FP",
+        }
+    }
+
+    /// Parses the GUIDE spelling or the short form.
+    pub fn parse(s: &str) -> Option<Grade> {
+        match s {
+            "TruePositive" | "TP" => Some(Grade::TruePositive),
+            "BenignPositive" | "BP" => Some(Grade::BenignPositive),
+            "FalsePositive" | "FP" => Some(Grade::FalsePositive),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Grade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Alert severity (native format only; GUIDE carries none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// informational
+    Informational,
+    /// low
+    Low,
+    /// medium
+    Medium,
+    /// high
+    High,
+    /// critical
+    Critical,
+}
+
+impl Severity {
+    /// 0 (informational) … 4 (critical).
+    pub fn rank(self) -> u8 {
+        self as u8
+    }
+}
+
+/// The entity columns of a GUIDE row (anonymized integer codes; `None` = empty cell).
+///
+/// GUIDE marks "not present" with frequent sentinel codes (e.g. 98799 for `DeviceId`); those
+/// are kept as they are here and recognised in `features`, where the sentinels are learnt as
+/// the most frequent code per column.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entities {
+    /// codes in [`ENTITY_COLUMNS`] order
+    pub codes: [Option<u64>; N_ENTITY_COLUMNS],
+}
+
+/// Number of entity-code columns.
+pub const N_ENTITY_COLUMNS: usize = 22;
+
+/// GUIDE entity-code columns, in the order of [`Entities::codes`].
+pub const ENTITY_COLUMNS: [&str; N_ENTITY_COLUMNS] = [
+    "DeviceId",
+    "Sha256",
+    "IpAddress",
+    "Url",
+    "AccountSid",
+    "AccountUpn",
+    "AccountObjectId",
+    "AccountName",
+    "DeviceName",
+    "NetworkMessageId",
+    "EmailClusterId",
+    "RegistryKey",
+    "RegistryValueName",
+    "RegistryValueData",
+    "ApplicationId",
+    "ApplicationName",
+    "OAuthApplicationId",
+    "FileName",
+    "FolderPath",
+    "ResourceIdName",
+    "OSFamily",
+    "OSVersion",
+];
+
+/// One piece of evidence (one GUIDE row, or one entity of a native alert).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    /// 0-based index of the input record this came from (CSV data row or JSONL line record);
+    /// score output is aligned on it.
+    pub record: u32,
+    /// GUIDE `Id` (not unique: never a key)
+    pub id: u64,
+    /// tenant
+    pub tenant: TenantId,
+    /// incident within tenant
+    pub incident: IncidentId,
+    /// alert
+    pub alert: AlertId,
+    /// seconds since the Unix epoch (UTC)
+    pub timestamp: i64,
+    /// detector identity (GUIDE `DetectorId`, or the native detector name)
+    pub detector: String,
+    /// alert title identity (GUIDE `AlertTitle` code, or native title)
+    pub title: String,
+    /// alert category (GUIDE `Category`, e.g. `InitialAccess`)
+    pub category: String,
+    /// ATT&CK technique ids, e.g. `T1566.002`
+    pub techniques: Vec<String>,
+    /// analyst grade, when known and when labels were read
+    pub grade: Option<Grade>,
+    /// entity type (GUIDE `EntityType`, e.g. `Ip`, `User`)
+    pub entity_type: String,
+    /// `Impacted` (true) or `Related` (false)
+    pub impacted: bool,
+    /// entity codes
+    pub entities: Entities,
+    /// GUIDE `SuspicionLevel` (empty = None)
+    pub suspicion_level: Option<String>,
+    /// GUIDE `LastVerdict`
+    pub last_verdict: Option<String>,
+    /// GUIDE `ThreatFamily`
+    pub threat_family: Option<String>,
+    /// GUIDE `AntispamDirection`
+    pub antispam_direction: Option<String>,
+    /// GUIDE `Roles`
+    pub roles: Option<String>,
+    /// native severity
+    pub severity: Option<Severity>,
+}
+
+impl Evidence {
+    /// The incident this evidence belongs to.
+    pub fn incident_key(&self) -> IncidentKey {
+        IncidentKey {
+            tenant: self.tenant,
+            incident: self.incident,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grade_round_trips() {
+        for g in Grade::ALL {
+            assert_eq!(Grade::parse(g.name()), Some(g));
+            assert_eq!(Grade::parse(g.short()), Some(g));
+            assert_eq!(Grade::from_class_id(g.class_id()), Some(g));
+        }
+        assert_eq!(Grade::parse("truepositive"), None);
+        assert_eq!(Grade::from_class_id(3), None);
+    }
+}

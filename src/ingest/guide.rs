@@ -1,0 +1,457 @@
+//! Streaming reader for Microsoft GUIDE CSV exports (`GUIDE_Train.csv`: 45 columns,
+//! `GUIDE_Test.csv`: 46 with `Usage`). Columns are found by header name, so order and extra
+//! columns do not matter; the required ones are [`GUIDE_REQUIRED`].
+
+use super::{IngestError, IngestValidParams, RecordResult, RecordSource, Rejection};
+use super::time::parse_rfc3339;
+use crate::domain::{
+    AlertId, Entities, Evidence, Grade, IncidentId, TenantId, ENTITY_COLUMNS, N_ENTITY_COLUMNS,
+};
+use csv::ByteRecord;
+use std::io::Read;
+
+/// All 46 columns of `GUIDE_Test.csv`, in file order (`GUIDE_Train.csv` lacks `Usage`).
+pub const GUIDE_COLUMNS: [&str; 46] = [
+    "Id",
+    "OrgId",
+    "IncidentId",
+    "AlertId",
+    "Timestamp",
+    "DetectorId",
+    "AlertTitle",
+    "Category",
+    "MitreTechniques",
+    "IncidentGrade",
+    "ActionGrouped",
+    "ActionGranular",
+    "EntityType",
+    "EvidenceRole",
+    "DeviceId",
+    "Sha256",
+    "IpAddress",
+    "Url",
+    "AccountSid",
+    "AccountUpn",
+    "AccountObjectId",
+    "AccountName",
+    "DeviceName",
+    "NetworkMessageId",
+    "EmailClusterId",
+    "RegistryKey",
+    "RegistryValueName",
+    "RegistryValueData",
+    "ApplicationId",
+    "ApplicationName",
+    "OAuthApplicationId",
+    "ThreatFamily",
+    "FileName",
+    "FolderPath",
+    "ResourceIdName",
+    "ResourceType",
+    "Roles",
+    "OSFamily",
+    "OSVersion",
+    "AntispamDirection",
+    "SuspicionLevel",
+    "LastVerdict",
+    "CountryCode",
+    "State",
+    "City",
+    "Usage",
+];
+
+/// Columns a GUIDE file must have.
+pub const GUIDE_REQUIRED: [&str; 10] = [
+    "Id",
+    "OrgId",
+    "IncidentId",
+    "AlertId",
+    "Timestamp",
+    "DetectorId",
+    "AlertTitle",
+    "Category",
+    "EntityType",
+    "EvidenceRole",
+];
+
+/// Column positions resolved from the header.
+#[derive(Debug, Clone)]
+struct Columns {
+    id: usize,
+    org: usize,
+    incident: usize,
+    alert: usize,
+    timestamp: usize,
+    detector: usize,
+    title: usize,
+    category: usize,
+    entity_type: usize,
+    role: usize,
+    techniques: Option<usize>,
+    grade: Option<usize>,
+    entities: [Option<usize>; N_ENTITY_COLUMNS],
+    suspicion: Option<usize>,
+    verdict: Option<usize>,
+    family: Option<usize>,
+    antispam: Option<usize>,
+    roles: Option<usize>,
+}
+
+/// Streaming GUIDE reader: yields one item per data row.
+pub struct GuideReader<R: Read> {
+    file: String,
+    inner: csv::Reader<R>,
+    header: Vec<String>,
+    cols: Columns,
+    max_field: usize,
+    record: ByteRecord,
+    index: u32,
+    done: bool,
+}
+
+impl<R: Read> GuideReader<R> {
+    /// Reads and checks the header; errors on an empty file or a header lacking
+    /// [`GUIDE_REQUIRED`] columns.
+    pub fn new(reader: R, file: &str, params: &IngestValidParams) -> Result<Self, IngestError> {
+        let mut inner = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(reader);
+        let mut rec = ByteRecord::new();
+        let got = inner.read_byte_record(&mut rec).map_err(|e| IngestError::BadHeader {
+            file: file.to_string(),
+            reason: e.to_string(),
+        })?;
+        if !got {
+            return Err(IngestError::Empty {
+                file: file.to_string(),
+            });
+        }
+        let mut header = Vec::with_capacity(rec.len());
+        for (i, f) in rec.iter().enumerate() {
+            let f = if i == 0 {
+                f.strip_prefix(b"\xef\xbb\xbf").unwrap_or(f)
+            } else {
+                f
+            };
+            let s = std::str::from_utf8(f).map_err(|e| IngestError::BadHeader {
+                file: file.to_string(),
+                reason: format!("field {} is not valid UTF-8 ({e})", i + 1),
+            })?;
+            header.push(s.trim().to_string());
+        }
+        let find = |name: &str| header.iter().position(|h| h == name);
+        let missing: Vec<&str> = GUIDE_REQUIRED
+            .iter()
+            .copied()
+            .filter(|c| find(c).is_none())
+            .collect();
+        if !missing.is_empty() {
+            let shown: Vec<String> = header
+                .iter()
+                .take(6)
+                .map(|h| format!("{:?}", truncate(h, 40)))
+                .collect();
+            return Err(IngestError::Header {
+                file: file.to_string(),
+                missing: missing.join(", "),
+                found: header.len(),
+                found_names: shown.join(", ") + if header.len() > 6 { ", …" } else { "" },
+            });
+        }
+        let req = |name: &str| find(name).unwrap_or(usize::MAX);
+        let mut entities = [None; N_ENTITY_COLUMNS];
+        for (slot, name) in entities.iter_mut().zip(ENTITY_COLUMNS) {
+            *slot = find(name);
+        }
+        let p = params.get();
+        let cols = Columns {
+            id: req("Id"),
+            org: req("OrgId"),
+            incident: req("IncidentId"),
+            alert: req("AlertId"),
+            timestamp: req("Timestamp"),
+            detector: req("DetectorId"),
+            title: req("AlertTitle"),
+            category: req("Category"),
+            entity_type: req("EntityType"),
+            role: req("EvidenceRole"),
+            techniques: find("MitreTechniques"),
+            grade: if p.read_labels {
+                find("IncidentGrade")
+            } else {
+                None
+            },
+            entities,
+            suspicion: find("SuspicionLevel"),
+            verdict: find("LastVerdict"),
+            family: find("ThreatFamily"),
+            antispam: find("AntispamDirection"),
+            roles: find("Roles"),
+        };
+        Ok(Self {
+            file: file.to_string(),
+            inner,
+            header,
+            cols,
+            max_field: p.max_field_bytes,
+            record: ByteRecord::new(),
+            index: 0,
+            done: false,
+        })
+    }
+
+    /// Header names as read.
+    pub fn header(&self) -> &[String] {
+        &self.header
+    }
+
+    fn reject(&self, line: u64, column: Option<usize>, reason: String) -> Rejection {
+        Rejection {
+            file: self.file.clone(),
+            line,
+            record: self.index,
+            column: column.map(|c| self.header[c].clone()),
+            reason,
+        }
+    }
+
+    fn parse(&self, line: u64) -> Result<Evidence, Rejection> {
+        let rec = &self.record;
+        if rec.len() != self.header.len() {
+            let hint = if rec.len() < self.header.len() {
+                " (truncated or malformed row)"
+            } else {
+                " (unquoted separator or malformed row)"
+            };
+            return Err(self.reject(
+                line,
+                None,
+                format!(
+                    "expected {} fields, found {}{hint}",
+                    self.header.len(),
+                    rec.len()
+                ),
+            ));
+        }
+        // Size and encoding of every field, before anything is interpreted.
+        for (i, f) in rec.iter().enumerate() {
+            if f.len() > self.max_field {
+                return Err(self.reject(
+                    line,
+                    Some(i),
+                    format!(
+                        "field of {} bytes exceeds the limit of {} bytes",
+                        f.len(),
+                        self.max_field
+                    ),
+                ));
+            }
+            if let Err(e) = std::str::from_utf8(f) {
+                return Err(self.reject(
+                    line,
+                    Some(i),
+                    format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                ));
+            }
+        }
+        let text = |i: usize| -> &str {
+            // Validated above; an empty string can only come from an impossible index.
+            rec.get(i)
+                .and_then(|f| std::str::from_utf8(f).ok())
+                .unwrap_or("")
+                .trim()
+        };
+        let opt_text = |i: Option<usize>| -> Option<String> {
+            i.map(text).filter(|s| !s.is_empty()).map(str::to_string)
+        };
+        let int = |i: usize| -> Result<u64, Rejection> {
+            let s = text(i);
+            if s.is_empty() {
+                return Err(self.reject(line, Some(i), "empty value (integer required)".into()));
+            }
+            s.parse::<u64>().map_err(|_| {
+                self.reject(
+                    line,
+                    Some(i),
+                    format!("not a non-negative integer: {:?}", truncate(s, 40)),
+                )
+            })
+        };
+        let nonempty = |i: usize| -> Result<String, Rejection> {
+            let s = text(i);
+            if s.is_empty() {
+                Err(self.reject(line, Some(i), "empty value".into()))
+            } else {
+                Ok(s.to_string())
+            }
+        };
+        let c = &self.cols;
+        let id = int(c.id)?;
+        let tenant = TenantId(int(c.org)?);
+        let incident = IncidentId(int(c.incident)?);
+        let alert = AlertId(int(c.alert)?);
+        let timestamp =
+            parse_rfc3339(text(c.timestamp)).map_err(|e| self.reject(line, Some(c.timestamp), e))?;
+        let detector = nonempty(c.detector)?;
+        let title = nonempty(c.title)?;
+        let category = nonempty(c.category)?;
+        let entity_type = nonempty(c.entity_type)?;
+        let impacted = match text(c.role) {
+            "Impacted" => true,
+            "Related" => false,
+            other => {
+                return Err(self.reject(
+                    line,
+                    Some(c.role),
+                    format!("expected Impacted or Related, found {:?}", truncate(other, 40)),
+                ))
+            }
+        };
+        let techniques = match c.techniques {
+            Some(i) => parse_techniques(text(i)).map_err(|e| self.reject(line, Some(i), e))?,
+            None => Vec::new(),
+        };
+        let grade = match c.grade {
+            Some(i) => match text(i) {
+                "" => None,
+                s => Some(Grade::parse(s).ok_or_else(|| {
+                    self.reject(
+                        line,
+                        Some(i),
+                        format!(
+                            "unknown grade {:?} (expected TruePositive, BenignPositive or FalsePositive)",
+                            truncate(s, 40)
+                        ),
+                    )
+                })?),
+            },
+            None => None,
+        };
+        let mut entities = Entities::default();
+        for (slot, col) in entities.codes.iter_mut().zip(c.entities) {
+            if let Some(i) = col {
+                if !text(i).is_empty() {
+                    *slot = Some(int(i)?);
+                }
+            }
+        }
+        Ok(Evidence {
+            record: self.index,
+            id,
+            tenant,
+            incident,
+            alert,
+            timestamp,
+            detector,
+            title,
+            category,
+            techniques,
+            grade,
+            entity_type,
+            impacted,
+            entities,
+            suspicion_level: opt_text(c.suspicion),
+            last_verdict: opt_text(c.verdict),
+            threat_family: opt_text(c.family),
+            antispam_direction: opt_text(c.antispam),
+            roles: opt_text(c.roles),
+            severity: None,
+        })
+    }
+}
+
+/// Parses `T1078;T1078.004` into technique ids; errors name the bad token.
+pub(crate) fn parse_techniques(s: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for tok in s.split([';', ',']) {
+        let tok = tok.trim();
+        if tok.is_empty() {
+            continue;
+        }
+        if !is_technique_id(tok) {
+            return Err(format!(
+                "not an ATT&CK technique id: {:?} (expected like T1566 or T1566.002)",
+                truncate(tok, 40)
+            ));
+        }
+        if !out.iter().any(|t: &String| t == tok) {
+            out.push(tok.to_string());
+        }
+    }
+    Ok(out)
+}
+
+fn is_technique_id(t: &str) -> bool {
+    let b = t.as_bytes();
+    let digits = |s: &[u8]| s.iter().all(u8::is_ascii_digit);
+    match b.len() {
+        5 => b[0] == b'T' && digits(&b[1..5]),
+        9 => b[0] == b'T' && digits(&b[1..5]) && b[5] == b'.' && digits(&b[6..9]),
+        _ => false,
+    }
+}
+
+pub(crate) fn truncate(s: &str, n: usize) -> &str {
+    match s.char_indices().nth(n) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+impl<R: Read> Iterator for GuideReader<R> {
+    type Item = RecordResult;
+
+    fn next(&mut self) -> Option<RecordResult> {
+        if self.done {
+            return None;
+        }
+        loop {
+            let res = self.inner.read_byte_record(&mut self.record);
+            let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+            let item = match res {
+                Ok(false) => {
+                    self.done = true;
+                    return None;
+                }
+                Ok(true) => {
+                    // A blank line inside the file is not a record.
+                    if self.record.len() == 1 && self.record.get(0).is_some_and(|f| f.is_empty())
+                    {
+                        continue;
+                    }
+                    self.parse(line).map(|e| vec![e])
+                }
+                Err(e) => {
+                    // I/O failure mid-file: report it as this record's rejection and stop.
+                    self.done = true;
+                    Err(self.reject(line, None, format!("read error: {e}")))
+                }
+            };
+            self.index += 1;
+            return Some(item);
+        }
+    }
+}
+
+impl<R: Read> RecordSource for GuideReader<R> {
+    fn file_name(&self) -> &str {
+        &self.file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn techniques() {
+        assert_eq!(
+            parse_techniques("T1078;T1078.004; T1078").unwrap(),
+            vec!["T1078", "T1078.004"]
+        );
+        assert!(parse_techniques("").unwrap().is_empty());
+        assert!(parse_techniques("T10;").is_err());
+        assert!(parse_techniques("X1078").is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! Ingest: GUIDE CSV and native JSONL alerts → typed [`Evidence`], with every rejected record
+//! accounted for.
+//!
+//! First stage of the pipeline (`ingest → correlate → features → models → rank`). Readers stream
+//! record by record; a fatal problem with the file itself (missing, empty, wrong header) is an
+//! [`IngestError`], while a bad record becomes a [`Rejection`] naming file, line, column and
+//! reason, and the good records still come through. The invariant every run reports:
+//! `records read = accepted + rejected` ([`IngestReport`]).
+
+mod guide;
+mod native;
+mod time;
+
+pub use guide::{GuideReader, GUIDE_COLUMNS, GUIDE_REQUIRED};
+pub use native::{NativeAlert, NativeEntity, NativeReader};
+pub use time::{format_rfc3339, parse_rfc3339};
+
+use crate::domain::Evidence;
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+/// Fatal ingest errors: the file as a whole cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The file could not be opened or read.
+    #[error("{file}: cannot read: {source}")]
+    Io {
+        /// path
+        file: String,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file holds no bytes at all (not even a header).
+    #[error("{file}: empty file (no header line)")]
+    Empty {
+        /// path
+        file: String,
+    },
+    /// The header lacks required columns.
+    #[error("{file}: line 1: wrong header: missing required column(s) {missing} (found {found} columns: {found_names})")]
+    Header {
+        /// path
+        file: String,
+        /// missing names, comma-separated
+        missing: String,
+        /// number of header fields
+        found: usize,
+        /// the first header fields, for the reader of the message
+        found_names: String,
+    },
+    /// The header line itself is not valid UTF-8 or not CSV.
+    #[error("{file}: line 1: unreadable header: {reason}")]
+    BadHeader {
+        /// path
+        file: String,
+        /// cause
+        reason: String,
+    },
+    /// The format could not be recognised from the file name or content.
+    #[error("{file}: unknown input format: {reason}")]
+    Format {
+        /// path
+        file: String,
+        /// why
+        reason: String,
+    },
+    /// Parameters are out of range.
+    #[error("invalid ingest parameter `{name}`: {reason}")]
+    Param {
+        /// parameter
+        name: &'static str,
+        /// what is wrong
+        reason: String,
+    },
+    /// Writing the rejects file failed.
+    #[error("{file}: cannot write rejects: {reason}")]
+    Rejects {
+        /// path
+        file: String,
+        /// cause
+        reason: String,
+    },
+}
+
+/// One rejected record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// input file
+    pub file: String,
+    /// 1-based line where the record starts
+    pub line: u64,
+    /// 0-based data-record index (aligns score output)
+    pub record: u32,
+    /// offending column (field name), when one is to blame
+    pub column: Option<String>,
+    /// what is wrong
+    pub reason: String,
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.column {
+            Some(c) => write!(f, "{}:{}: column {}: {}", self.file, self.line, c, self.reason),
+            None => write!(f, "{}:{}: {}", self.file, self.line, self.reason),
+        }
+    }
+}
+
+/// Counts of one ingest run: `records == accepted + rejected.len()`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestReport {
+    /// input file
+    pub file: String,
+    /// data records read (header excluded)
+    pub records: u64,
+    /// records accepted
+    pub accepted: u64,
+    /// every rejected record
+    pub rejected: Vec<Rejection>,
+}
+
+impl IngestReport {
+    /// True when `records == accepted + rejected`.
+    pub fn balanced(&self) -> bool {
+        self.records == self.accepted + self.rejected.len() as u64
+    }
+
+    /// One-line summary, e.g. `data.csv: 10000 records read = 9998 accepted + 2 rejected`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {} records read = {} accepted + {} rejected",
+            self.file,
+            self.records,
+            self.accepted,
+            self.rejected.len()
+        )
+    }
+
+    /// Writes the rejects as CSV (`file,line,record,column,reason`), header always present.
+    pub fn write_rejects(&self, path: &Path) -> Result<(), IngestError> {
+        let err = |e: &dyn std::fmt::Display| IngestError::Rejects {
+            file: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        let mut w = csv::Writer::from_path(path).map_err(|e| err(&e))?;
+        w.write_record(["file", "line", "record", "column", "reason"])
+            .map_err(|e| err(&e))?;
+        for r in &self.rejected {
+            w.write_record([
+                r.file.as_str(),
+                &r.line.to_string(),
+                &r.record.to_string(),
+                r.column.as_deref().unwrap_or(""),
+                r.reason.as_str(),
+            ])
+            .map_err(|e| err(&e))?;
+        }
+        w.flush().map_err(|e| err(&e))
+    }
+}
+
+/// Ingest parameters (unchecked). See [`IngestParams::check`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IngestParams {
+    /// Largest accepted field (or JSONL line), in bytes. Default 65,536: GUIDE fields are short
+    /// codes, so a larger one is a broken export, rejected with its line and column.
+    pub max_field_bytes: usize,
+    /// Whether to read the label column (`IncidentGrade` / `grade`). Default true; scoring sets
+    /// it to false so the label is never even parsed.
+    pub read_labels: bool,
+}
+
+impl Default for IngestParams {
+    fn default() -> Self {
+        Self {
+            max_field_bytes: 65_536,
+            read_labels: true,
+        }
+    }
+}
+
+impl IngestParams {
+    /// Sets [`IngestParams::max_field_bytes`] (default 65,536).
+    pub fn max_field_bytes(mut self, n: usize) -> Self {
+        self.max_field_bytes = n;
+        self
+    }
+    /// Sets [`IngestParams::read_labels`] (default true).
+    pub fn read_labels(mut self, yes: bool) -> Self {
+        self.read_labels = yes;
+        self
+    }
+    /// Checks the parameters.
+    pub fn check(&self) -> Result<IngestValidParams, IngestError> {
+        if self.max_field_bytes < 64 {
+            return Err(IngestError::Param {
+                name: "max_field_bytes",
+                reason: format!("{} is below the minimum of 64", self.max_field_bytes),
+            });
+        }
+        Ok(IngestValidParams(self.clone()))
+    }
+}
+
+/// Checked [`IngestParams`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngestValidParams(IngestParams);
+
+impl IngestValidParams {
+    /// The checked values.
+    pub fn get(&self) -> &IngestParams {
+        &self.0
+    }
+}
+
+impl Default for IngestValidParams {
+    fn default() -> Self {
+        Self(IngestParams::default())
+    }
+}
+
+/// Input formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// GUIDE CSV (45 or 46 columns)
+    GuideCsv,
+    /// native JSONL alerts
+    NativeJsonl,
+}
+
+impl InputFormat {
+    /// Guesses from the extension (`.jsonl`/`.ndjson`/`.json` → JSONL, anything else → CSV).
+    pub fn from_path(path: &Path) -> InputFormat {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("jsonl" | "ndjson" | "json") => InputFormat::NativeJsonl,
+            _ => InputFormat::GuideCsv,
+        }
+    }
+}
+
+/// Everything read from one input.
+#[derive(Debug, Clone, Default)]
+pub struct Ingested {
+    /// accepted evidence, in input order
+    pub evidence: Vec<Evidence>,
+    /// counts and rejections
+    pub report: IngestReport,
+}
+
+/// Reads a whole file (format from its extension) into memory.
+pub fn read_path(path: &Path, params: &IngestValidParams) -> Result<Ingested, IngestError> {
+    let name = path.display().to_string();
+    let file = File::open(path).map_err(|source| IngestError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    let reader = BufReader::with_capacity(1 << 16, file);
+    match InputFormat::from_path(path) {
+        InputFormat::GuideCsv => collect(GuideReader::new(reader, &name, params)?),
+        InputFormat::NativeJsonl => collect(NativeReader::new(reader, &name, params)?),
+    }
+}
+
+/// Item of the streaming readers: one record's evidence rows, or its rejection.
+pub type RecordResult = Result<Vec<Evidence>, Rejection>;
+
+/// A streaming reader that knows its file name.
+pub trait RecordSource: Iterator<Item = RecordResult> {
+    /// Input name used in messages.
+    fn file_name(&self) -> &str;
+}
+
+/// Drains a streaming reader into memory, counting as it goes.
+pub fn collect<S: RecordSource>(source: S) -> Result<Ingested, IngestError> {
+    let mut out = Ingested {
+        report: IngestReport {
+            file: source.file_name().to_string(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    for item in source {
+        out.report.records += 1;
+        match item {
+            Ok(ev) => {
+                out.report.accepted += 1;
+                out.evidence.extend(ev);
+            }
+            Err(rej) => out.report.rejected.push(rej),
+        }
+    }
+    Ok(out)
+}
+
+/// Reads from any `Read` with an explicit format (for tests and library callers).
+pub fn read_from<R: Read>(
+    reader: R,
+    name: &str,
+    format: InputFormat,
+    params: &IngestValidParams,
+) -> Result<Ingested, IngestError> {
+    match format {
+        InputFormat::GuideCsv => collect(GuideReader::new(reader, name, params)?),
+        InputFormat::NativeJsonl => collect(NativeReader::new(reader, name, params)?),
+    }
+}
+
+/// Default rejects path next to an output: `<out>.rejects.csv`.
+pub fn rejects_path_for(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".rejects.csv");
+    PathBuf::from(s)
+}

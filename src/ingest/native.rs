@@ -1,0 +1,328 @@
+//! Native JSONL alerts: one alert per line, for pipelines that are not GUIDE-shaped.
+//!
+//! ```text
+//! {"tenant": 42, "alert_id": 7001, "incident_id": 9, "timestamp": "2024-06-06T17:32:50Z",
+//!  "detector": "EDR-credential-dump", "title": "LSASS memory read", "category": "CredentialAccess",
+//!  "techniques": ["T1003.001"], "severity": "high",
+//!  "entities": [{"type": "Machine", "role": "Impacted", "value": "host-17"},
+//!               {"type": "User", "role": "Related", "value": 4411}],
+//!  "grade": "TruePositive", "id": 123}
+//! ```
+//! (shown wrapped; in a file each alert is on one line). Required: `tenant`, `alert_id`,
+//! `timestamp`, `detector`, `title`, `category`. Optional: `incident_id` (absent: the alert is
+//! its own candidate threat), `techniques`, `severity` (informational|low|medium|high|critical),
+//! `entities` (`type`, `role` Impacted|Related, `value` string or integer), `grade` (read only
+//! when labels are read), `id` (echoed in score output; default the line number). Unknown fields
+//! are rejected so that a typo never goes unnoticed. Each entity becomes one [`Evidence`] (an
+//! alert with no entity gives one evidence with entity type `None`). Entity values are mapped to
+//! the GUIDE entity column matching their type; strings are hashed (FNV-1a 64) into codes.
+//! Blank lines are not records.
+
+use super::guide::{parse_techniques, truncate};
+use super::time::parse_rfc3339;
+use super::{IngestError, IngestValidParams, RecordResult, RecordSource, Rejection};
+use crate::domain::{
+    AlertId, Entities, Evidence, Grade, IncidentId, Severity, TenantId, ENTITY_COLUMNS,
+};
+use serde::{Deserialize, Serialize};
+use std::io::{BufRead, BufReader, Read};
+
+/// One native alert line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeAlert {
+    /// tenant id
+    pub tenant: u64,
+    /// alert id
+    pub alert_id: u64,
+    /// incident id, if the source already grouped alerts
+    #[serde(default)]
+    pub incident_id: Option<u64>,
+    /// RFC 3339 time
+    pub timestamp: String,
+    /// detector identity
+    pub detector: String,
+    /// alert title
+    pub title: String,
+    /// category (GUIDE vocabulary preferred, e.g. `InitialAccess`)
+    pub category: String,
+    /// ATT&CK technique ids
+    #[serde(default)]
+    pub techniques: Vec<String>,
+    /// severity
+    #[serde(default)]
+    pub severity: Option<Severity>,
+    /// entities
+    #[serde(default)]
+    pub entities: Vec<NativeEntity>,
+    /// analyst grade (training only)
+    #[serde(default)]
+    pub grade: Option<String>,
+    /// caller's id, echoed in output
+    #[serde(default)]
+    pub id: Option<u64>,
+}
+
+/// One entity of a native alert.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NativeEntity {
+    /// entity type, GUIDE vocabulary (`Ip`, `User`, `Machine`, `File`, `Url`, …)
+    #[serde(rename = "type")]
+    pub entity_type: String,
+    /// `Impacted` or `Related`
+    #[serde(default = "related")]
+    pub role: String,
+    /// identifier: an integer code or any string
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+}
+
+fn related() -> String {
+    "Related".into()
+}
+
+/// Streaming JSONL reader: one item per non-blank line.
+pub struct NativeReader<R: Read> {
+    file: String,
+    inner: BufReader<R>,
+    buf: Vec<u8>,
+    line: u64,
+    index: u32,
+    max_line: usize,
+    read_labels: bool,
+    done: bool,
+}
+
+impl<R: Read> NativeReader<R> {
+    /// Starts reading; errors on an empty input.
+    pub fn new(reader: R, file: &str, params: &IngestValidParams) -> Result<Self, IngestError> {
+        let mut inner = BufReader::with_capacity(1 << 16, reader);
+        let empty = inner
+            .fill_buf()
+            .map_err(|source| IngestError::Io {
+                file: file.to_string(),
+                source,
+            })?
+            .is_empty();
+        if empty {
+            return Err(IngestError::Empty {
+                file: file.to_string(),
+            });
+        }
+        let p = params.get();
+        Ok(Self {
+            file: file.to_string(),
+            inner,
+            buf: Vec::new(),
+            line: 0,
+            index: 0,
+            max_line: p.max_field_bytes,
+            read_labels: p.read_labels,
+            done: false,
+        })
+    }
+
+    fn reject(&self, column: Option<&str>, reason: String) -> Rejection {
+        Rejection {
+            file: self.file.clone(),
+            line: self.line,
+            record: self.index,
+            column: column.map(str::to_string),
+            reason,
+        }
+    }
+
+    fn parse(&self, text: &str) -> Result<Vec<Evidence>, Rejection> {
+        let a: NativeAlert = serde_json::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            let field = msg
+                .split('`')
+                .nth(1)
+                .filter(|_| msg.contains("field"))
+                .map(str::to_string);
+            self.reject(field.as_deref(), format!("invalid alert JSON: {msg}"))
+        })?;
+        let timestamp =
+            parse_rfc3339(&a.timestamp).map_err(|e| self.reject(Some("timestamp"), e))?;
+        for (name, v) in [
+            ("detector", &a.detector),
+            ("title", &a.title),
+            ("category", &a.category),
+        ] {
+            if v.trim().is_empty() {
+                return Err(self.reject(Some(name), "empty value".into()));
+            }
+        }
+        let techniques = parse_techniques(&a.techniques.join(";"))
+            .map_err(|e| self.reject(Some("techniques"), e))?;
+        let grade = match (&a.grade, self.read_labels) {
+            (Some(g), true) if !g.is_empty() => Some(Grade::parse(g).ok_or_else(|| {
+                self.reject(
+                    Some("grade"),
+                    format!("unknown grade {:?}", truncate(g, 40)),
+                )
+            })?),
+            _ => None,
+        };
+        let base = Evidence {
+            record: self.index,
+            id: a.id.unwrap_or(self.line),
+            tenant: TenantId(a.tenant),
+            incident: IncidentId(a.incident_id.unwrap_or(a.alert_id)),
+            alert: AlertId(a.alert_id),
+            timestamp,
+            detector: a.detector.trim().to_string(),
+            title: a.title.trim().to_string(),
+            category: a.category.trim().to_string(),
+            techniques,
+            grade,
+            entity_type: "None".into(),
+            impacted: false,
+            entities: Entities::default(),
+            suspicion_level: None,
+            last_verdict: None,
+            threat_family: None,
+            antispam_direction: None,
+            roles: None,
+            severity: a.severity,
+        };
+        if a.entities.is_empty() {
+            return Ok(vec![base]);
+        }
+        let mut out = Vec::with_capacity(a.entities.len());
+        for (k, ent) in a.entities.iter().enumerate() {
+            let impacted = match ent.role.as_str() {
+                "Impacted" | "impacted" => true,
+                "Related" | "related" => false,
+                other => {
+                    return Err(self.reject(
+                        Some("entities.role"),
+                        format!(
+                            "entity {k}: expected Impacted or Related, found {:?}",
+                            truncate(other, 40)
+                        ),
+                    ))
+                }
+            };
+            if ent.entity_type.trim().is_empty() {
+                return Err(self.reject(
+                    Some("entities.type"),
+                    format!("entity {k}: empty type"),
+                ));
+            }
+            let mut ev = base.clone();
+            ev.entity_type = ent.entity_type.trim().to_string();
+            ev.impacted = impacted;
+            if let Some(slot) = entity_slot(&ev.entity_type) {
+                let code = match &ent.value {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::Number(n)) => match n.as_u64() {
+                        Some(v) => Some(v),
+                        None => Some(fnv1a(n.to_string().as_bytes())),
+                    },
+                    Some(serde_json::Value::String(s)) => Some(fnv1a(s.as_bytes())),
+                    Some(_) => {
+                        return Err(self.reject(
+                            Some("entities.value"),
+                            format!("entity {k}: value must be a string or an integer"),
+                        ))
+                    }
+                };
+                ev.entities.codes[slot] = code;
+            }
+            out.push(ev);
+        }
+        Ok(out)
+    }
+}
+
+/// FNV-1a 64-bit hash (stable across runs and platforms).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// GUIDE entity column that holds an entity of this type.
+fn entity_slot(entity_type: &str) -> Option<usize> {
+    let col = match entity_type {
+        "Machine" => "DeviceId",
+        "File" => "Sha256",
+        "Ip" => "IpAddress",
+        "Url" => "Url",
+        "User" | "Account" => "AccountObjectId",
+        "Mailbox" => "AccountUpn",
+        "MailMessage" => "NetworkMessageId",
+        "MailCluster" => "EmailClusterId",
+        "RegistryKey" => "RegistryKey",
+        "RegistryValue" => "RegistryValueData",
+        "CloudApplication" | "OAuthApplication" => "ApplicationId",
+        "Process" => "FileName",
+        "AzureResource" => "ResourceIdName",
+        _ => return None,
+    };
+    ENTITY_COLUMNS.iter().position(|c| *c == col)
+}
+
+impl<R: Read> Iterator for NativeReader<R> {
+    type Item = RecordResult;
+
+    fn next(&mut self) -> Option<RecordResult> {
+        loop {
+            if self.done {
+                return None;
+            }
+            self.buf.clear();
+            let n = match self.inner.read_until(b'\n', &mut self.buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.done = true;
+                    self.line += 1;
+                    let r = self.reject(None, format!("read error: {e}"));
+                    self.index += 1;
+                    return Some(Err(r));
+                }
+            };
+            if n == 0 {
+                self.done = true;
+                return None;
+            }
+            self.line += 1;
+            let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+            let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let item = if raw.len() > self.max_line {
+                Err(self.reject(
+                    None,
+                    format!(
+                        "line of {} bytes exceeds the limit of {} bytes",
+                        raw.len(),
+                        self.max_line
+                    ),
+                ))
+            } else {
+                match std::str::from_utf8(raw) {
+                    Err(e) => Err(self.reject(
+                        None,
+                        format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+                    )),
+                    Ok(text) => self.parse(text),
+                }
+            };
+            self.index += 1;
+            return Some(item);
+        }
+    }
+}
+
+impl<R: Read> RecordSource for NativeReader<R> {
+    fn file_name(&self) -> &str {
+        &self.file
+    }
+}

@@ -1,0 +1,14 @@
+//! threatrank: ranks candidate security threats for human hunters.
+//!
+//! Pipeline (data flows one way, see `docs/ARCHITECTURE.md`):
+//! `ingest → correlate → features → models → rank → report`, with `signals` feeding
+//! `features`, `eval`/`train` around `models`, and `pipeline` as the one code path the CLI and
+//! library callers share.
+#![warn(missing_docs)]
+
+pub mod correlate;
+pub mod domain;
+pub mod features;
+pub mod ingest;
+pub mod matrix;
+pub mod signals;

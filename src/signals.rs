@@ -1,0 +1,159 @@
+//! Signals: public knowledge (MITRE ATT&CK) and, later, anonymized cross-tenant aggregates.
+//!
+//! Feeds `features`. The ATT&CK technique → tactics table (v18.1, shipped in
+//! `datasets/attack/technique_tactics.csv`, © The MITRE Corporation, ATT&CK terms of use) is
+//! compiled into the binary so that a model artifact scores anywhere without the datasets folder.
+
+use std::collections::BTreeMap;
+
+/// Enterprise ATT&CK tactics in kill-chain order (reconnaissance first, impact last).
+pub const TACTICS: [&str; 14] = [
+    "reconnaissance",
+    "resource-development",
+    "initial-access",
+    "execution",
+    "persistence",
+    "privilege-escalation",
+    "defense-evasion",
+    "credential-access",
+    "discovery",
+    "lateral-movement",
+    "collection",
+    "command-and-control",
+    "exfiltration",
+    "impact",
+];
+
+const TECHNIQUE_TACTICS_CSV: &str = include_str!("../datasets/attack/technique_tactics.csv");
+
+/// Errors of the knowledge tables.
+#[derive(Debug, thiserror::Error)]
+pub enum SignalsError {
+    /// A table row is malformed.
+    #[error("{table}: line {line}: {reason}")]
+    Table {
+        /// table name
+        table: &'static str,
+        /// 1-based line
+        line: usize,
+        /// what is wrong
+        reason: String,
+    },
+}
+
+/// ATT&CK technique → tactic bitmask (bit i = [`TACTICS`]`[i]`).
+#[derive(Debug, Clone)]
+pub struct Attack {
+    tactics: BTreeMap<String, u16>,
+    names: BTreeMap<String, String>,
+}
+
+impl Attack {
+    /// The shipped ATT&CK v18.1 table.
+    pub fn shipped() -> Result<Attack, SignalsError> {
+        Self::parse(TECHNIQUE_TACTICS_CSV)
+    }
+
+    /// Parses `technique_id,name,tactics,...` CSV (tactics `;`-separated).
+    pub fn parse(text: &str) -> Result<Attack, SignalsError> {
+        let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());
+        let mut tactics = BTreeMap::new();
+        let mut names = BTreeMap::new();
+        for (i, rec) in rdr.records().enumerate() {
+            let line = i + 2;
+            let rec = rec.map_err(|e| SignalsError::Table {
+                table: "technique_tactics",
+                line,
+                reason: e.to_string(),
+            })?;
+            let (Some(id), Some(name), Some(tac)) = (rec.get(0), rec.get(1), rec.get(2)) else {
+                return Err(SignalsError::Table {
+                    table: "technique_tactics",
+                    line,
+                    reason: "fewer than 3 fields".into(),
+                });
+            };
+            let mut mask = 0u16;
+            for t in tac.split(';').filter(|t| !t.is_empty()) {
+                match TACTICS.iter().position(|k| *k == t) {
+                    Some(b) => mask |= 1 << b,
+                    None => {
+                        return Err(SignalsError::Table {
+                            table: "technique_tactics",
+                            line,
+                            reason: format!("unknown tactic {t:?}"),
+                        })
+                    }
+                }
+            }
+            tactics.insert(id.to_string(), mask);
+            names.insert(id.to_string(), name.to_string());
+        }
+        Ok(Attack { tactics, names })
+    }
+
+    /// Tactic bitmask of a technique; a sub-technique unknown to the table falls back to its
+    /// parent (`T1078.004` → `T1078`). 0 when unknown.
+    ///
+    /// ```
+    /// let attack = threatrank::signals::Attack::shipped().unwrap();
+    /// let m = attack.tactics_of("T1566.002");
+    /// assert_ne!(m & (1 << 2), 0); // initial-access
+    /// ```
+    pub fn tactics_of(&self, technique: &str) -> u16 {
+        if let Some(m) = self.tactics.get(technique) {
+            return *m;
+        }
+        match technique.split_once('.') {
+            Some((parent, _)) => self.tactics.get(parent).copied().unwrap_or(0),
+            None => 0,
+        }
+    }
+
+    /// Technique name, when known.
+    pub fn name_of(&self, technique: &str) -> Option<&str> {
+        self.names.get(technique).map(String::as_str)
+    }
+
+    /// Number of techniques in the table.
+    pub fn len(&self) -> usize {
+        self.tactics.len()
+    }
+
+    /// True when the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tactics.is_empty()
+    }
+}
+
+/// Names of the tactics set in a bitmask, in kill-chain order.
+pub fn tactic_names(mask: u16) -> Vec<&'static str> {
+    TACTICS
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| mask & (1 << i) != 0)
+        .map(|(_, t)| *t)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_table_loads() {
+        let a = Attack::shipped().unwrap();
+        assert!(a.len() > 800, "{}", a.len());
+        // T1078 Valid Accounts: defense-evasion, persistence, privilege-escalation, initial-access
+        let names = tactic_names(a.tactics_of("T1078"));
+        assert!(names.contains(&"initial-access"), "{names:?}");
+        assert_eq!(a.tactics_of("T1078.999"), a.tactics_of("T1078"));
+        assert_eq!(a.tactics_of("T9999"), 0);
+    }
+
+    #[test]
+    fn bad_table_is_an_error() {
+        let e = Attack::parse("technique_id,name,tactics\nT1,x,flying\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+    }
+}
