@@ -63,7 +63,8 @@ pub fn group_incidents(evidence: &[Evidence]) -> Correlated {
         .into_iter()
         .enumerate()
         .map(|(k, (key, rows))| {
-            let mut alerts: Vec<AlertId> = rows.iter().map(|&r| evidence[r as usize].alert).collect();
+            let mut alerts: Vec<AlertId> =
+                rows.iter().map(|&r| evidence[r as usize].alert).collect();
             alerts.sort_unstable();
             alerts.dedup();
             let mut counts = [0u32; 3];

@@ -6,9 +6,16 @@
 //! library callers share.
 #![warn(missing_docs)]
 
+pub mod cli;
 pub mod correlate;
 pub mod domain;
+pub mod eval;
 pub mod features;
 pub mod ingest;
 pub mod matrix;
+pub mod models;
+pub mod pipeline;
+pub mod rank;
+pub mod report;
 pub mod signals;
+pub mod train;

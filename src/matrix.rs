@@ -220,7 +220,11 @@ mod tests {
     fn shape_is_checked() {
         assert!(matches!(
             FeatureMatrix::from_vec(2, 2, vec![0.0; 3]),
-            Err(MatrixError::Shape { expected: 4, got: 3, .. })
+            Err(MatrixError::Shape {
+                expected: 4,
+                got: 3,
+                ..
+            })
         ));
         let mut m = FeatureMatrix::with_columns(2);
         assert!(m.push_row(&[1.0]).is_err());

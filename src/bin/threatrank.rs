@@ -1,1 +1,24 @@
-fn main(){}
+//! `threatrank` binary: parse, call the library, map errors to exit codes.
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = threatrank::cli::Cli::parse();
+    match threatrank::cli::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(match e {
+                threatrank::pipeline::PipelineError::Ingest(_)
+                | threatrank::pipeline::PipelineError::Input { .. } => 2,
+                threatrank::pipeline::PipelineError::Artifact(_) => 3,
+                _ => 1,
+            })
+        }
+    }
+}

@@ -197,7 +197,9 @@ pub fn schema() -> FeatureSchema {
     let mut s = NameSink(Vec::new());
     let dummy = FittedFeatures::empty();
     let ev = dummy_evidence();
-    let attack = Attack::shipped().unwrap_or_else(|_| Attack::parse("technique_id,name,tactics\n").unwrap_or_else(|_| unreachable!()));
+    let attack = Attack::shipped().unwrap_or_else(|_| {
+        Attack::parse("technique_id,name,tactics\n").unwrap_or_else(|_| unreachable!())
+    });
     dummy.extract(&[&ev], &attack, &mut s);
     FeatureSchema::new(FEATURE_VERSION, s.0)
 }
@@ -327,7 +329,9 @@ impl FittedFeatures {
     ) -> Result<Self, FeatureError> {
         let p = params.get().clone();
         let mut prior_n = [0u32; 3];
-        let mut global: Vec<TableBuilder> = (0..ENCODED_KINDS.len()).map(|_| TableBuilder::default()).collect();
+        let mut global: Vec<TableBuilder> = (0..ENCODED_KINDS.len())
+            .map(|_| TableBuilder::default())
+            .collect();
         let mut tenant = TableBuilder::default();
         let mut keyed: Vec<TableBuilder> = (0..3).map(|_| TableBuilder::default()).collect();
         let mut code_counts: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); N_ENTITY_COLUMNS];
@@ -338,7 +342,11 @@ impl FittedFeatures {
             let class = g.class_id();
             let t = inc.key.tenant.0;
             prior_n[class as usize] += 1;
-            let rows: Vec<&Evidence> = inc.evidence.iter().map(|&r| &evidence[r as usize]).collect();
+            let rows: Vec<&Evidence> = inc
+                .evidence
+                .iter()
+                .map(|&r| &evidence[r as usize])
+                .collect();
             for e in &rows {
                 n_rows += 1;
                 for (c, code) in e.entities.codes.iter().enumerate() {
@@ -380,7 +388,10 @@ impl FittedFeatures {
         Ok(Self {
             prior,
             sentinels,
-            global: global.into_iter().map(|b| b.build_global(p.min_tenants)).collect(),
+            global: global
+                .into_iter()
+                .map(|b| b.build_global(p.min_tenants))
+                .collect(),
             tenant: tenant.build_tenant(),
             tenant_keyed: keyed.into_iter().map(TableBuilder::build_tenant).collect(),
             params: p,
@@ -417,7 +428,11 @@ impl FittedFeatures {
             .with_min_len(64)
             .for_each(|(row, &i)| {
                 let inc = &corr.incidents[i];
-                let rows: Vec<&Evidence> = inc.evidence.iter().map(|&r| &evidence[r as usize]).collect();
+                let rows: Vec<&Evidence> = inc
+                    .evidence
+                    .iter()
+                    .map(|&r| &evidence[r as usize])
+                    .collect();
                 self.extract(&rows, attack, &mut RowSink { out: row, i: 0 });
             });
         FeatureMatrix::from_vec(which.len(), width, data)
@@ -442,10 +457,30 @@ impl FittedFeatures {
         };
         s.put("size", "log_evidence", "", ln1p(rows.len()));
         s.put("size", "log_alerts", "", ln1p(alerts.len()));
-        s.put("size", "distinct_entity_types", "", distinct(&|e| &e.entity_type) as f64);
-        s.put("size", "distinct_detectors", "", distinct(&|e| &e.detector) as f64);
-        s.put("size", "distinct_titles", "", distinct(&|e| &e.title) as f64);
-        s.put("size", "distinct_categories", "", distinct(&|e| &e.category) as f64);
+        s.put(
+            "size",
+            "distinct_entity_types",
+            "",
+            distinct(&|e| &e.entity_type) as f64,
+        );
+        s.put(
+            "size",
+            "distinct_detectors",
+            "",
+            distinct(&|e| &e.detector) as f64,
+        );
+        s.put(
+            "size",
+            "distinct_titles",
+            "",
+            distinct(&|e| &e.title) as f64,
+        );
+        s.put(
+            "size",
+            "distinct_categories",
+            "",
+            distinct(&|e| &e.category) as f64,
+        );
         let impacted = rows.iter().filter(|e| e.impacted).count();
         s.put("size", "share_impacted", "", impacted as f64 / nf);
 
@@ -499,19 +534,42 @@ impl FittedFeatures {
             }
         }
         for (b, name) in TACTICS.iter().enumerate() {
-            s.put("kill_chain", "tactic", name, f64::from(u8::from(mask & (1 << b) != 0)));
+            s.put(
+                "kill_chain",
+                "tactic",
+                name,
+                f64::from(u8::from(mask & (1 << b) != 0)),
+            );
         }
-        s.put("kill_chain", "tactics_covered", "", f64::from(mask.count_ones()));
-        let furthest = (0..TACTICS.len()).rev().find(|b| mask & (1 << b) != 0).map_or(0, |b| b + 1);
+        s.put(
+            "kill_chain",
+            "tactics_covered",
+            "",
+            f64::from(mask.count_ones()),
+        );
+        let furthest = (0..TACTICS.len())
+            .rev()
+            .find(|b| mask & (1 << b) != 0)
+            .map_or(0, |b| b + 1);
         s.put("kill_chain", "furthest_stage", "", furthest as f64);
         s.put("kill_chain", "log_techniques", "", ln1p(techniques.len()));
         let with_tech = rows.iter().filter(|e| !e.techniques.is_empty()).count();
-        s.put("kill_chain", "share_rows_with_techniques", "", with_tech as f64 / nf);
+        s.put(
+            "kill_chain",
+            "share_rows_with_techniques",
+            "",
+            with_tech as f64 / nf,
+        );
 
         // --- time
         let first = rows.iter().map(|e| e.timestamp).min().unwrap_or(0);
         let last = rows.iter().map(|e| e.timestamp).max().unwrap_or(0);
-        s.put("time", "log_span_seconds", "", ((last - first).max(0) as f64).ln_1p());
+        s.put(
+            "time",
+            "log_span_seconds",
+            "",
+            ((last - first).max(0) as f64).ln_1p(),
+        );
         let hour = (first.rem_euclid(86_400) as f64) / 3600.0;
         let angle = hour / 24.0 * std::f64::consts::TAU;
         s.put("time", "hour_sin", "", angle.sin());
@@ -521,25 +579,55 @@ impl FittedFeatures {
         s.put("time", "weekend", "", f64::from(u8::from(weekday >= 5)));
 
         // --- verdict-like evidence attributes
-        let share = |f: &dyn Fn(&Evidence) -> bool| rows.iter().filter(|e| f(e)).count() as f64 / nf;
-        s.put("verdicts", "share_suspicion_level", "", share(&|e| e.suspicion_level.is_some()));
+        let share =
+            |f: &dyn Fn(&Evidence) -> bool| rows.iter().filter(|e| f(e)).count() as f64 / nf;
+        s.put(
+            "verdicts",
+            "share_suspicion_level",
+            "",
+            share(&|e| e.suspicion_level.is_some()),
+        );
         for v in ["Malicious", "Suspicious", "NoThreatsFound"] {
-            s.put("verdicts", "share_last_verdict", v, share(&|e| e.last_verdict.as_deref() == Some(v)));
+            s.put(
+                "verdicts",
+                "share_last_verdict",
+                v,
+                share(&|e| e.last_verdict.as_deref() == Some(v)),
+            );
         }
-        s.put("verdicts", "share_threat_family", "", share(&|e| e.threat_family.is_some()));
+        s.put(
+            "verdicts",
+            "share_threat_family",
+            "",
+            share(&|e| e.threat_family.is_some()),
+        );
         for v in ["Inbound", "Intraorg", "Outbound"] {
-            s.put("verdicts", "share_antispam", v, share(&|e| e.antispam_direction.as_deref() == Some(v)));
+            s.put(
+                "verdicts",
+                "share_antispam",
+                v,
+                share(&|e| e.antispam_direction.as_deref() == Some(v)),
+            );
         }
         s.put("verdicts", "share_roles", "", share(&|e| e.roles.is_some()));
-        let sev = rows.iter().filter_map(|e| e.severity).map(|v| f64::from(v.rank()) + 1.0).fold(0.0, f64::max);
+        let sev = rows
+            .iter()
+            .filter_map(|e| e.severity)
+            .map(|v| f64::from(v.rank()) + 1.0)
+            .fold(0.0, f64::max);
         s.put("verdicts", "max_severity", "", sev);
 
         // --- cross-tenant encodings (privacy floor applied at fit time)
         let m = self.params.smoothing;
         let mut id_cache: [Vec<&str>; 3] = [Vec::new(), Vec::new(), Vec::new()];
         for (k, kind) in ENCODED_KINDS.iter().enumerate() {
-            let values = if k == 3 { techniques.clone() } else { identities(rows, k) };
-            let (rates, support, tenants, known) = self.mean_rates(&self.global[k], &values, self.prior, m);
+            let values = if k == 3 {
+                techniques.clone()
+            } else {
+                identities(rows, k)
+            };
+            let (rates, support, tenants, known) =
+                self.mean_rates(&self.global[k], &values, self.prior, m);
             for (c, g) in ["tp", "bp", "fp"].iter().enumerate() {
                 s.put("global", kind, &format_rate(g), rates[c]);
             }
@@ -561,7 +649,8 @@ impl FittedFeatures {
         for (k, kind) in ["detector", "title", "category"].iter().enumerate() {
             let keys: Vec<String> = id_cache[k].iter().map(|v| tenant_key(tenant, v)).collect();
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let (rates, support, _, known) = self.mean_rates(&self.tenant_keyed[k], &keys, t_rates, m);
+            let (rates, support, _, known) =
+                self.mean_rates(&self.tenant_keyed[k], &keys, t_rates, m);
             let name = match k {
                 0 => "tenant_detector",
                 1 => "tenant_title",
@@ -578,7 +667,13 @@ impl FittedFeatures {
 
     /// Mean smoothed rates over `values`, log1p of summed support, log1p of max tenants and the
     /// share of values found in the table. No value → parent, 0, 0, 0.
-    fn mean_rates(&self, table: &Table, values: &[&str], parent: [f64; 3], m: f64) -> ([f64; 3], f64, f64, f64) {
+    fn mean_rates(
+        &self,
+        table: &Table,
+        values: &[&str],
+        parent: [f64; 3],
+        m: f64,
+    ) -> ([f64; 3], f64, f64, f64) {
         if values.is_empty() {
             return (parent, 0.0, 0.0, 0.0);
         }

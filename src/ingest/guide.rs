@@ -2,8 +2,8 @@
 //! `GUIDE_Test.csv`: 46 with `Usage`). Columns are found by header name, so order and extra
 //! columns do not matter; the required ones are [`GUIDE_REQUIRED`].
 
-use super::{IngestError, IngestValidParams, RecordResult, RecordSource, Rejection};
 use super::time::parse_rfc3339;
+use super::{IngestError, IngestValidParams, RecordResult, RecordSource, Rejection};
 use crate::domain::{
     AlertId, Entities, Evidence, Grade, IncidentId, TenantId, ENTITY_COLUMNS, N_ENTITY_COLUMNS,
 };
@@ -118,10 +118,12 @@ impl<R: Read> GuideReader<R> {
             .flexible(true)
             .from_reader(reader);
         let mut rec = ByteRecord::new();
-        let got = inner.read_byte_record(&mut rec).map_err(|e| IngestError::BadHeader {
-            file: file.to_string(),
-            reason: e.to_string(),
-        })?;
+        let got = inner
+            .read_byte_record(&mut rec)
+            .map_err(|e| IngestError::BadHeader {
+                file: file.to_string(),
+                reason: e.to_string(),
+            })?;
         if !got {
             return Err(IngestError::Empty {
                 file: file.to_string(),
@@ -270,7 +272,7 @@ impl<R: Read> GuideReader<R> {
             if s.is_empty() {
                 return Err(self.reject(line, Some(i), "empty value (integer required)".into()));
             }
-            s.parse::<u64>().map_err(|_| {
+            parse_code(s).ok_or_else(|| {
                 self.reject(
                     line,
                     Some(i),
@@ -291,8 +293,8 @@ impl<R: Read> GuideReader<R> {
         let tenant = TenantId(int(c.org)?);
         let incident = IncidentId(int(c.incident)?);
         let alert = AlertId(int(c.alert)?);
-        let timestamp =
-            parse_rfc3339(text(c.timestamp)).map_err(|e| self.reject(line, Some(c.timestamp), e))?;
+        let timestamp = parse_rfc3339(text(c.timestamp))
+            .map_err(|e| self.reject(line, Some(c.timestamp), e))?;
         let detector = nonempty(c.detector)?;
         let title = nonempty(c.title)?;
         let category = nonempty(c.category)?;
@@ -304,7 +306,10 @@ impl<R: Read> GuideReader<R> {
                 return Err(self.reject(
                     line,
                     Some(c.role),
-                    format!("expected Impacted or Related, found {:?}", truncate(other, 40)),
+                    format!(
+                        "expected Impacted or Related, found {:?}",
+                        truncate(other, 40)
+                    ),
                 ))
             }
         };
@@ -359,6 +364,19 @@ impl<R: Read> GuideReader<R> {
             severity: None,
         })
     }
+}
+
+/// Parses an integer code. Integer-valued decimals (`4192202772.0`, as pandas writes a column
+/// that holds empty cells) are accepted as the integer they spell; anything else is `None`.
+pub(crate) fn parse_code(s: &str) -> Option<u64> {
+    if let Ok(v) = s.parse::<u64>() {
+        return Some(v);
+    }
+    let (int, frac) = s.split_once('.')?;
+    if int.is_empty() || frac.is_empty() || !frac.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    int.parse::<u64>().ok()
 }
 
 /// Parses `T1078;T1078.004` into technique ids; errors name the bad token.
@@ -416,8 +434,7 @@ impl<R: Read> Iterator for GuideReader<R> {
                 }
                 Ok(true) => {
                     // A blank line inside the file is not a record.
-                    if self.record.len() == 1 && self.record.get(0).is_some_and(|f| f.is_empty())
-                    {
+                    if self.record.len() == 1 && self.record.get(0).is_some_and(|f| f.is_empty()) {
                         continue;
                     }
                     self.parse(line).map(|e| vec![e])
@@ -443,6 +460,18 @@ impl<R: Read> RecordSource for GuideReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(parse_code("42"), Some(42));
+        assert_eq!(parse_code("4192202772.0"), Some(4_192_202_772));
+        assert_eq!(parse_code("7.000"), Some(7));
+        assert_eq!(parse_code("7.5"), None);
+        assert_eq!(parse_code(".0"), None);
+        assert_eq!(parse_code("7."), None);
+        assert_eq!(parse_code("-1"), None);
+        assert_eq!(parse_code("1e3"), None);
+    }
 
     #[test]
     fn techniques() {

@@ -103,7 +103,11 @@ pub struct Rejection {
 impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.column {
-            Some(c) => write!(f, "{}:{}: column {}: {}", self.file, self.line, c, self.reason),
+            Some(c) => write!(
+                f,
+                "{}:{}: column {}: {}",
+                self.file, self.line, c, self.reason
+            ),
             None => write!(f, "{}:{}: {}", self.file, self.line, self.reason),
         }
     }

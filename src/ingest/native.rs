@@ -206,10 +206,7 @@ impl<R: Read> NativeReader<R> {
                 }
             };
             if ent.entity_type.trim().is_empty() {
-                return Err(self.reject(
-                    Some("entities.type"),
-                    format!("entity {k}: empty type"),
-                ));
+                return Err(self.reject(Some("entities.type"), format!("entity {k}: empty type")));
             }
             let mut ev = base.clone();
             ev.entity_type = ent.entity_type.trim().to_string();
@@ -308,10 +305,9 @@ impl<R: Read> Iterator for NativeReader<R> {
                 ))
             } else {
                 match std::str::from_utf8(raw) {
-                    Err(e) => Err(self.reject(
-                        None,
-                        format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-                    )),
+                    Err(e) => {
+                        Err(self.reject(None, format!("invalid UTF-8 at byte {}", e.valid_up_to())))
+                    }
                     Ok(text) => self.parse(text),
                 }
             };

@@ -141,7 +141,10 @@ mod tests {
         // Reference values from `date -u -d ... +%s`.
         assert_eq!(parse_rfc3339("2000-02-29T12:00:00Z"), Ok(951_825_600));
         assert_eq!(parse_rfc3339("2024-06-17T08:10:30.000Z"), Ok(1_718_611_830));
-        assert_eq!(parse_rfc3339("2024-06-17 10:10:30+02:00"), Ok(1_718_611_830));
+        assert_eq!(
+            parse_rfc3339("2024-06-17 10:10:30+02:00"),
+            Ok(1_718_611_830)
+        );
         assert_eq!(parse_rfc3339("2024-06-17T08:10:30"), Ok(1_718_611_830));
         assert!(parse_rfc3339("2023-02-29T00:00:00Z").is_err());
         assert!(parse_rfc3339("2024-06-17T08:10:30.Z").is_err());

@@ -235,6 +235,14 @@ impl ModelParams {
         }
     }
 
+    /// Checks the parameters without fitting.
+    pub fn check(&self) -> Result<(), ModelError> {
+        match self {
+            ModelParams::Logistic(p) => p.check().map(|_| ()),
+            ModelParams::Forest(p) => p.check().map(|_| ()),
+        }
+    }
+
     /// Checks and fits.
     pub fn fit(&self, x: &FeatureMatrix, y: &[u8]) -> Result<TrainedModel, ModelError> {
         Ok(match self {

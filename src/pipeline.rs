@@ -1,0 +1,259 @@
+//! Pipeline: the one code path that the CLI, tests and library callers share.
+//!
+//! `ingest → correlate → features → models → rank → report`, as functions over files and
+//! in-memory data. Nothing here prints: callers pass a `progress` callback for long work.
+
+use crate::correlate::{group_incidents, Correlated};
+use crate::domain::{Evidence, TenantId};
+use crate::ingest::{self, IngestError, IngestReport, IngestValidParams, InputFormat};
+use crate::matrix::hex;
+use crate::rank::{self, RankInput, ScoredIncident};
+use crate::report;
+use crate::signals::{Attack, SignalsError};
+use crate::train::{self, cv, Artifact, ArtifactError, DataInfo, TrainError, TrainParams};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// Errors of a pipeline run.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// reading input
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+    /// training / predicting
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    /// model files
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// knowledge tables
+    #[error(transparent)]
+    Signals(#[from] SignalsError),
+    /// writing outputs
+    #[error(transparent)]
+    Report(#[from] report::ReportError),
+    /// nothing usable in the input
+    #[error("{file}: {reason}")]
+    Input {
+        /// input
+        file: String,
+        /// what is wrong
+        reason: String,
+    },
+}
+
+/// Input read and correlated.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// accepted evidence
+    pub evidence: Vec<Evidence>,
+    /// incidents
+    pub corr: Correlated,
+    /// counts and rejections
+    pub report: IngestReport,
+    /// SHA-256 of the input bytes (hex)
+    pub sha256: String,
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads, hashes and correlates an input file (format from its extension).
+pub fn load(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineError> {
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    let mut reader = HashingReader {
+        inner: std::io::BufReader::with_capacity(1 << 16, file),
+        hasher: Sha256::new(),
+    };
+    let ing = ingest::read_from(&mut reader, &name, InputFormat::from_path(path), params)?;
+    // Drain what the parser did not consume (nothing, normally) so the hash covers the file.
+    std::io::copy(&mut reader, &mut std::io::sink()).map_err(|source| IngestError::Io {
+        file: name.clone(),
+        source,
+    })?;
+    let sha256 = hex(&reader.hasher.finalize());
+    let corr = group_incidents(&ing.evidence);
+    Ok(Loaded {
+        evidence: ing.evidence,
+        corr,
+        report: ing.report,
+        sha256,
+    })
+}
+
+/// Outcome of training.
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// the artifact written
+    pub artifact: Artifact,
+    /// ingest counts
+    pub report: IngestReport,
+    /// where rejects were written
+    pub rejects: PathBuf,
+}
+
+/// `threatrank train`: reads labelled input, trains, writes the artifact and the rejects file
+/// (`<model>.rejects.csv`).
+pub fn train_file(
+    input: &Path,
+    model_out: &Path,
+    params: &TrainParams,
+) -> Result<TrainOutcome, PipelineError> {
+    let valid = params.check()?;
+    let loaded = load(input, &IngestValidParams::default())?;
+    let rejects = ingest::rejects_path_for(model_out);
+    loaded.report.write_rejects(&rejects)?;
+    let attack = Attack::shipped()?;
+    let all: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
+    let data = DataInfo {
+        file: input.file_name().map_or_else(
+            || input.display().to_string(),
+            |f| f.to_string_lossy().into_owned(),
+        ),
+        sha256: loaded.sha256.clone(),
+        records: loaded.report.records,
+        accepted: loaded.report.accepted,
+        rejected: loaded.report.rejected.len() as u64,
+        incidents: 0,
+        tenants: 0,
+        grades: [0; 3],
+    };
+    let artifact = train::fit(&valid, &loaded.evidence, &loaded.corr, &all, &attack, data)?;
+    artifact.save(model_out)?;
+    Ok(TrainOutcome {
+        artifact,
+        report: loaded.report,
+        rejects,
+    })
+}
+
+/// Scored input: incidents with reasons, plus what is needed to write per-record output.
+#[derive(Debug, Clone)]
+pub struct Scored {
+    /// the input
+    pub loaded: Loaded,
+    /// one per incident, in `loaded.corr.incidents` order
+    pub incidents: Vec<ScoredIncident>,
+}
+
+/// Scores every incident of an input with an artifact. Labels are never read.
+pub fn score_loaded(
+    artifact: &Artifact,
+    loaded: Loaded,
+    top_reasons: usize,
+) -> Result<Scored, PipelineError> {
+    let attack = Attack::shipped()?;
+    let which: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
+    let pred = artifact.predict(&loaded.evidence, &loaded.corr, &which, &attack)?;
+    let contributions = artifact.tp_contributions(&pred.x)?;
+    let incidents = rank::build(&RankInput {
+        evidence: &loaded.evidence,
+        corr: &loaded.corr,
+        which: &which,
+        x: &pred.x,
+        probs: &pred.probs,
+        contributions: &contributions,
+        schema: &artifact.schema,
+        attack: &attack,
+        top_reasons,
+    });
+    Ok(Scored { loaded, incidents })
+}
+
+/// Reads an input for scoring: the label column is not even parsed.
+pub fn load_unlabelled(input: &Path) -> Result<Loaded, PipelineError> {
+    let params = ingest::IngestParams::default().read_labels(false).check()?;
+    load(input, &params)
+}
+
+/// Outcome of `threatrank score`.
+#[derive(Debug, Clone)]
+pub struct ScoreOutcome {
+    /// ingest counts
+    pub report: IngestReport,
+    /// incidents scored
+    pub incidents: usize,
+    /// output rows written (= records read)
+    pub rows: u64,
+    /// where rejects were written
+    pub rejects: PathBuf,
+}
+
+/// `threatrank score`: one output row per input record, in input order.
+pub fn score_file(
+    model: &Path,
+    input: &Path,
+    output: &Path,
+) -> Result<ScoreOutcome, PipelineError> {
+    let artifact = Artifact::load(model)?;
+    let loaded = load_unlabelled(input)?;
+    let rejects = ingest::rejects_path_for(output);
+    loaded.report.write_rejects(&rejects)?;
+    let scored = score_loaded(&artifact, loaded, 1)?;
+    let rows = report::write_scores(output, &scored.loaded, &scored.incidents)?;
+    Ok(ScoreOutcome {
+        incidents: scored.incidents.len(),
+        report: scored.loaded.report,
+        rows,
+        rejects,
+    })
+}
+
+/// `threatrank queue`: the top incidents per tenant.
+pub fn queue_file(
+    model: &Path,
+    input: &Path,
+    tenant: Option<TenantId>,
+    top: usize,
+    top_reasons: usize,
+) -> Result<(Scored, String), PipelineError> {
+    let artifact = Artifact::load(model)?;
+    let loaded = load_unlabelled(input)?;
+    let scored = score_loaded(&artifact, loaded, top_reasons)?;
+    let text = report::queue_table(&scored.incidents, tenant, top);
+    Ok((scored, text))
+}
+
+/// `threatrank eval`: grouped cross-validation of the training recipe.
+pub fn eval_file(
+    input: &Path,
+    params: &cv::CvParams,
+    progress: &mut dyn FnMut(&str),
+) -> Result<cv::CvReport, PipelineError> {
+    let loaded = load(input, &IngestValidParams::default())?;
+    if loaded.corr.labelled().next().is_none() {
+        return Err(PipelineError::Input {
+            file: input.display().to_string(),
+            reason: "no labelled incident (IncidentGrade empty or absent): nothing to evaluate"
+                .into(),
+        });
+    }
+    let attack = Attack::shipped()?;
+    let name = input.file_name().map_or_else(
+        || input.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    );
+    Ok(cv::run(
+        params,
+        &name,
+        &loaded.evidence,
+        &loaded.corr,
+        &attack,
+        progress,
+    )?)
+}

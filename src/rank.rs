@@ -1,0 +1,343 @@
+//! Rank: calibrated grade probabilities → priority 0–100 → per-tenant queues, with reasons.
+//!
+//! Sits after `models`. Priority is `round(100 · P(TP))` of the calibrated probabilities: the
+//! queue is ordered by the chance that a hunter's look finds a real attack. Order is total:
+//! priority desc, then P(TP) desc, then (tenant, incident) asc — the same input always gives the
+//! same queue. Reasons come from the model's additive contributions to the TP raw score
+//! (`Scorer::contributions_into`), named and put in words by [`describe`].
+
+use crate::correlate::{Correlated, Incident};
+use crate::domain::{Evidence, Grade, IncidentKey, TenantId};
+use crate::matrix::{FeatureMatrix, FeatureSchema};
+use crate::signals::{tactic_names, Attack};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One reason behind a score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reason {
+    /// feature name
+    pub feature: String,
+    /// feature family
+    pub family: String,
+    /// the feature's value for this incident
+    pub value: f32,
+    /// additive contribution to the TP raw score (positive = pushed the priority up)
+    pub contribution: f32,
+    /// the reason in words
+    pub text: String,
+}
+
+/// A scored candidate threat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredIncident {
+    /// tenant + incident
+    pub key: IncidentKey,
+    /// calibrated P(TP), P(BP), P(FP)
+    pub probs: [f32; 3],
+    /// most probable grade
+    pub predicted: Grade,
+    /// 0–100
+    pub priority: u8,
+    /// evidence rows
+    pub n_evidence: u32,
+    /// distinct alerts
+    pub n_alerts: u32,
+    /// first evidence time
+    pub first_seen: i64,
+    /// last evidence time
+    pub last_seen: i64,
+    /// ATT&CK tactics covered by its techniques, kill-chain order
+    pub tactics: Vec<String>,
+    /// most frequent detector
+    pub detector: String,
+    /// most frequent alert title
+    pub title: String,
+    /// most frequent category
+    pub category: String,
+    /// top reasons
+    pub reasons: Vec<Reason>,
+    /// the analysts' grade, when the input carried one (evaluation only; never used to score)
+    pub actual: Option<Grade>,
+}
+
+/// Priority from calibrated P(TP): `round(100 · p)`, clamped to 0–100.
+///
+/// ```
+/// assert_eq!(threatrank::rank::priority(0.834), 83);
+/// assert_eq!(threatrank::rank::priority(1.2), 100);
+/// ```
+pub fn priority(p_tp: f32) -> u8 {
+    (p_tp.clamp(0.0, 1.0) * 100.0).round() as u8
+}
+
+/// Most probable grade (ties → TP, then BP).
+pub fn predicted_grade(p: &[f32]) -> Grade {
+    let mut best = 0;
+    for c in 1..3 {
+        if p[c] > p[best] {
+            best = c;
+        }
+    }
+    Grade::from_class_id(best as u8).unwrap_or(Grade::TruePositive)
+}
+
+fn mode<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in values {
+        *m.entry(v).or_default() += 1;
+    }
+    // Highest count; ties → smallest value (BTreeMap order, strict comparison).
+    let mut best: Option<(&str, usize)> = None;
+    for (v, n) in m {
+        if best.is_none_or(|(_, bn)| n > bn) {
+            best = Some((v, n));
+        }
+    }
+    best.map(|(v, _)| v.to_string()).unwrap_or_default()
+}
+
+/// Inputs to [`build`]: one row per scored incident, all aligned.
+pub struct RankInput<'a> {
+    /// all evidence
+    pub evidence: &'a [Evidence],
+    /// correlation of that evidence
+    pub corr: &'a Correlated,
+    /// incidents scored (indices into `corr.incidents`), aligned with the rows below
+    pub which: &'a [usize],
+    /// feature rows
+    pub x: &'a FeatureMatrix,
+    /// calibrated probabilities, `N_CLASSES` per row
+    pub probs: &'a [f32],
+    /// TP contributions, `n_features + 1` per row (last = bias)
+    pub contributions: &'a [f32],
+    /// the schema of `x`
+    pub schema: &'a FeatureSchema,
+    /// ATT&CK table for tactic names
+    pub attack: &'a Attack,
+    /// reasons per incident
+    pub top_reasons: usize,
+}
+
+/// Builds scored incidents (input order kept).
+pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
+    let width = input.x.n_cols();
+    input
+        .which
+        .iter()
+        .enumerate()
+        .map(|(r, &i)| {
+            let inc: &Incident = &input.corr.incidents[i];
+            let rows: Vec<&Evidence> = inc
+                .evidence
+                .iter()
+                .map(|&e| &input.evidence[e as usize])
+                .collect();
+            let p = &input.probs[r * 3..r * 3 + 3];
+            let mut mask = 0u16;
+            for e in &rows {
+                for t in &e.techniques {
+                    mask |= input.attack.tactics_of(t);
+                }
+            }
+            let ctx = Context {
+                detector: mode(rows.iter().map(|e| e.detector.as_str())),
+                title: mode(rows.iter().map(|e| e.title.as_str())),
+                category: mode(rows.iter().map(|e| e.category.as_str())),
+            };
+            let contrib = &input.contributions[r * (width + 1)..r * (width + 1) + width];
+            let reasons = top_reasons(
+                contrib,
+                input.x.row(r),
+                input.schema,
+                &ctx,
+                input.top_reasons,
+            );
+            ScoredIncident {
+                key: inc.key,
+                probs: [p[0], p[1], p[2]],
+                predicted: predicted_grade(p),
+                priority: priority(p[0]),
+                n_evidence: inc.evidence.len() as u32,
+                n_alerts: inc.alerts.len() as u32,
+                first_seen: inc.first_seen,
+                last_seen: inc.last_seen,
+                tactics: tactic_names(mask).into_iter().map(str::to_string).collect(),
+                detector: ctx.detector,
+                title: ctx.title,
+                category: ctx.category,
+                reasons,
+                actual: inc.grade,
+            }
+        })
+        .collect()
+}
+
+/// Incident context used in reason texts.
+pub struct Context {
+    /// most frequent detector
+    pub detector: String,
+    /// most frequent title
+    pub title: String,
+    /// most frequent category
+    pub category: String,
+}
+
+/// The `k` features that pushed the TP score up most (largest positive contributions); when
+/// fewer than `k` pushed up, the strongest pulls down fill the list. Ties → lower column.
+pub fn top_reasons(
+    contrib: &[f32],
+    values: &[f32],
+    schema: &FeatureSchema,
+    ctx: &Context,
+    k: usize,
+) -> Vec<Reason> {
+    let mut idx: Vec<usize> = (0..contrib.len()).filter(|&j| contrib[j] != 0.0).collect();
+    idx.sort_by(|&a, &b| contrib[b].total_cmp(&contrib[a]).then(a.cmp(&b)));
+    let mut chosen: Vec<usize> = idx
+        .iter()
+        .copied()
+        .filter(|&j| contrib[j] > 0.0)
+        .take(k)
+        .collect();
+    if chosen.len() < k {
+        let mut neg: Vec<usize> = idx.iter().copied().filter(|&j| contrib[j] < 0.0).collect();
+        neg.sort_by(|&a, &b| contrib[a].total_cmp(&contrib[b]).then(a.cmp(&b)));
+        chosen.extend(neg.into_iter().take(k - chosen.len()));
+    }
+    chosen
+        .into_iter()
+        .map(|j| {
+            let name = &schema.names()[j];
+            Reason {
+                feature: name.clone(),
+                family: schema.families()[j].clone(),
+                value: values[j],
+                contribution: contrib[j],
+                text: format!("{} ({:+.2})", describe(name, values[j], ctx), contrib[j]),
+            }
+        })
+        .collect()
+}
+
+fn pct(v: f32) -> String {
+    format!("{:.0}%", v * 100.0)
+}
+
+fn grade_word(rate: &str) -> &'static str {
+    match rate {
+        "tp_rate" => "TP",
+        "bp_rate" => "BP",
+        _ => "FP",
+    }
+}
+
+/// Puts a feature value in a hunter's words.
+///
+/// ```
+/// use threatrank::rank::{describe, Context};
+/// let ctx = Context { detector: "217".into(), title: "9".into(), category: "Execution".into() };
+/// assert_eq!(
+///     describe("tenant_detector:tp_rate", 0.64, &ctx),
+///     "this tenant graded detector 217 TP in 64% of past incidents"
+/// );
+/// ```
+pub fn describe(name: &str, v: f32, ctx: &Context) -> String {
+    let (base, suffix) = name.split_once(':').unwrap_or((name, ""));
+    let count = || format!("{:.0}", (f64::from(v)).exp_m1().max(0.0));
+    match (base, suffix) {
+        ("tenant", "log_support") => format!("this tenant has {} past graded incidents", count()),
+        ("tenant", r) => format!(
+            "this tenant's past incidents were {} {} of the time",
+            grade_word(r),
+            pct(v)
+        ),
+        ("tenant_detector" | "tenant_title" | "tenant_category", s) => {
+            let (what, id) = match base {
+                "tenant_detector" => ("detector", &ctx.detector),
+                "tenant_title" => ("alert title", &ctx.title),
+                _ => ("category", &ctx.category),
+            };
+            match s {
+                "log_support" => format!(
+                    "this tenant has {} past graded incidents from {what} {id}",
+                    count()
+                ),
+                "share_seen" if v == 0.0 => format!("this tenant never graded {what} {id} before"),
+                "share_seen" => format!("this tenant graded {what} {id} before"),
+                r => format!(
+                    "this tenant graded {what} {id} {} in {} of past incidents",
+                    grade_word(r),
+                    pct(v)
+                ),
+            }
+        }
+        ("detector" | "title" | "category" | "technique", s) => {
+            let (what, id) = match base {
+                "detector" => ("detector", ctx.detector.as_str()),
+                "title" => ("alert title", ctx.title.as_str()),
+                "category" => ("category", ctx.category.as_str()),
+                _ => ("its ATT&CK techniques", ""),
+            };
+            let subject = if id.is_empty() {
+                what.to_string()
+            } else {
+                format!("{what} {id}")
+            };
+            match s {
+                "log_support" => format!("{subject}: {} graded incidents across tenants", count()),
+                "log_tenants" => format!("{subject} seen in {} tenants", count()),
+                "share_released" if v == 0.0 => {
+                    format!("{subject}: too few tenants for a cross-tenant signal")
+                }
+                "share_released" => format!("{subject} has a cross-tenant track record"),
+                r => format!(
+                    "{subject} was graded {} in {} of incidents across tenants",
+                    grade_word(r),
+                    pct(v)
+                ),
+            }
+        }
+        ("tactic", t) if v > 0.0 => format!("ATT&CK tactic {t} present"),
+        ("tactic", t) => format!("no ATT&CK {t} activity"),
+        ("tactics_covered", _) => format!("{v:.0} ATT&CK tactics covered"),
+        ("furthest_stage", _) => format!("furthest kill-chain stage {v:.0} of 14"),
+        ("log_evidence", _) => format!("{} evidence rows", count()),
+        ("log_alerts", _) => format!("{} alerts", count()),
+        ("entity_type_rows", t) => format!("{} {t} entities", count()),
+        ("distinct_present", c) => format!("{} distinct {c} values", count()),
+        ("category_rows", c) => format!("{} {c} evidence rows", count()),
+        ("share_last_verdict", s) => format!("{} of evidence last verdict {s}", pct(v)),
+        ("log_span_seconds", _) => format!("spans {} seconds", count()),
+        _ if suffix.is_empty() => format!("{base} = {v:.3}"),
+        _ => format!("{base} {suffix} = {v:.3}"),
+    }
+}
+
+/// Per-tenant queues: tenant → incidents in priority order (at most `top` each; `tenant` keeps
+/// only that tenant). A tenant's queue holds only its own incidents.
+pub fn queues(
+    scored: &[ScoredIncident],
+    tenant: Option<TenantId>,
+    top: usize,
+) -> BTreeMap<TenantId, Vec<&ScoredIncident>> {
+    let mut out: BTreeMap<TenantId, Vec<&ScoredIncident>> = BTreeMap::new();
+    for s in scored {
+        if tenant.is_none_or(|t| t == s.key.tenant) {
+            out.entry(s.key.tenant).or_default().push(s);
+        }
+    }
+    for q in out.values_mut() {
+        q.sort_by(|a, b| queue_order(a, b));
+        q.truncate(top);
+    }
+    out
+}
+
+/// The queue's total order.
+pub fn queue_order(a: &ScoredIncident, b: &ScoredIncident) -> std::cmp::Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then(b.probs[0].total_cmp(&a.probs[0]))
+        .then(a.key.cmp(&b.key))
+}

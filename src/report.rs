@@ -1,0 +1,186 @@
+//! Report sinks: the per-record score CSV and the hunter's queue table.
+//!
+//! Last stage of the pipeline. Output order is the input's (scores) or the queue's total order
+//! (queues); floats are printed with fixed precision, so the same input gives byte-identical
+//! files.
+
+use crate::domain::TenantId;
+use crate::ingest::format_rfc3339;
+use crate::pipeline::Loaded;
+use crate::rank::{queues, ScoredIncident};
+use std::io::Write;
+use std::path::Path;
+
+/// Errors of writing outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Could not write.
+    #[error("{file}: cannot write: {reason}")]
+    Write {
+        /// path
+        file: String,
+        /// cause
+        reason: String,
+    },
+}
+
+/// Header of the score CSV; the first nine columns are the pipeline contract.
+pub const SCORE_HEADER: [&str; 12] = [
+    "Id",
+    "OrgId",
+    "IncidentId",
+    "AlertId",
+    "predicted_grade",
+    "p_true_positive",
+    "p_benign_positive",
+    "p_false_positive",
+    "priority",
+    "status",
+    "top_reason",
+    "error",
+];
+
+/// Writes one row per input record, in input order: scored records carry their incident's
+/// grade probabilities and priority; rejected records keep their place with `status=rejected`
+/// and the reason, so pipelines can match rows by position. Returns the rows written.
+pub fn write_scores(
+    path: &Path,
+    loaded: &Loaded,
+    incidents: &[ScoredIncident],
+) -> Result<u64, ReportError> {
+    let err = |e: &dyn std::fmt::Display| ReportError::Write {
+        file: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let file = std::fs::File::create(path).map_err(|e| err(&e))?;
+    let mut w = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 16, file));
+    w.write_record(SCORE_HEADER).map_err(|e| err(&e))?;
+    // First evidence row of every accepted record (JSONL records may hold several).
+    let n_records = loaded.report.records as usize;
+    let mut first_ev: Vec<Option<u32>> = vec![None; n_records];
+    for (i, e) in loaded.evidence.iter().enumerate() {
+        if let Some(slot) = first_ev.get_mut(e.record as usize) {
+            if slot.is_none() {
+                *slot = Some(i as u32);
+            }
+        }
+    }
+    let mut rejected = loaded.report.rejected.iter().peekable();
+    let mut rows = 0u64;
+    for (rec, ev) in first_ev.iter().enumerate() {
+        match ev {
+            Some(i) => {
+                let e = &loaded.evidence[*i as usize];
+                let s = &incidents[loaded.corr.incident_of[*i as usize] as usize];
+                w.write_record([
+                    e.id.to_string(),
+                    e.tenant.to_string(),
+                    e.incident.to_string(),
+                    e.alert.to_string(),
+                    s.predicted.name().to_string(),
+                    format!("{:.6}", s.probs[0]),
+                    format!("{:.6}", s.probs[1]),
+                    format!("{:.6}", s.probs[2]),
+                    s.priority.to_string(),
+                    "scored".into(),
+                    s.reasons
+                        .first()
+                        .map(|r| r.text.clone())
+                        .unwrap_or_default(),
+                    String::new(),
+                ])
+                .map_err(|e| err(&e))?;
+            }
+            None => {
+                let reason = match rejected.peek() {
+                    Some(r) if r.record as usize == rec => rejected.next().map(ToString::to_string),
+                    _ => None,
+                }
+                .unwrap_or_else(|| "record produced no evidence".into());
+                let mut row = vec![String::new(); SCORE_HEADER.len()];
+                row[9] = "rejected".into();
+                row[11] = reason;
+                w.write_record(&row).map_err(|e| err(&e))?;
+            }
+        }
+        rows += 1;
+    }
+    w.flush().map_err(|e| err(&e))?;
+    Ok(rows)
+}
+
+/// The hunter's view: per tenant, the top `top` incidents with priority, grade probabilities,
+/// tactics and reasons.
+pub fn queue_table(incidents: &[ScoredIncident], tenant: Option<TenantId>, top: usize) -> String {
+    let mut out = Vec::new();
+    let qs = queues(incidents, tenant, top);
+    if qs.is_empty() {
+        let _ = writeln!(
+            out,
+            "no incidents{}",
+            tenant.map_or(String::new(), |t| format!(" for tenant {t}"))
+        );
+    }
+    for (t, q) in qs {
+        let total = incidents.iter().filter(|s| s.key.tenant == t).count();
+        let _ = writeln!(out, "tenant {t} — top {} of {total} incidents", q.len());
+        let _ = writeln!(
+            out,
+            "  {:>4}  {:>8}  {:<14} {:>5} {:>5} {:>5}  {:>3} {:>3}  {:<20} {}",
+            "prio",
+            "incident",
+            "grade",
+            "P(TP)",
+            "P(BP)",
+            "P(FP)",
+            "ev",
+            "al",
+            "first seen",
+            "category / detector / title"
+        );
+        for s in q {
+            let _ = writeln!(
+                out,
+                "  {:>4}  {:>8}  {:<14} {:>5.2} {:>5.2} {:>5.2}  {:>3} {:>3}  {:<20} {} / det {} / title {}",
+                s.priority,
+                s.key.incident,
+                s.predicted.name(),
+                s.probs[0],
+                s.probs[1],
+                s.probs[2],
+                s.n_evidence,
+                s.n_alerts,
+                format_rfc3339(s.first_seen),
+                s.category,
+                s.detector,
+                s.title
+            );
+            if !s.tactics.is_empty() {
+                let _ = writeln!(out, "        tactics: {}", s.tactics.join(", "));
+            }
+            for r in &s.reasons {
+                let _ = writeln!(
+                    out,
+                    "        {} {}",
+                    if r.contribution >= 0.0 { "▲" } else { "▼" },
+                    r.text
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Writes any serializable value as pretty JSON.
+pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ReportError> {
+    let err = |e: &dyn std::fmt::Display| ReportError::Write {
+        file: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+    }
+    let text = serde_json::to_string_pretty(value).map_err(|e| err(&e))?;
+    std::fs::write(path, text + "\n").map_err(|e| err(&e))
+}

@@ -1,0 +1,196 @@
+//! Versioned model artifacts: everything needed to score, plus the model card.
+//!
+//! An artifact carries the format version, the feature-schema hash, the fitted encoders (global
+//! tables behind the privacy floor and per-tenant history), the fitted model, its calibrator and
+//! a model card (data hash, parameters, metrics). Loading refuses a format or schema mismatch
+//! with an error naming both values. Stored as JSON: readable, diffable, deterministic (all maps
+//! are ordered).
+
+use crate::features::{FeatureParams, FittedFeatures};
+use crate::matrix::FeatureSchema;
+use crate::models::{Calibrator, ModelParams, TrainedModel};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Current artifact format version.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Errors of saving and loading artifacts.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// File system error.
+    #[error("{file}: {source}")]
+    Io {
+        /// path
+        file: String,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not a threatrank artifact, or corrupted.
+    #[error("{file}: not a valid threatrank model artifact: {reason}")]
+    Parse {
+        /// path
+        file: String,
+        /// cause
+        reason: String,
+    },
+    /// Written by another format version.
+    #[error("{file}: artifact format version {found}, this build reads version {expected}; retrain with `threatrank train`")]
+    Version {
+        /// path
+        file: String,
+        /// in the file
+        found: u32,
+        /// supported
+        expected: u32,
+    },
+    /// Trained on another feature schema.
+    #[error("{file}: feature schema mismatch: artifact was trained on schema {artifact_hash}, this build extracts schema {current_hash}; retrain with `threatrank train`")]
+    Schema {
+        /// path
+        file: String,
+        /// hash in the artifact
+        artifact_hash: String,
+        /// hash of this build
+        current_hash: String,
+    },
+}
+
+/// What the model was trained on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    /// input file name (as given)
+    pub file: String,
+    /// SHA-256 of the input bytes
+    pub sha256: String,
+    /// records read / accepted / rejected
+    pub records: u64,
+    /// accepted records
+    pub accepted: u64,
+    /// rejected records
+    pub rejected: u64,
+    /// labelled training incidents
+    pub incidents: u64,
+    /// distinct tenants among them
+    pub tenants: u64,
+    /// training incidents per grade (TP, BP, FP)
+    pub grades: [u64; 3],
+}
+
+/// Out-of-fold metrics measured while training (inner grouped folds on the training data).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CardMetrics {
+    /// macro-F1 over incidents, out-of-fold, calibrated (None when calibration was skipped)
+    pub oof_macro_f1: Option<f64>,
+    /// multiclass log-loss before calibration
+    pub oof_log_loss_raw: Option<f64>,
+    /// multiclass log-loss after calibration
+    pub oof_log_loss_calibrated: Option<f64>,
+    /// number of inner folds (0 = calibration skipped)
+    pub folds: usize,
+}
+
+/// The model card.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// producing crate version
+    pub threatrank_version: String,
+    /// model parameters
+    pub params: ModelParams,
+    /// feature parameters
+    pub feature_params: FeatureParams,
+    /// training data
+    pub data: DataInfo,
+    /// training-time metrics
+    pub metrics: CardMetrics,
+    /// intended use and limits, in words
+    pub notes: Vec<String>,
+}
+
+/// A trained, self-contained scoring artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    /// [`FORMAT_VERSION`] at write time
+    pub format_version: u32,
+    /// hash of `schema`
+    pub schema_hash: String,
+    /// the feature schema the model was trained on
+    pub schema: FeatureSchema,
+    /// fitted encoders (global tables and tenant history)
+    pub features: FittedFeatures,
+    /// fitted model
+    pub model: TrainedModel,
+    /// probability calibrator
+    pub calibrator: Calibrator,
+    /// model card
+    pub card: ModelCard,
+}
+
+impl Artifact {
+    /// Writes the artifact as JSON (parent folders created).
+    pub fn save(&self, path: &Path) -> Result<(), ArtifactError> {
+        let io = |source| ArtifactError::Io {
+            file: path.display().to_string(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let json = serde_json::to_vec(self).map_err(|e| ArtifactError::Parse {
+            file: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(path, json).map_err(io)
+    }
+
+    /// Reads an artifact and checks its format version and schema hash against this build.
+    pub fn load(path: &Path) -> Result<Artifact, ArtifactError> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+            file: file.clone(),
+            source,
+        })?;
+        Self::from_slice(&bytes, &file)
+    }
+
+    /// Parses and checks an artifact held in memory (`file` names it in errors).
+    pub fn from_slice(bytes: &[u8], file: &str) -> Result<Artifact, ArtifactError> {
+        #[derive(Deserialize)]
+        struct Head {
+            format_version: u32,
+            schema_hash: String,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|e| ArtifactError::Parse {
+            file: file.to_string(),
+            reason: e.to_string(),
+        })?;
+        if head.format_version != FORMAT_VERSION {
+            return Err(ArtifactError::Version {
+                file: file.to_string(),
+                found: head.format_version,
+                expected: FORMAT_VERSION,
+            });
+        }
+        let current = crate::features::schema();
+        if head.schema_hash != current.hash() {
+            return Err(ArtifactError::Schema {
+                file: file.to_string(),
+                artifact_hash: head.schema_hash,
+                current_hash: current.hash().to_string(),
+            });
+        }
+        let a: Artifact = serde_json::from_slice(bytes).map_err(|e| ArtifactError::Parse {
+            file: file.to_string(),
+            reason: e.to_string(),
+        })?;
+        if a.schema.hash() != a.schema_hash || a.schema != current {
+            return Err(ArtifactError::Schema {
+                file: file.to_string(),
+                artifact_hash: a.schema.hash().to_string(),
+                current_hash: current.hash().to_string(),
+            });
+        }
+        Ok(a)
+    }
+}

@@ -1,0 +1,401 @@
+//! Grouped cross-validation of the whole training recipe: incident-disjoint and
+//! tenant-disjoint, for every model and a lookup baseline.
+//!
+//! Each outer fold runs the same [`super::fit`] as `threatrank train` on the training incidents
+//! only (encoders, out-of-fold matrix, calibration), then predicts the held-out incidents.
+//! Predictions of all folds are pooled and scored once. Splits never put one incident on both
+//! sides; the tenant-disjoint split also keeps every tenant on one side, so its figures are
+//! those of tenants never seen in training.
+
+use super::{fit, DataInfo, TrainError, TrainParams};
+use crate::correlate::Correlated;
+use crate::domain::Evidence;
+use crate::eval::{self, ClassMetrics};
+use crate::models::{Algorithm, N_CLASSES};
+use crate::signals::Attack;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How incidents are kept apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SplitKind {
+    /// no incident on both sides (a tenant's other incidents may be in training)
+    IncidentDisjoint,
+    /// no tenant on both sides (tenants never seen in training)
+    TenantDisjoint,
+}
+
+impl SplitKind {
+    /// Both kinds, in report order.
+    pub const ALL: [SplitKind; 2] = [SplitKind::IncidentDisjoint, SplitKind::TenantDisjoint];
+
+    /// Stable name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitKind::IncidentDisjoint => "incident-disjoint",
+            SplitKind::TenantDisjoint => "tenant-disjoint",
+        }
+    }
+}
+
+/// Cross-validation parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct CvParams {
+    /// Outer folds. Default 5.
+    pub folds: usize,
+    /// Seed of the fold assignment. Default 42.
+    pub seed: u64,
+    /// Algorithms to evaluate. Default: all.
+    pub algorithms: Vec<Algorithm>,
+    /// Also evaluate the (tenant, detector) → tenant → detector majority lookup. Default true.
+    pub baseline: bool,
+    /// Split kinds. Default: both.
+    pub splits: Vec<SplitKind>,
+    /// Training recipe template (its algorithm is replaced per model).
+    pub train: TrainParams,
+}
+
+impl Default for CvParams {
+    fn default() -> Self {
+        Self {
+            folds: 5,
+            seed: 42,
+            algorithms: Algorithm::ALL.to_vec(),
+            baseline: true,
+            splits: SplitKind::ALL.to_vec(),
+            train: TrainParams::default(),
+        }
+    }
+}
+
+/// Pooled out-of-fold metrics of one model on one split kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CvMetrics {
+    /// macro-F1 over evidence rows (GUIDE's metric: every row carries its incident's grade)
+    pub macro_f1_rows: f64,
+    /// macro-F1 over incidents
+    pub macro_f1_incidents: f64,
+    /// macro precision over rows
+    pub macro_precision_rows: f64,
+    /// macro recall over rows
+    pub macro_recall_rows: f64,
+    /// accuracy over rows
+    pub accuracy_rows: f64,
+    /// per grade (TP, BP, FP), over rows
+    pub per_class_rows: [ClassMetrics; 3],
+    /// average precision of P(TP) over incidents
+    pub pr_auc_tp: Option<f64>,
+    /// precision@10 of P(TP) per tenant queue, mean over queues holding a TP
+    pub precision_at_10: f64,
+    /// NDCG@10 per tenant queue, same queues
+    pub ndcg_at_10: f64,
+    /// queues counted in the two figures above
+    pub queues: usize,
+    /// multiclass log-loss over incidents
+    pub log_loss: f64,
+    /// incidents evaluated
+    pub incidents: usize,
+    /// evidence rows evaluated
+    pub rows: usize,
+}
+
+/// One model's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelCv {
+    /// `logistic`, `forest` or `lookup-baseline`
+    pub model: String,
+    /// pooled metrics
+    pub metrics: CvMetrics,
+}
+
+/// All models on one split kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SplitCv {
+    /// split kind
+    pub split: SplitKind,
+    /// per model, in evaluation order
+    pub models: Vec<ModelCv>,
+}
+
+/// A cross-validation report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CvReport {
+    /// input name
+    pub input: String,
+    /// outer folds
+    pub folds: usize,
+    /// fold seed
+    pub seed: u64,
+    /// labelled incidents
+    pub incidents: usize,
+    /// tenants
+    pub tenants: usize,
+    /// per split kind
+    pub splits: Vec<SplitCv>,
+}
+
+impl CvReport {
+    /// The model with the best row-level macro-F1 on a split kind.
+    pub fn best(&self, split: SplitKind) -> Option<&ModelCv> {
+        self.splits
+            .iter()
+            .find(|s| s.split == split)?
+            .models
+            .iter()
+            .filter(|m| m.model != "lookup-baseline")
+            .max_by(|a, b| a.metrics.macro_f1_rows.total_cmp(&b.metrics.macro_f1_rows))
+    }
+
+    /// Plain-text table.
+    pub fn table(&self) -> String {
+        let mut s = format!(
+            "{} — grouped {}-fold CV, {} labelled incidents, {} tenants\n",
+            self.input, self.folds, self.incidents, self.tenants
+        );
+        s.push_str(&format!(
+            "{:<18} {:<16} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
+            "split",
+            "model",
+            "F1(row)",
+            "F1(inc)",
+            "P(TP)",
+            "R(TP)",
+            "P(BP)",
+            "R(BP)",
+            "P(FP)",
+            "R(FP)",
+            "PRAUC",
+            "P@10",
+            "NDCG10"
+        ));
+        for sp in &self.splits {
+            for m in &sp.models {
+                let x = &m.metrics;
+                let pc = &x.per_class_rows;
+                s.push_str(&format!(
+                    "{:<18} {:<16} {:>8.3} {:>8.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7} {:>7.3} {:>7.3}\n",
+                    sp.split.name(),
+                    m.model,
+                    x.macro_f1_rows,
+                    x.macro_f1_incidents,
+                    pc[0].precision,
+                    pc[0].recall,
+                    pc[1].precision,
+                    pc[1].recall,
+                    pc[2].precision,
+                    pc[2].recall,
+                    x.pr_auc_tp.map_or("-".to_string(), |v| format!("{v:.3}")),
+                    x.precision_at_10,
+                    x.ndcg_at_10,
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// Runs grouped cross-validation. `progress` receives one message per fitted fold.
+pub fn run(
+    params: &CvParams,
+    input: &str,
+    evidence: &[Evidence],
+    corr: &Correlated,
+    attack: &Attack,
+    progress: &mut dyn FnMut(&str),
+) -> Result<CvReport, TrainError> {
+    let labelled: Vec<usize> = corr.labelled().map(|(i, _, _)| i).collect();
+    if labelled.len() < params.folds * 2 {
+        return Err(TrainError::Data {
+            reason: format!(
+                "{} labelled incidents for {} folds",
+                labelled.len(),
+                params.folds
+            ),
+        });
+    }
+    let y: Vec<u8> = labelled
+        .iter()
+        .map(|&i| corr.incidents[i].grade.map_or(0, |g| g.class_id()))
+        .collect();
+    let weights: Vec<f64> = labelled
+        .iter()
+        .map(|&i| corr.incidents[i].evidence.len() as f64)
+        .collect();
+    let tenant_of: Vec<u64> = labelled
+        .iter()
+        .map(|&i| corr.incidents[i].key.tenant.0)
+        .collect();
+    let mut tenants = tenant_of.clone();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let mut splits = Vec::new();
+    for &kind in &params.splits {
+        let groups: Vec<u64> = match kind {
+            SplitKind::IncidentDisjoint => (0..labelled.len() as u64).collect(),
+            SplitKind::TenantDisjoint => tenant_of.clone(),
+        };
+        let folds = eval::grouped_kfold(&groups, params.folds, params.seed)?;
+        let mut models = Vec::new();
+        for &alg in &params.algorithms {
+            let tp = params.train.clone().algorithm(alg);
+            let tp = TrainParams { model: None, ..tp }.check()?;
+            let mut oof = vec![0f32; labelled.len() * N_CLASSES];
+            for (f, fold) in folds.iter().enumerate() {
+                progress(&format!(
+                    "{} {} fold {}/{}",
+                    kind.name(),
+                    alg.name(),
+                    f + 1,
+                    folds.len()
+                ));
+                let train: Vec<usize> = fold.train.iter().map(|&j| labelled[j]).collect();
+                let test: Vec<usize> = fold.test.iter().map(|&j| labelled[j]).collect();
+                let art = fit(&tp, evidence, corr, &train, attack, empty_info(input))?;
+                let pred = art.predict(evidence, corr, &test, attack)?;
+                for (r, &j) in fold.test.iter().enumerate() {
+                    oof[j * N_CLASSES..(j + 1) * N_CLASSES]
+                        .copy_from_slice(&pred.probs[r * N_CLASSES..(r + 1) * N_CLASSES]);
+                }
+            }
+            models.push(ModelCv {
+                model: alg.name().to_string(),
+                metrics: metrics(&oof, &y, &weights, &tenant_of)?,
+            });
+        }
+        if params.baseline {
+            let mut oof = vec![0f32; labelled.len() * N_CLASSES];
+            for fold in &folds {
+                let train: Vec<usize> = fold.train.iter().map(|&j| labelled[j]).collect();
+                let lookup = Lookup::fit(evidence, corr, &train);
+                for &j in &fold.test {
+                    let p = lookup.predict(evidence, corr, labelled[j]);
+                    oof[j * N_CLASSES..(j + 1) * N_CLASSES].copy_from_slice(&p);
+                }
+            }
+            models.push(ModelCv {
+                model: "lookup-baseline".into(),
+                metrics: metrics(&oof, &y, &weights, &tenant_of)?,
+            });
+        }
+        splits.push(SplitCv {
+            split: kind,
+            models,
+        });
+    }
+    Ok(CvReport {
+        input: input.to_string(),
+        folds: params.folds,
+        seed: params.seed,
+        incidents: labelled.len(),
+        tenants: tenants.len(),
+        splits,
+    })
+}
+
+fn empty_info(input: &str) -> DataInfo {
+    DataInfo {
+        file: input.to_string(),
+        sha256: String::new(),
+        records: 0,
+        accepted: 0,
+        rejected: 0,
+        incidents: 0,
+        tenants: 0,
+        grades: [0; 3],
+    }
+}
+
+/// Pooled metrics from out-of-fold probabilities.
+pub fn metrics(
+    probs: &[f32],
+    y: &[u8],
+    weights: &[f64],
+    tenant_of: &[u64],
+) -> Result<CvMetrics, TrainError> {
+    let pred: Vec<u8> = probs
+        .chunks_exact(N_CLASSES)
+        .map(|p| eval::argmax3(&[p[0], p[1], p[2]]))
+        .collect();
+    let rows = eval::classification_report(y, &pred, Some(weights))?;
+    let inc = eval::classification_report(y, &pred, None)?;
+    let p_tp: Vec<f32> = probs.chunks_exact(N_CLASSES).map(|p| p[0]).collect();
+    let is_tp: Vec<bool> = y.iter().map(|&c| c == 0).collect();
+    let p10 = eval::precision_at_k(tenant_of, &p_tp, &is_tp, 10)?;
+    let ndcg = eval::ndcg_at_k(tenant_of, &p_tp, &is_tp, 10)?;
+    Ok(CvMetrics {
+        macro_f1_rows: rows.macro_f1,
+        macro_f1_incidents: inc.macro_f1,
+        macro_precision_rows: rows.macro_precision,
+        macro_recall_rows: rows.macro_recall,
+        accuracy_rows: rows.accuracy,
+        per_class_rows: rows.per_class.clone(),
+        pr_auc_tp: eval::average_precision(&p_tp, &is_tp),
+        precision_at_10: p10.mean,
+        ndcg_at_10: ndcg.mean,
+        queues: p10.n_queues,
+        log_loss: eval::log_loss(probs, y)?,
+        incidents: y.len(),
+        rows: weights.iter().sum::<f64>() as usize,
+    })
+}
+
+/// The reference lookup: majority grade by (tenant, detector), else tenant, else detector,
+/// else the global prior. Probabilities are the grade shares of the level used.
+struct Lookup {
+    by_tenant_detector: BTreeMap<(u64, String), [u32; 3]>,
+    by_tenant: BTreeMap<u64, [u32; 3]>,
+    by_detector: BTreeMap<String, [u32; 3]>,
+    prior: [u32; 3],
+}
+
+fn primary_detector(evidence: &[Evidence], corr: &Correlated, i: usize) -> String {
+    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
+    for &r in &corr.incidents[i].evidence {
+        *m.entry(evidence[r as usize].detector.as_str()).or_default() += 1;
+    }
+    let mut best: Option<(&str, usize)> = None;
+    for (d, n) in m {
+        if best.is_none_or(|(_, bn)| n > bn) {
+            best = Some((d, n));
+        }
+    }
+    best.map(|(d, _)| d.to_string()).unwrap_or_default()
+}
+
+impl Lookup {
+    fn fit(evidence: &[Evidence], corr: &Correlated, train: &[usize]) -> Lookup {
+        let mut l = Lookup {
+            by_tenant_detector: BTreeMap::new(),
+            by_tenant: BTreeMap::new(),
+            by_detector: BTreeMap::new(),
+            prior: [0; 3],
+        };
+        for &i in train {
+            let inc = &corr.incidents[i];
+            let Some(g) = inc.grade else { continue };
+            let c = g.class_id() as usize;
+            let d = primary_detector(evidence, corr, i);
+            let t = inc.key.tenant.0;
+            l.by_tenant_detector.entry((t, d.clone())).or_default()[c] += 1;
+            l.by_tenant.entry(t).or_default()[c] += 1;
+            l.by_detector.entry(d).or_default()[c] += 1;
+            l.prior[c] += 1;
+        }
+        l
+    }
+
+    fn predict(&self, evidence: &[Evidence], corr: &Correlated, i: usize) -> [f32; 3] {
+        let t = corr.incidents[i].key.tenant.0;
+        let d = primary_detector(evidence, corr, i);
+        let counts = self
+            .by_tenant_detector
+            .get(&(t, d.clone()))
+            .or_else(|| self.by_tenant.get(&t))
+            .or_else(|| self.by_detector.get(&d))
+            .unwrap_or(&self.prior);
+        let total: u32 = counts.iter().sum::<u32>().max(1);
+        counts.map(|n| n as f32 / total as f32)
+    }
+}
