@@ -196,6 +196,18 @@ impl FeatureSchema {
     pub fn hash(&self) -> &str {
         &self.hash
     }
+    /// The hash recomputed from version, names and families (differs from [`FeatureSchema::hash`]
+    /// only when a stored schema was edited).
+    pub fn computed_hash(&self) -> String {
+        let columns = self
+            .names
+            .iter()
+            .cloned()
+            .zip(self.families.iter().cloned())
+            .collect();
+        Self::new(self.version, columns).hash
+    }
+
     /// Index of a column by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)

@@ -96,6 +96,16 @@ pub fn load(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineE
     })
 }
 
+fn create_parent(path: &Path) -> Result<(), PipelineError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| report::ReportError::Write {
+            file: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
 /// Outcome of training.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
@@ -117,6 +127,7 @@ pub fn train_file(
     let valid = params.check()?;
     let loaded = load(input, &IngestValidParams::default())?;
     let rejects = ingest::rejects_path_for(model_out);
+    create_parent(&rejects)?;
     loaded.report.write_rejects(&rejects)?;
     let attack = Attack::shipped()?;
     let all: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
@@ -167,6 +178,7 @@ pub fn score_loaded(
         which: &which,
         x: &pred.x,
         probs: &pred.probs,
+        grades: &pred.grades,
         contributions: &contributions,
         schema: &artifact.schema,
         attack: &attack,
@@ -203,6 +215,7 @@ pub fn score_file(
     let artifact = Artifact::load(model)?;
     let loaded = load_unlabelled(input)?;
     let rejects = ingest::rejects_path_for(output);
+    create_parent(&rejects)?;
     loaded.report.write_rejects(&rejects)?;
     let scored = score_loaded(&artifact, loaded, 1)?;
     let rows = report::write_scores(output, &scored.loaded, &scored.incidents)?;

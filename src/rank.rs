@@ -35,7 +35,7 @@ pub struct ScoredIncident {
     pub key: IncidentKey,
     /// calibrated P(TP), P(BP), P(FP)
     pub probs: [f32; 3],
-    /// most probable grade
+    /// predicted grade (decision rule over the calibrated probabilities)
     pub predicted: Grade,
     /// 0–100
     pub priority: u8,
@@ -71,17 +71,6 @@ pub fn priority(p_tp: f32) -> u8 {
     (p_tp.clamp(0.0, 1.0) * 100.0).round() as u8
 }
 
-/// Most probable grade (ties → TP, then BP).
-pub fn predicted_grade(p: &[f32]) -> Grade {
-    let mut best = 0;
-    for c in 1..3 {
-        if p[c] > p[best] {
-            best = c;
-        }
-    }
-    Grade::from_class_id(best as u8).unwrap_or(Grade::TruePositive)
-}
-
 fn mode<'a>(values: impl Iterator<Item = &'a str>) -> String {
     let mut m: BTreeMap<&str, usize> = BTreeMap::new();
     for v in values {
@@ -109,6 +98,8 @@ pub struct RankInput<'a> {
     pub x: &'a FeatureMatrix,
     /// calibrated probabilities, `N_CLASSES` per row
     pub probs: &'a [f32],
+    /// predicted class ids (the artifact's decision rule), one per row
+    pub grades: &'a [u8],
     /// TP contributions, `n_features + 1` per row (last = bias)
     pub contributions: &'a [f32],
     /// the schema of `x`
@@ -156,7 +147,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
             ScoredIncident {
                 key: inc.key,
                 probs: [p[0], p[1], p[2]],
-                predicted: predicted_grade(p),
+                predicted: Grade::from_class_id(input.grades[r]).unwrap_or(Grade::TruePositive),
                 priority: priority(p[0]),
                 n_evidence: inc.evidence.len() as u32,
                 n_alerts: inc.alerts.len() as u32,

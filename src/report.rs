@@ -126,7 +126,7 @@ pub fn queue_table(incidents: &[ScoredIncident], tenant: Option<TenantId>, top: 
         let _ = writeln!(out, "tenant {t} — top {} of {total} incidents", q.len());
         let _ = writeln!(
             out,
-            "  {:>4}  {:>8}  {:<14} {:>5} {:>5} {:>5}  {:>3} {:>3}  {:<20} {}",
+            "  {:>4}  {:>8}  {:<14} {:>5} {:>5} {:>5}  {:>3} {:>3}  {:<20} category / detector / title",
             "prio",
             "incident",
             "grade",
@@ -136,7 +136,6 @@ pub fn queue_table(incidents: &[ScoredIncident], tenant: Option<TenantId>, top: 
             "ev",
             "al",
             "first seen",
-            "category / detector / title"
         );
         for s in q {
             let _ = writeln!(

@@ -498,7 +498,7 @@ pub fn log_loss(probs: &[f32], y: &[u8]) -> Result<f64, EvalError> {
     if y.is_empty() {
         return Err(EvalError::Empty { what: "y" });
     }
-    let expected = y.len().checked_mul(N_CLASSES).unwrap_or(usize::MAX);
+    let expected = y.len().saturating_mul(N_CLASSES);
     if probs.len() != expected {
         return Err(EvalError::LengthMismatch {
             what: "probs",
@@ -572,4 +572,291 @@ fn order_by_score_desc(scores: &[f32]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| cmp_score_desc(scores[a], scores[b]).then(a.cmp(&b)));
     order
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-12
+    }
+
+    #[test]
+    fn report_matches_hand_computed_values() {
+        // Hand-computed: C = [[2,1,0],[0,1,1],[1,0,2]], n = 8, trace = 5.
+        // class 0: p = 2/3, r = 2/3; class 1: p = 1/2, r = 1/2; class 2: p = 2/3, r = 2/3.
+        // macro = (2/3 + 1/2 + 2/3) / 3 = 11/18 for p, r and f1.
+        let y_true = [0, 0, 0, 1, 1, 2, 2, 2];
+        let y_pred = [0, 1, 0, 1, 2, 2, 2, 0];
+        let r = classification_report(&y_true, &y_pred, None).unwrap();
+        assert_eq!(
+            r.confusion.0,
+            [[2.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 2.0]]
+        );
+        assert_eq!(r.n, 8.0);
+        assert!(close(r.accuracy, 0.625));
+        assert!(close(r.per_class[0].f1, 2.0 / 3.0));
+        assert!(close(r.per_class[1].precision, 0.5));
+        assert!(close(r.per_class[2].recall, 2.0 / 3.0));
+        assert_eq!(r.per_class[2].support, 3.0);
+        assert!(close(r.macro_f1, 11.0 / 18.0));
+        assert!(close(r.macro_precision, 11.0 / 18.0));
+        assert!(close(r.macro_recall, 11.0 / 18.0));
+    }
+
+    #[test]
+    fn report_absent_class_is_zero_and_counts_in_macro() {
+        // Hand-computed: C = [[1,1,0],[0,2,0],[0,0,0]].
+        // class 0: p = 1, r = 1/2, f1 = 2/(2+0+1) = 2/3; class 1: p = 2/3, r = 1, f1 = 4/5;
+        // class 2: all 0 (zero_division = 0). macro p = 5/9, r = 1/2, f1 = (2/3 + 4/5)/3 = 22/45.
+        let r = classification_report(&[0, 0, 1, 1], &[0, 1, 1, 1], None).unwrap();
+        assert_eq!(r.per_class[2], ClassMetrics::default());
+        assert!(close(r.per_class[0].f1, 2.0 / 3.0));
+        assert!(close(r.per_class[1].f1, 0.8));
+        assert!(close(r.macro_precision, 5.0 / 9.0));
+        assert!(close(r.macro_recall, 0.5));
+        assert!(close(r.macro_f1, 22.0 / 45.0));
+        assert!(close(r.accuracy, 0.75));
+    }
+
+    #[test]
+    fn report_weighted() {
+        // Hand-computed: weights [2, 1, 0.5] give C = [[2,0,0],[0,0,1],[0,0,0.5]], n = 3.5.
+        // accuracy = 2.5/3.5; class 2: p = 0.5/1.5 = 1/3, r = 1, f1 = 1/(1 + 1) = 0.5.
+        let r = classification_report(&[0, 1, 2], &[0, 2, 2], Some(&[2.0, 1.0, 0.5])).unwrap();
+        assert!(close(r.n, 3.5));
+        assert!(close(r.accuracy, 5.0 / 7.0));
+        assert!(close(r.per_class[2].precision, 1.0 / 3.0));
+        assert!(close(r.per_class[2].f1, 0.5));
+        assert_eq!(r.per_class[1].support, 1.0);
+        // integer weights == repeated rows
+        let rep = classification_report(&[0, 0, 1, 2, 2], &[0, 0, 2, 2, 2], None).unwrap();
+        let w = classification_report(&[0, 1, 2], &[0, 2, 2], Some(&[2.0, 1.0, 2.0])).unwrap();
+        assert_eq!(rep, w);
+    }
+
+    #[test]
+    fn report_errors() {
+        use EvalError::*;
+        assert_eq!(
+            classification_report(&[], &[], None),
+            Err(Empty { what: "y_true" })
+        );
+        assert!(matches!(
+            classification_report(&[0, 1], &[0], None),
+            Err(LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            classification_report(&[0, 1], &[0, 1], Some(&[1.0])),
+            Err(LengthMismatch { .. })
+        ));
+        assert_eq!(
+            classification_report(&[0, 3], &[0, 1], None),
+            Err(InvalidClass { index: 1, class: 3 })
+        );
+        assert!(matches!(
+            classification_report(&[0], &[0], Some(&[-1.0])),
+            Err(InvalidWeight { index: 0, .. })
+        ));
+        assert!(matches!(
+            classification_report(&[0], &[0], Some(&[f64::NAN])),
+            Err(InvalidWeight { .. })
+        ));
+        assert_eq!(
+            classification_report(&[0], &[0], Some(&[0.0])),
+            Err(ZeroTotalWeight)
+        );
+    }
+
+    #[test]
+    fn ap_hand_computed() {
+        // Hand-computed: order T F T F -> (R, P) = (.5, 1), (.5, .5), (1, 2/3), (1, .5);
+        // AP = .5 * 1 + .5 * 2/3 = 5/6.
+        let ap = average_precision(&[0.9, 0.8, 0.7, 0.6], &[true, false, true, false]).unwrap();
+        assert!(close(ap, 5.0 / 6.0));
+        // perfect ranking
+        let ap = average_precision(&[0.9, 0.8, 0.1], &[true, true, false]).unwrap();
+        assert!(close(ap, 1.0));
+    }
+
+    #[test]
+    fn ap_ties_grouped() {
+        // Hand-computed: thresholds 0.9 (tp 0, fp 1), 0.5 (tp 2, fp 2), 0.1 (tp 3, fp 2), P = 3:
+        // AP = (2/3) * (2/4) + (1/3) * (3/5) = 1/3 + 1/5 = 8/15.
+        let scores = [0.9, 0.5, 0.5, 0.5, 0.1];
+        let pos = [false, true, false, true, true];
+        assert!(close(average_precision(&scores, &pos).unwrap(), 8.0 / 15.0));
+        // order inside a tie does not matter
+        let pos2 = [false, false, true, true, true];
+        assert_eq!(
+            average_precision(&scores, &pos),
+            average_precision(&scores, &pos2)
+        );
+        // all tied: AP = prevalence
+        let ap = average_precision(&[0.3; 4], &[true, false, false, true]).unwrap();
+        assert!(close(ap, 0.5));
+        // 0.0 and -0.0 tie
+        assert_eq!(average_precision(&[0.0, -0.0], &[false, true]), Some(0.5));
+    }
+
+    #[test]
+    fn ap_none_cases() {
+        assert_eq!(average_precision(&[], &[]), None);
+        assert_eq!(average_precision(&[0.1, 0.2], &[false, false]), None);
+        assert_eq!(average_precision(&[0.1], &[true, false]), None);
+        assert!(pr_curve(&[0.1], &[false]).is_empty());
+    }
+
+    #[test]
+    fn pr_curve_points_and_nan_last() {
+        let c = pr_curve(
+            &[0.9, 0.5, 0.5, 0.5, 0.1],
+            &[false, true, false, true, true],
+        );
+        assert_eq!(
+            c,
+            vec![(0.0, 0.0, 0.9), (2.0 / 3.0, 0.5, 0.5), (1.0, 0.6, 0.1)]
+        );
+        // NaN ranks last
+        let c = pr_curve(&[f32::NAN, 0.2], &[false, true]);
+        assert_eq!(c[0], (1.0, 1.0, 0.2));
+        assert_eq!((c[1].0, c[1].1), (1.0, 0.5));
+        assert!(c[1].2.is_nan());
+    }
+
+    // Queues for the ranking tests (hand-ranked):
+    // queue 1: rows 0 (0.9, F), 1 (0.8, T), 2 (0.1, T)
+    // queue 2: rows 3 (0.5, F), 4 (0.5, T) -> tie broken by index: 3 then 4
+    // queue 3: row 5 (0.3, F) -> no positive, excluded
+    const G: [u64; 6] = [1, 1, 1, 2, 2, 3];
+    const S: [f32; 6] = [0.9, 0.8, 0.1, 0.5, 0.5, 0.3];
+    const P: [bool; 6] = [false, true, true, false, true, false];
+
+    #[test]
+    fn precision_at_k_hand_computed() {
+        let m = precision_at_k(&G, &S, &P, 2).unwrap();
+        assert_eq!(
+            m,
+            QueueMetric {
+                mean: 0.5,
+                n_queues: 2
+            }
+        );
+        assert_eq!(precision_at_k(&G, &S, &P, 1).unwrap().mean, 0.0);
+        // k capped at queue size: q1 = 2/3, q2 = 1/2 -> 7/12
+        assert!(close(
+            precision_at_k(&G, &S, &P, 5).unwrap().mean,
+            7.0 / 12.0
+        ));
+    }
+
+    #[test]
+    fn recall_at_k_hand_computed() {
+        // q1: 1 of 2, q2: 1 of 1 -> 0.75
+        assert_eq!(recall_at_k(&G, &S, &P, 2).unwrap().mean, 0.75);
+        assert_eq!(recall_at_k(&G, &S, &P, 1).unwrap().mean, 0.0);
+        assert_eq!(recall_at_k(&G, &S, &P, 3).unwrap().mean, 1.0);
+    }
+
+    #[test]
+    fn ndcg_at_k_hand_computed() {
+        // q1: DCG = 1/log2 3, IDCG = 1 + 1/log2 3 -> 1/(log2 3 + 1) ~ 0.3868528
+        // q2: DCG = 1/log2 3, IDCG = 1 (one positive) -> ~ 0.6309298
+        let l3 = 3f64.log2();
+        let m = ndcg_at_k(&G, &S, &P, 2).unwrap();
+        assert_eq!(m.n_queues, 2);
+        assert!(close(m.mean, (1.0 / (l3 + 1.0) + 1.0 / l3) / 2.0));
+        assert!((m.mean - 0.5088913).abs() < 1e-6);
+        // perfect ranking
+        let m = ndcg_at_k(&[1, 1, 1], &[0.9, 0.8, 0.1], &[true, true, false], 3).unwrap();
+        assert!(close(m.mean, 1.0));
+    }
+
+    #[test]
+    fn queue_metric_edge_cases() {
+        assert_eq!(precision_at_k(&G, &S, &P, 0), Err(EvalError::ZeroK));
+        assert!(matches!(
+            ndcg_at_k(&G, &S[..5], &P, 2),
+            Err(EvalError::LengthMismatch { what: "scores", .. })
+        ));
+        assert!(matches!(
+            recall_at_k(&G, &S, &P[..5], 2),
+            Err(EvalError::LengthMismatch {
+                what: "positive",
+                ..
+            })
+        ));
+        let none = QueueMetric {
+            mean: 0.0,
+            n_queues: 0,
+        };
+        assert_eq!(precision_at_k(&[], &[], &[], 3), Ok(none));
+        assert_eq!(
+            ndcg_at_k(&[1, 2], &[0.1, 0.2], &[false, false], 3),
+            Ok(none)
+        );
+    }
+
+    #[test]
+    fn workload_hand_computed() {
+        let s = [0.9, 0.8, 0.7, 0.6, 0.5];
+        let p = [true, false, true, false, true];
+        assert_eq!(workload_at_recall(&s, &p, 1.0 / 3.0), Some(0.2));
+        assert_eq!(workload_at_recall(&s, &p, 0.5), Some(0.6));
+        assert_eq!(workload_at_recall(&s, &p, 1.0), Some(1.0));
+        // ties reviewed whole: 0.9 (F) then {0.5 T, 0.5 F} -> 3 of 4
+        let s = [0.9, 0.5, 0.5, 0.1];
+        let p = [false, true, false, true];
+        assert_eq!(workload_at_recall(&s, &p, 0.5), Some(0.75));
+        assert_eq!(workload_at_recall(&s, &[false; 4], 0.5), None);
+        assert_eq!(workload_at_recall(&s, &p, 0.0), None);
+        assert_eq!(workload_at_recall(&s, &p, 1.5), None);
+        assert_eq!(workload_at_recall(&s, &p, f64::NAN), None);
+    }
+
+    #[test]
+    fn log_loss_hand_computed() {
+        // -(ln 0.7 + ln 0.8) / 2 (f32 inputs widened to f64)
+        let l = log_loss(&[0.7, 0.2, 0.1, 0.1, 0.8, 0.1], &[0, 1]).unwrap();
+        let want = -(f64::from(0.7f32).ln() + f64::from(0.8f32).ln()) / 2.0;
+        assert!(close(l, want));
+        assert!((l - 0.2899092).abs() < 1e-6);
+        // clipping: p = 0 on the true class -> -ln(1e-15) ~ 34.5387764
+        let l = log_loss(&[0.0, 1.0, 0.0], &[0]).unwrap();
+        assert!(close(l, -(1e-15f64).ln()));
+        // p = 1 clipped to 1 - 1e-15: tiny but positive
+        let l = log_loss(&[1.0, 0.0, 0.0], &[0]).unwrap();
+        assert!(l > 0.0 && l < 1e-14);
+    }
+
+    #[test]
+    fn log_loss_errors() {
+        assert_eq!(log_loss(&[], &[]), Err(EvalError::Empty { what: "y" }));
+        assert!(matches!(
+            log_loss(&[0.5, 0.5], &[0]),
+            Err(EvalError::LengthMismatch {
+                expected: 3,
+                got: 2,
+                ..
+            })
+        ));
+        assert_eq!(
+            log_loss(&[0.5, 0.5, 0.0], &[3]),
+            Err(EvalError::InvalidClass { index: 0, class: 3 })
+        );
+        assert!(matches!(
+            log_loss(&[0.5, f32::NAN, 0.0], &[0]),
+            Err(EvalError::InvalidProbability { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn argmax3_ties_and_nan() {
+        assert_eq!(argmax3(&[0.1, 0.2, 0.7]), 2);
+        assert_eq!(argmax3(&[0.1, 0.45, 0.45]), 1);
+        assert_eq!(argmax3(&[1.0 / 3.0; 3]), 0);
+        assert_eq!(argmax3(&[f32::NAN, 0.1, 0.2]), 2);
+        assert_eq!(argmax3(&[f32::NAN; 3]), 0);
+    }
 }

@@ -712,16 +712,18 @@ pub fn schema_len() -> usize {
     *LEN.get_or_init(|| schema().len())
 }
 
-/// Out-of-fold fold of a training incident (deterministic in seed and key).
-fn oof_fold(inc: &Incident, seed: u64, folds: usize) -> usize {
-    let mut z = seed
-        ^ inc.key.tenant.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ inc.key.incident.0.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
-    // splitmix64 finaliser
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z % folds as u64) as usize
+    z ^ (z >> 31)
+}
+
+/// Out-of-fold fold of a training incident (deterministic in seed and key).
+fn oof_fold(inc: &Incident, p: &FeatureParams) -> usize {
+    let t = splitmix(p.seed ^ splitmix(inc.key.tenant.0));
+    let z = splitmix(t ^ splitmix(inc.key.incident.0.wrapping_add(0x5851_F42D_4C95_7F2D)));
+    (z % p.oof_folds as u64) as usize
 }
 
 /// The training matrix, built out-of-fold, and the encoders fitted on all of `train`.
@@ -750,7 +752,7 @@ pub fn fit_transform(
         .unwrap_or_else(|_| FeatureMatrix::with_columns(width));
     let fold_of: Vec<usize> = labelled
         .iter()
-        .map(|&i| oof_fold(&corr.incidents[i], p.seed, p.oof_folds))
+        .map(|&i| oof_fold(&corr.incidents[i], p))
         .collect();
     for f in 0..p.oof_folds {
         let fit_on: Vec<usize> = labelled

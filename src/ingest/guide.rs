@@ -100,7 +100,9 @@ struct Columns {
 /// Streaming GUIDE reader: yields one item per data row.
 pub struct GuideReader<R: Read> {
     file: String,
-    inner: csv::Reader<R>,
+    inner: csv::Reader<Tracked<R>>,
+    events: Events,
+    lines_before: u64,
     header: Vec<String>,
     cols: Columns,
     max_field: usize,
@@ -113,10 +115,16 @@ impl<R: Read> GuideReader<R> {
     /// Reads and checks the header; errors on an empty file or a header lacking
     /// [`GUIDE_REQUIRED`] columns.
     pub fn new(reader: R, file: &str, params: &IngestValidParams) -> Result<Self, IngestError> {
+        let events = Events::default();
         let mut inner = csv::ReaderBuilder::new()
             .has_headers(false)
             .flexible(true)
-            .from_reader(reader);
+            .from_reader(Tracked {
+                inner: reader,
+                events: events.clone(),
+                offset: 0,
+                pending_cr: false,
+            });
         let mut rec = ByteRecord::new();
         let got = inner
             .read_byte_record(&mut rec)
@@ -194,6 +202,8 @@ impl<R: Read> GuideReader<R> {
         Ok(Self {
             file: file.to_string(),
             inner,
+            events,
+            lines_before: 0,
             header,
             cols,
             max_field: p.max_field_bytes,
@@ -426,7 +436,14 @@ impl<R: Read> Iterator for GuideReader<R> {
         }
         loop {
             let res = self.inner.read_byte_record(&mut self.record);
-            let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+            let start = self.record.position().map_or(0, |p| p.byte());
+            let end = self.inner.position().byte();
+            let span = self.events.take_span(start, end);
+            self.lines_before += span.lines_before;
+            // Our own line count: csv's counts a CRLF file's lines short and bare-CR files not
+            // at all.
+            let line = self.lines_before + 1;
+            self.lines_before += span.lines_inside;
             let item = match res {
                 Ok(false) => {
                     self.done = true;
@@ -437,7 +454,24 @@ impl<R: Read> Iterator for GuideReader<R> {
                     if self.record.len() == 1 && self.record.get(0).is_some_and(|f| f.is_empty()) {
                         continue;
                     }
-                    self.parse(line).map(|e| vec![e])
+                    if span.quotes % 2 == 1 && self.events.at_eof(end) {
+                        // csv accepts end of file inside a quoted field; we do not.
+                        let swallowed = span.lines_inside.saturating_sub(1);
+                        Err(self.reject(
+                            line,
+                            None,
+                            format!(
+                                "unterminated quoted field: the record runs to the end of the file{}",
+                                if swallowed > 0 {
+                                    format!(" ({swallowed} more lines read as part of it)")
+                                } else {
+                                    String::new()
+                                }
+                            ),
+                        ))
+                    } else {
+                        self.parse(line).map(|e| vec![e])
+                    }
                 }
                 Err(e) => {
                     // I/O failure mid-file: report it as this record's rejection and stop.
@@ -448,6 +482,95 @@ impl<R: Read> Iterator for GuideReader<R> {
             self.index += 1;
             return Some(item);
         }
+    }
+}
+
+/// Byte offsets of line ends and double quotes seen by [`Tracked`], drained record by record
+/// (so it holds at most the csv reader's look-ahead), plus end-of-input state.
+#[derive(Debug, Clone, Default)]
+struct Events(std::sync::Arc<std::sync::Mutex<EventLog>>);
+
+#[derive(Debug, Default)]
+struct EventLog {
+    /// (offset, is_quote) in increasing offset order
+    queue: std::collections::VecDeque<(u64, bool)>,
+    eof: bool,
+    total: u64,
+}
+
+/// What lies before and inside one record's byte span.
+struct Span {
+    lines_before: u64,
+    lines_inside: u64,
+    quotes: u64,
+}
+
+impl Events {
+    fn lock(&self) -> std::sync::MutexGuard<'_, EventLog> {
+        // A poisoned lock only means another thread panicked mid-update of plain counters.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drains events before `end`, counting line ends before `start` and inside the span.
+    fn take_span(&self, start: u64, end: u64) -> Span {
+        let mut log = self.lock();
+        let mut span = Span {
+            lines_before: 0,
+            lines_inside: 0,
+            quotes: 0,
+        };
+        while let Some(&(off, quote)) = log.queue.front() {
+            if off >= end {
+                break;
+            }
+            log.queue.pop_front();
+            match (quote, off < start) {
+                (false, true) => span.lines_before += 1,
+                (false, false) => span.lines_inside += 1,
+                (true, false) => span.quotes += 1,
+                (true, true) => {}
+            }
+        }
+        span
+    }
+
+    fn at_eof(&self, end: u64) -> bool {
+        let log = self.lock();
+        log.eof && end >= log.total
+    }
+}
+
+/// Reader wrapper that logs line ends (`\n`, `\r\n` once, lone `\r`) and `"` bytes by offset.
+struct Tracked<R> {
+    inner: R,
+    events: Events,
+    offset: u64,
+    pending_cr: bool,
+}
+
+impl<R: Read> Read for Tracked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut log = self.events.lock();
+        for (i, &b) in buf[..n].iter().enumerate() {
+            let off = self.offset + i as u64;
+            match b {
+                // "\r\n" was counted at the '\r'.
+                b'\n' if !self.pending_cr => log.queue.push_back((off, false)),
+                b'\r' => log.queue.push_back((off, false)),
+                b'"' => log.queue.push_back((off, true)),
+                _ => {}
+            }
+            self.pending_cr = b == b'\r';
+        }
+        self.offset += n as u64;
+        log.total = self.offset;
+        if n == 0 && !buf.is_empty() {
+            log.eof = true;
+        }
+        Ok(n)
     }
 }
 

@@ -210,20 +210,14 @@ impl IngestParams {
     }
 }
 
-/// Checked [`IngestParams`].
-#[derive(Debug, Clone, PartialEq)]
+/// Checked [`IngestParams`] (the default is the checked default).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct IngestValidParams(IngestParams);
 
 impl IngestValidParams {
     /// The checked values.
     pub fn get(&self) -> &IngestParams {
         &self.0
-    }
-}
-
-impl Default for IngestValidParams {
-    fn default() -> Self {
-        Self(IngestParams::default())
     }
 }
 

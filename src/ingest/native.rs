@@ -133,16 +133,58 @@ impl<R: Read> NativeReader<R> {
         }
     }
 
+    /// JSON text → [`NativeAlert`], field by field, so that every rejection names its field.
+    fn decode(&self, text: &str) -> Result<NativeAlert, Rejection> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| self.reject(None, format!("invalid JSON: {e}")))?;
+        let serde_json::Value::Object(mut obj) = value else {
+            return Err(self.reject(
+                None,
+                format!(
+                    "an alert must be a JSON object, found {}",
+                    json_kind(&value)
+                ),
+            ));
+        };
+        if !self.read_labels {
+            // Scoring never looks at the label, not even at its type.
+            obj.remove("grade");
+        }
+        if let Some(k) = obj.keys().find(|k| !ALERT_FIELDS.contains(&k.as_str())) {
+            return Err(self.reject(
+                Some(k),
+                format!(
+                    "unknown field (expected one of {})",
+                    ALERT_FIELDS.join(", ")
+                ),
+            ));
+        }
+        for k in REQUIRED_FIELDS {
+            if obj.get(k).is_none_or(serde_json::Value::is_null) {
+                return Err(self.reject(Some(k), "missing required field".into()));
+            }
+        }
+        // Each field alone, in a fixed order, so the first bad one is named.
+        for k in ALERT_FIELDS {
+            if let Some(v) = obj.get(k) {
+                let mut one = serde_json::Map::new();
+                for r in REQUIRED_FIELDS {
+                    one.insert(r.to_string(), placeholder(r));
+                }
+                one.insert(k.to_string(), v.clone());
+                if let Err(e) =
+                    serde_json::from_value::<NativeAlert>(serde_json::Value::Object(one))
+                {
+                    return Err(self.reject(Some(k), format!("invalid value: {e}")));
+                }
+            }
+        }
+        serde_json::from_value(serde_json::Value::Object(obj))
+            .map_err(|e| self.reject(None, format!("invalid alert: {e}")))
+    }
+
     fn parse(&self, text: &str) -> Result<Vec<Evidence>, Rejection> {
-        let a: NativeAlert = serde_json::from_str(text).map_err(|e| {
-            let msg = e.to_string();
-            let field = msg
-                .split('`')
-                .nth(1)
-                .filter(|_| msg.contains("field"))
-                .map(str::to_string);
-            self.reject(field.as_deref(), format!("invalid alert JSON: {msg}"))
-        })?;
+        let a = self.decode(text)?;
         let timestamp =
             parse_rfc3339(&a.timestamp).map_err(|e| self.reject(Some("timestamp"), e))?;
         for (name, v) in [
@@ -234,6 +276,61 @@ impl<R: Read> NativeReader<R> {
     }
 }
 
+/// Fields of a native alert, in checking order.
+const ALERT_FIELDS: [&str; 12] = [
+    "tenant",
+    "alert_id",
+    "incident_id",
+    "timestamp",
+    "detector",
+    "title",
+    "category",
+    "techniques",
+    "severity",
+    "entities",
+    "grade",
+    "id",
+];
+
+/// Fields every alert must carry.
+const REQUIRED_FIELDS: [&str; 6] = [
+    "tenant",
+    "alert_id",
+    "timestamp",
+    "detector",
+    "title",
+    "category",
+];
+
+/// A valid stand-in for a required field, used to check one other field alone.
+fn placeholder(field: &str) -> serde_json::Value {
+    match field {
+        "tenant" | "alert_id" => serde_json::Value::from(0u64),
+        _ => serde_json::Value::from("x"),
+    }
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+/// The top-level field of a JSON object line whose text satisfies `pred` (to name the field
+/// of a bad-UTF-8 or oversize line); `None` when the line is not an object.
+fn locate_field(text: &str, pred: impl Fn(&str, &str) -> bool) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(text).ok()?;
+    let obj = v.as_object()?;
+    obj.iter()
+        .find(|(k, v)| pred(k, &v.to_string()))
+        .map(|(k, _)| k.clone())
+}
+
 /// FNV-1a 64-bit hash (stable across runs and platforms).
 pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -294,9 +391,17 @@ impl<R: Read> Iterator for NativeReader<R> {
             if raw.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
+            let raw = if self.line == 1 {
+                raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw)
+            } else {
+                raw
+            };
             let item = if raw.len() > self.max_line {
+                let text = String::from_utf8_lossy(raw);
+                let max = self.max_line;
+                let field = locate_field(&text, |_, v| v.len() > max / 2);
                 Err(self.reject(
-                    None,
+                    field.as_deref(),
                     format!(
                         "line of {} bytes exceeds the limit of {} bytes",
                         raw.len(),
@@ -306,7 +411,14 @@ impl<R: Read> Iterator for NativeReader<R> {
             } else {
                 match std::str::from_utf8(raw) {
                     Err(e) => {
-                        Err(self.reject(None, format!("invalid UTF-8 at byte {}", e.valid_up_to())))
+                        let text = String::from_utf8_lossy(raw);
+                        let field = locate_field(&text, |k, v| {
+                            k.contains('\u{fffd}') || v.contains('\u{fffd}')
+                        });
+                        Err(self.reject(
+                            field.as_deref(),
+                            format!("invalid UTF-8 at byte {} of the line", e.valid_up_to()),
+                        ))
                     }
                     Ok(text) => self.parse(text),
                 }

@@ -383,9 +383,76 @@ impl Node {
 }
 
 /// A regression tree: node 0 is the root, children always come after their parent.
+///
+/// Serialized column-wise (one array per node field; a node is a leaf when its `left` is 0,
+/// since no child can point back to the root), which keeps artifacts about three times smaller
+/// than one object per node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(into = "TreeColumns", from = "TreeColumns")]
 pub struct Tree {
     nodes: Vec<Node>,
+}
+
+/// Wire form of [`Tree`]: parallel arrays. Lengths are checked when the forest is validated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TreeColumns {
+    feature: Vec<u32>,
+    threshold: Vec<f32>,
+    left: Vec<u32>,
+    right: Vec<u32>,
+    value: Vec<f32>,
+    gain: Vec<f32>,
+}
+
+impl From<Tree> for TreeColumns {
+    fn from(t: Tree) -> Self {
+        let n = &t.nodes;
+        TreeColumns {
+            feature: n.iter().map(|x| x.feature).collect(),
+            threshold: n.iter().map(|x| x.threshold as f32).collect(),
+            left: n
+                .iter()
+                .map(|x| if x.is_leaf { 0 } else { x.left })
+                .collect(),
+            right: n
+                .iter()
+                .map(|x| if x.is_leaf { 0 } else { x.right })
+                .collect(),
+            value: n.iter().map(|x| x.value).collect(),
+            gain: n.iter().map(|x| x.gain).collect(),
+        }
+    }
+}
+
+impl From<TreeColumns> for Tree {
+    fn from(c: TreeColumns) -> Self {
+        // Ragged columns leave the tree empty, which `Tree::validate` rejects at load time.
+        let len = c.feature.len();
+        let same = [
+            c.threshold.len(),
+            c.left.len(),
+            c.right.len(),
+            c.value.len(),
+            c.gain.len(),
+        ]
+        .iter()
+        .all(|&l| l == len);
+        if !same {
+            return Tree { nodes: Vec::new() };
+        }
+        let nodes = (0..len)
+            .map(|i| Node {
+                feature: c.feature[i],
+                threshold: f64::from(c.threshold[i]),
+                left: c.left[i],
+                right: c.right[i],
+                value: c.value[i],
+                gain: c.gain[i],
+                is_leaf: c.left[i] == 0,
+            })
+            .collect();
+        Tree { nodes }
+    }
 }
 
 impl Tree {
@@ -834,10 +901,13 @@ mod tests {
             m
         );
         let mut v = good.clone();
-        v["trees"][0][0]["nodes"][0]["left"] = serde_json::json!(0);
+        v["trees"][0][0]["left"][0] = serde_json::json!(999_999);
         assert!(serde_json::from_value::<FittedForest>(v).is_err());
         let mut v = good.clone();
-        v["trees"][0][0]["nodes"][0]["feature"] = serde_json::json!(99);
+        v["trees"][0][0]["value"].as_array_mut().unwrap().pop();
+        assert!(serde_json::from_value::<FittedForest>(v).is_err());
+        let mut v = good.clone();
+        v["trees"][0][0]["feature"][0] = serde_json::json!(99);
         assert!(serde_json::from_value::<FittedForest>(v).is_err());
         let mut v = good;
         v["trees"].as_array_mut().unwrap().pop();

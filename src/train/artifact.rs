@@ -6,6 +6,7 @@
 //! with an error naming both values. Stored as JSON: readable, diffable, deterministic (all maps
 //! are ordered).
 
+use super::DecisionRule;
 use crate::features::{FeatureParams, FittedFeatures};
 use crate::matrix::FeatureSchema;
 use crate::models::{Calibrator, ModelParams, TrainedModel};
@@ -123,6 +124,8 @@ pub struct Artifact {
     pub model: TrainedModel,
     /// probability calibrator
     pub calibrator: Calibrator,
+    /// grade decision rule over calibrated probabilities
+    pub decision: DecisionRule,
     /// model card
     pub card: ModelCard,
 }
@@ -187,7 +190,7 @@ impl Artifact {
         if a.schema.hash() != a.schema_hash || a.schema != current {
             return Err(ArtifactError::Schema {
                 file: file.to_string(),
-                artifact_hash: a.schema.hash().to_string(),
+                artifact_hash: a.schema.computed_hash(),
                 current_hash: current.hash().to_string(),
             });
         }

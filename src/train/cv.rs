@@ -7,7 +7,7 @@
 //! sides; the tenant-disjoint split also keeps every tenant on one side, so its figures are
 //! those of tenants never seen in training.
 
-use super::{fit, DataInfo, TrainError, TrainParams};
+use super::{fit, DataInfo, DecisionRule, TrainError, TrainParams};
 use crate::correlate::Correlated;
 use crate::domain::Evidence;
 use crate::eval::{self, ClassMetrics};
@@ -240,8 +240,19 @@ pub fn run(
         let mut models = Vec::new();
         for &alg in &params.algorithms {
             let tp = params.train.clone().algorithm(alg);
-            let tp = TrainParams { model: None, ..tp }.check()?;
+            let tp = if params
+                .train
+                .model
+                .as_ref()
+                .is_some_and(|m| m.algorithm() == alg)
+            {
+                tp
+            } else {
+                TrainParams { model: None, ..tp }
+            };
+            let tp = tp.check()?;
             let mut oof = vec![0f32; labelled.len() * N_CLASSES];
+            let mut grades = vec![0u8; labelled.len()];
             for (f, fold) in folds.iter().enumerate() {
                 progress(&format!(
                     "{} {} fold {}/{}",
@@ -257,11 +268,12 @@ pub fn run(
                 for (r, &j) in fold.test.iter().enumerate() {
                     oof[j * N_CLASSES..(j + 1) * N_CLASSES]
                         .copy_from_slice(&pred.probs[r * N_CLASSES..(r + 1) * N_CLASSES]);
+                    grades[j] = pred.grades[r];
                 }
             }
             models.push(ModelCv {
                 model: alg.name().to_string(),
-                metrics: metrics(&oof, &y, &weights, &tenant_of)?,
+                metrics: metrics(&oof, &grades, &y, &weights, &tenant_of)?,
             });
         }
         if params.baseline {
@@ -274,9 +286,10 @@ pub fn run(
                     oof[j * N_CLASSES..(j + 1) * N_CLASSES].copy_from_slice(&p);
                 }
             }
+            let grades = DecisionRule::default().decide_all(&oof);
             models.push(ModelCv {
                 model: "lookup-baseline".into(),
-                metrics: metrics(&oof, &y, &weights, &tenant_of)?,
+                metrics: metrics(&oof, &grades, &y, &weights, &tenant_of)?,
             });
         }
         splits.push(SplitCv {
@@ -307,19 +320,16 @@ fn empty_info(input: &str) -> DataInfo {
     }
 }
 
-/// Pooled metrics from out-of-fold probabilities.
+/// Pooled metrics from out-of-fold probabilities and predicted grades.
 pub fn metrics(
     probs: &[f32],
+    pred: &[u8],
     y: &[u8],
     weights: &[f64],
     tenant_of: &[u64],
 ) -> Result<CvMetrics, TrainError> {
-    let pred: Vec<u8> = probs
-        .chunks_exact(N_CLASSES)
-        .map(|p| eval::argmax3(&[p[0], p[1], p[2]]))
-        .collect();
-    let rows = eval::classification_report(y, &pred, Some(weights))?;
-    let inc = eval::classification_report(y, &pred, None)?;
+    let rows = eval::classification_report(y, pred, Some(weights))?;
+    let inc = eval::classification_report(y, pred, None)?;
     let p_tp: Vec<f32> = probs.chunks_exact(N_CLASSES).map(|p| p[0]).collect();
     let is_tp: Vec<bool> = y.iter().map(|&c| c == 0).collect();
     let p10 = eval::precision_at_k(tenant_of, &p_tp, &is_tp, 10)?;
@@ -330,7 +340,7 @@ pub fn metrics(
         macro_precision_rows: rows.macro_precision,
         macro_recall_rows: rows.macro_recall,
         accuracy_rows: rows.accuracy,
-        per_class_rows: rows.per_class.clone(),
+        per_class_rows: rows.per_class,
         pr_auc_tp: eval::average_precision(&p_tp, &is_tp),
         precision_at_10: p10.mean,
         ndcg_at_10: ndcg.mean,

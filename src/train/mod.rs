@@ -10,6 +10,9 @@
 
 pub mod artifact;
 pub mod cv;
+mod decide;
+
+pub use decide::DecisionRule;
 
 pub use artifact::{Artifact, ArtifactError, CardMetrics, DataInfo, ModelCard, FORMAT_VERSION};
 
@@ -159,6 +162,8 @@ pub struct Predictions {
     pub x: FeatureMatrix,
     /// calibrated probabilities, `N_CLASSES` per row
     pub probs: Vec<f32>,
+    /// predicted class ids (the artifact's decision rule over `probs`)
+    pub grades: Vec<u8>,
 }
 
 impl Artifact {
@@ -174,10 +179,12 @@ impl Artifact {
         let mut probs = vec![0.0; x.n_rows() * N_CLASSES];
         self.model.score_into(&x, &mut probs)?;
         self.calibrator.apply_into(&mut probs);
+        let grades = self.decision.decide_all(&probs);
         Ok(Predictions {
             which: which.to_vec(),
             x,
             probs,
+            grades,
         })
     }
 
@@ -207,7 +214,7 @@ pub fn fit(
             ),
         });
     }
-    let (calibrator, metrics) = calibrate(params, &x, &y)?;
+    let (calibrator, decision, metrics) = calibrate(params, &x, &y)?;
     let model = params.model.fit(&x, &y)?;
     let schema = features::schema();
     let mut grades = [0u64; 3];
@@ -245,6 +252,7 @@ pub fn fit(
         features: encoders,
         model,
         calibrator,
+        decision,
     })
 }
 
@@ -253,11 +261,12 @@ fn calibrate(
     params: &TrainValidParams,
     x: &FeatureMatrix,
     y: &[u8],
-) -> Result<(Calibrator, CardMetrics), TrainError> {
+) -> Result<(Calibrator, DecisionRule, CardMetrics), TrainError> {
     let k = params.calibration_folds;
     if k == 0 || x.n_rows() < k * 2 {
         return Ok((
             Calibrator::identity(),
+            DecisionRule::default(),
             CardMetrics {
                 oof_macro_f1: None,
                 oof_log_loss_raw: None,
@@ -289,13 +298,11 @@ fn calibrate(
     let mut calibrated = oof.clone();
     cal.apply_into(&mut calibrated);
     let after = eval::log_loss(&calibrated, y)?;
-    let pred: Vec<u8> = calibrated
-        .chunks_exact(N_CLASSES)
-        .map(|p| eval::argmax3(&[p[0], p[1], p[2]]))
-        .collect();
-    let report = eval::classification_report(y, &pred, None)?;
+    let decision = DecisionRule::fit(&calibrated, y)?;
+    let report = eval::classification_report(y, &decision.decide_all(&calibrated), None)?;
     Ok((
         cal,
+        decision,
         CardMetrics {
             oof_macro_f1: Some(report.macro_f1),
             oof_log_loss_raw: Some(raw),

@@ -1,0 +1,170 @@
+//! Artifact mismatch: a model from another schema or format version is refused with an error
+//! naming both values.
+
+use crate::common::*;
+use serde_json::Value;
+use threatrank::train::{Artifact, ArtifactError, FORMAT_VERSION};
+
+fn model_json() -> Value {
+    serde_json::from_slice(&std::fs::read(shared_model()).unwrap()).unwrap()
+}
+
+fn write_json(dir: &std::path::Path, name: &str, v: &Value) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, serde_json::to_vec(v).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn saved_model_loads_and_round_trips() {
+    let a = Artifact::load(shared_model()).unwrap();
+    assert_eq!(a.format_version, FORMAT_VERSION);
+    assert_eq!(a.schema_hash, threatrank::features::schema().hash());
+    let dir = tmp();
+    let p = dir.path().join("again.json");
+    a.save(&p).unwrap();
+    assert_eq!(
+        std::fs::read(&p).unwrap(),
+        std::fs::read(shared_model()).unwrap()
+    );
+}
+
+#[test]
+fn schema_hash_mismatch_names_both_hashes() {
+    let dir = tmp();
+    let current = threatrank::features::schema().hash().to_string();
+    let fake = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    assert_ne!(fake, current);
+    let mut v = model_json();
+    v["schema_hash"] = Value::from(fake);
+    let p = write_json(dir.path(), "schema.json", &v);
+    let err = Artifact::load(&p).unwrap_err();
+    match &err {
+        ArtifactError::Schema {
+            artifact_hash,
+            current_hash,
+            ..
+        } => {
+            assert_eq!(artifact_hash, fake);
+            assert_eq!(current_hash, &current);
+        }
+        other => panic!("expected a schema error, got {other:?}"),
+    }
+    let msg = err.to_string();
+    assert!(msg.contains(fake) && msg.contains(&current), "{msg}");
+    assert!(msg.contains(&p.display().to_string()), "{msg}");
+    assert!(msg.contains("feature schema mismatch"), "{msg}");
+
+    // Through the CLI: exit code 3 and the same message.
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, sample_head(3)).unwrap();
+    let o = run_os(&[
+        "score".as_ref(),
+        "--model".as_ref(),
+        p.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        dir.path().join("s.csv").as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(fake) && stderr(&o).contains(&current),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn edited_schema_with_original_hash_is_refused() {
+    let dir = tmp();
+    let mut v = model_json();
+    let first = v.pointer_mut("/schema/names/0").expect("schema.names[0]");
+    *first = Value::from(format!("{}_renamed", first.as_str().unwrap()));
+    let p = write_json(dir.path(), "edited.json", &v);
+    let err = Artifact::load(&p).unwrap_err();
+    assert!(matches!(err, ArtifactError::Schema { .. }), "{err:?}");
+    assert!(err.to_string().contains("feature schema mismatch"), "{err}");
+}
+
+/// An edited schema with its stored hash left alone is refused, and the error names the hash
+/// recomputed from the edited schema, not the stale stored one (so the two hashes differ).
+#[test]
+fn edited_schema_error_names_two_different_hashes() {
+    let dir = tmp();
+    let mut v = model_json();
+    let first = v.pointer_mut("/schema/names/0").unwrap();
+    *first = Value::from(format!("{}_renamed", first.as_str().unwrap()));
+    let p = write_json(dir.path(), "edited.json", &v);
+    match Artifact::load(&p).unwrap_err() {
+        ArtifactError::Schema {
+            artifact_hash,
+            current_hash,
+            ..
+        } => assert_ne!(artifact_hash, current_hash),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn format_version_mismatch_names_both_versions() {
+    let dir = tmp();
+    let mut v = model_json();
+    let found = FORMAT_VERSION + 98;
+    v["format_version"] = Value::from(found);
+    let p = write_json(dir.path(), "version.json", &v);
+    let err = Artifact::load(&p).unwrap_err();
+    match &err {
+        ArtifactError::Version {
+            found: f, expected, ..
+        } => assert_eq!((*f, *expected), (found, FORMAT_VERSION)),
+        other => panic!("expected a version error, got {other:?}"),
+    }
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: artifact format version {found}, this build reads version {FORMAT_VERSION}; retrain with `threatrank train`",
+            p.display()
+        )
+    );
+}
+
+#[test]
+fn version_is_checked_before_schema() {
+    let dir = tmp();
+    let mut v = model_json();
+    v["format_version"] = Value::from(0);
+    v["schema_hash"] = Value::from("x");
+    let p = write_json(dir.path(), "both.json", &v);
+    assert!(matches!(
+        Artifact::load(&p).unwrap_err(),
+        ArtifactError::Version { found: 0, .. }
+    ));
+}
+
+#[test]
+fn garbage_and_truncated_models_are_parse_errors() {
+    let dir = tmp();
+    let p = dir.path().join("garbage.json");
+    std::fs::write(&p, b"not json").unwrap();
+    let err = Artifact::load(&p).unwrap_err();
+    assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("not a valid threatrank model artifact"),
+        "{err}"
+    );
+
+    let bytes = std::fs::read(shared_model()).unwrap();
+    let p = dir.path().join("truncated.json");
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Artifact::load(&p).unwrap_err();
+    assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
+
+    let mut v = model_json();
+    v.as_object_mut().unwrap().remove("model");
+    let p = write_json(dir.path(), "nomodel.json", &v);
+    let err = Artifact::load(&p).unwrap_err();
+    assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
+    assert!(err.to_string().contains("model"), "{err}");
+}

@@ -1,0 +1,722 @@
+//! CLI contract: `train`, `score`, `queue`, `--help`, exit codes, and bad input through the
+//! binary.
+
+use crate::common::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const SCORE_PREFIX: [&str; 9] = [
+    "Id",
+    "OrgId",
+    "IncidentId",
+    "AlertId",
+    "predicted_grade",
+    "p_true_positive",
+    "p_benign_positive",
+    "p_false_positive",
+    "priority",
+];
+
+/// Sample rows 1500..2300: data the shared model was not trained on.
+fn score_rows() -> Vec<Vec<String>> {
+    sample().1[TRAIN_ROWS..TRAIN_ROWS + 800]
+        .iter()
+        .map(|l| l.split(',').map(str::to_string).collect())
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn score_cli(model: &Path, input: &Path, output: &Path) -> std::process::Output {
+    run_os(&[
+        "score".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        output.as_os_str(),
+    ])
+}
+
+fn train_cli(input: &Path, model: &Path, extra: &[&str]) -> std::process::Child {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_threatrank"));
+    c.arg("train")
+        .arg("--input")
+        .arg(input)
+        .arg("--model")
+        .arg(model)
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c.spawn().expect("spawn train")
+}
+
+#[track_caller]
+fn assert_ok(o: &std::process::Output) {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// Checks the score contract of `out` against the input `rows` (all expected to be scored).
+fn check_scores(out: &Path, rows: &[Vec<String>]) {
+    let (h, got) = read_csv(out);
+    assert_eq!(&h[..9], SCORE_PREFIX);
+    assert_eq!(got.len(), rows.len(), "one output row per input row");
+    let grades = ["TruePositive", "BenignPositive", "FalsePositive"];
+    for (i, (o, r)) in got.iter().zip(rows).enumerate() {
+        for (k, name) in ["Id", "OrgId", "IncidentId", "AlertId"].iter().enumerate() {
+            assert_eq!(o[k], r[col(name)], "row {i} column {name}");
+        }
+        assert!(grades.contains(&o[4].as_str()), "row {i}: grade {:?}", o[4]);
+        let p: Vec<f64> = o[5..8].iter().map(|s| s.parse().unwrap()).collect();
+        assert!(p.iter().all(|v| (0.0..=1.0).contains(v)), "row {i}: {p:?}");
+        let sum: f64 = p.iter().sum();
+        assert!(
+            (sum - 1.0).abs() <= 1e-5,
+            "row {i}: probabilities sum to {sum}"
+        );
+        let prio: u8 = o[8].parse().unwrap();
+        assert!(
+            (f64::from(prio) - 100.0 * p[0]).abs() <= 0.5 + 1e-4,
+            "row {i}: priority {prio} for P(TP) {}",
+            p[0]
+        );
+        assert_eq!(o[9], "scored", "row {i}");
+        assert_eq!(o[11], "", "row {i}");
+    }
+    // Rows of one incident share its scores.
+    let mut by_incident: BTreeMap<(&str, &str), &[String]> = BTreeMap::new();
+    for o in &got {
+        let prev = by_incident.insert((&o[1], &o[2]), &o[4..9]);
+        if let Some(prev) = prev {
+            assert_eq!(prev, &o[4..9], "incident {}/{}", o[1], o[2]);
+        }
+    }
+}
+
+#[test]
+fn train_writes_model_and_rejects_and_is_deterministic() {
+    let dir = tmp();
+    let input = train_csv();
+    let (m1, m2) = (
+        dir.path().join("model1.json"),
+        dir.path().join("model2.json"),
+    );
+    // Two trainings with the shared model's seed at once (2 cores).
+    let c1 = train_cli(input, &m1, &["--algorithm", "logistic", "--seed", "42"]);
+    let c2 = train_cli(input, &m2, &["--seed", "42", "--algorithm", "logistic"]);
+    let (o1, o2) = (
+        c1.wait_with_output().unwrap(),
+        c2.wait_with_output().unwrap(),
+    );
+    assert_ok(&o1);
+    assert_ok(&o2);
+    assert_eq!(stdout(&o1).trim(), m1.display().to_string());
+    let e = stderr(&o1);
+    assert!(
+        e.contains(&format!(
+            "{}: {TRAIN_ROWS} records read = {TRAIN_ROWS} accepted + 0 rejected",
+            input.display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("trained logistic on"), "{e}");
+    let b1 = std::fs::read(&m1).unwrap();
+    assert!(b1 == std::fs::read(&m2).unwrap(), "same seed, same bytes");
+    // The CLI is glue over the library: same input and seed as the shared model, same bytes.
+    assert!(
+        b1 == std::fs::read(shared_model()).unwrap(),
+        "CLI and library models differ"
+    );
+    for m in [&m1, &m2] {
+        let rej = threatrank::ingest::rejects_path_for(m);
+        assert_eq!(
+            std::fs::read_to_string(&rej).unwrap(),
+            "file,line,record,column,reason\n",
+            "{}",
+            rej.display()
+        );
+    }
+    let a = threatrank::train::Artifact::load(&m1).unwrap();
+    assert_eq!(a.model.algorithm(), threatrank::models::Algorithm::Logistic);
+    assert_eq!(a.card.data.records, TRAIN_ROWS as u64);
+    assert_eq!(a.card.data.accepted, TRAIN_ROWS as u64);
+    assert_eq!(a.card.data.rejected, 0);
+    assert_eq!(a.card.data.file, "train.csv");
+}
+
+/// `train --model new/dir/m.json` creates the folder for the model and its rejects file.
+#[test]
+fn train_creates_the_model_folder() {
+    let dir = tmp();
+    let model = dir.path().join("new/dir/model.json");
+    let input = write(dir.path(), "t.csv", &sample_head(300));
+    let o = train_cli(&input, &model, &["--algorithm", "logistic"])
+        .wait_with_output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(model.exists());
+    assert!(threatrank::ingest::rejects_path_for(&model).exists());
+}
+
+#[test]
+fn forest_is_the_default_and_its_scores_keep_the_contract() {
+    let dir = tmp();
+    let input = write(dir.path(), "small.csv", &sample_head(400));
+    let (m1, m2) = (dir.path().join("f1.json"), dir.path().join("f2.json"));
+    let c1 = train_cli(&input, &m1, &[]);
+    let c2 = train_cli(&input, &m2, &["--seed", "42", "--algorithm", "forest"]);
+    let (o1, o2) = (
+        c1.wait_with_output().unwrap(),
+        c2.wait_with_output().unwrap(),
+    );
+    assert_ok(&o1);
+    assert_ok(&o2);
+    assert!(stderr(&o1).contains("trained forest on"), "{}", stderr(&o1));
+    assert_eq!(
+        std::fs::read(&m1).unwrap(),
+        std::fs::read(&m2).unwrap(),
+        "default seed is 42, default algorithm forest; same seed, same bytes"
+    );
+    let a = threatrank::train::Artifact::load(&m1).unwrap();
+    assert_eq!(a.model.algorithm(), threatrank::models::Algorithm::Forest);
+
+    let rows = score_rows();
+    let header = header_names();
+    let scored = write(dir.path(), "new.csv", &csv_text(&header, &rows));
+    let out = dir.path().join("scores.csv");
+    let o = score_cli(&m1, &scored, &out);
+    assert_ok(&o);
+    check_scores(&out, &rows);
+}
+
+#[test]
+fn score_writes_one_row_per_input_row_in_input_order() {
+    let dir = tmp();
+    let rows = score_rows();
+    let input = write(dir.path(), "new.csv", &csv_text(&header_names(), &rows));
+    let out = dir.path().join("scores.csv");
+    let o = score_cli(shared_model(), &input, &out);
+    assert_ok(&o);
+    let (h, _) = read_csv(&out);
+    assert_eq!(
+        h,
+        [
+            "Id",
+            "OrgId",
+            "IncidentId",
+            "AlertId",
+            "predicted_grade",
+            "p_true_positive",
+            "p_benign_positive",
+            "p_false_positive",
+            "priority",
+            "status",
+            "top_reason",
+            "error"
+        ]
+    );
+    check_scores(&out, &rows);
+    let e = stderr(&o);
+    assert!(
+        e.contains("800 records read = 800 accepted + 0 rejected"),
+        "{e}"
+    );
+    let incidents: BTreeSet<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r[col("OrgId")].as_str(), r[col("IncidentId")].as_str()))
+        .collect();
+    assert!(
+        e.contains(&format!(
+            "scored {} incidents; wrote 800 rows",
+            incidents.len()
+        )),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(threatrank::ingest::rejects_path_for(&out)).unwrap(),
+        "file,line,record,column,reason\n"
+    );
+    // Same input, same bytes.
+    let out2 = dir.path().join("scores2.csv");
+    assert_ok(&score_cli(shared_model(), &input, &out2));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&out2).unwrap());
+}
+
+#[test]
+fn scoring_never_reads_the_label() {
+    let dir = tmp();
+    let header = header_names();
+    let rows = score_rows();
+    let g = col("IncidentGrade");
+
+    let mut files = vec![write(dir.path(), "labelled.csv", &csv_text(&header, &rows))];
+    let mut blank = rows.clone();
+    for r in &mut blank {
+        r[g].clear();
+    }
+    files.push(write(dir.path(), "blank.csv", &csv_text(&header, &blank)));
+    let mut shuffled = rows.clone();
+    let n = rows.len();
+    for (i, r) in shuffled.iter_mut().enumerate() {
+        // Another row's label (7 is coprime with 800), or garbage.
+        r[g] = if i % 5 == 0 {
+            "Maybe".into()
+        } else {
+            rows[(i * 7 + 3) % n][g].clone()
+        };
+    }
+    files.push(write(
+        dir.path(),
+        "garbled.csv",
+        &csv_text(&header, &shuffled),
+    ));
+    let (mut h45, mut r45) = (header.clone(), rows.clone());
+    drop_column(&mut h45, &mut r45, g);
+    assert_eq!(h45.len(), 45);
+    files.push(write(dir.path(), "nolabel.csv", &csv_text(&h45, &r45)));
+
+    let mut outputs = Vec::new();
+    for f in &files {
+        let out = f.with_extension("scores.csv");
+        let o = score_cli(shared_model(), f, &out);
+        assert_ok(&o);
+        assert!(
+            stderr(&o).contains("800 records read = 800 accepted + 0 rejected"),
+            "{}",
+            stderr(&o)
+        );
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    for (f, o) in files.iter().zip(&outputs).skip(1) {
+        assert!(o == &outputs[0], "{} scored differently", f.display());
+    }
+    check_scores(&files[0].with_extension("scores.csv"), &rows);
+}
+
+/// Tenant with the most incidents among `rows`, and its incident ids.
+fn busiest_tenant(rows: &[Vec<String>]) -> (String, BTreeSet<String>) {
+    let mut m: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for r in rows {
+        m.entry(r[col("OrgId")].clone())
+            .or_default()
+            .insert(r[col("IncidentId")].clone());
+    }
+    m.into_iter().max_by_key(|(_, s)| s.len()).unwrap()
+}
+
+/// Parses queue output: (tenant header lines, incident lines as (prio, incident), reason lines
+/// per incident).
+fn parse_queue(text: &str) -> (Vec<String>, Vec<(u8, String, usize)>) {
+    let mut headers = Vec::new();
+    let mut incidents: Vec<(u8, String, usize)> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with("tenant ") {
+            headers.push(line.to_string());
+        } else if line.starts_with("        ") {
+            let t = line.trim_start();
+            if t.starts_with('▲') || t.starts_with('▼') {
+                incidents.last_mut().expect("reason after an incident").2 += 1;
+            }
+        } else if let Some(rest) = line.strip_prefix("  ") {
+            let mut it = rest.split_whitespace();
+            let first = it.next().unwrap_or("");
+            if let Ok(p) = first.parse::<u8>() {
+                incidents.push((p, it.next().unwrap().to_string(), 0));
+            }
+        }
+    }
+    (headers, incidents)
+}
+
+#[test]
+fn queue_prints_only_the_tenant_asked_for_at_most_top_with_reasons() {
+    let dir = tmp();
+    let rows = score_rows();
+    let input = write(dir.path(), "new.csv", &csv_text(&header_names(), &rows));
+    let (tenant, incidents) = busiest_tenant(&rows);
+    assert!(
+        incidents.len() > 4,
+        "need a tenant with more than 4 incidents"
+    );
+    let model = shared_model();
+    let o = run_os(&[
+        "queue".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--tenant".as_ref(),
+        tenant.as_ref(),
+        "--top".as_ref(),
+        "4".as_ref(),
+        "--reasons".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert_ok(&o);
+    let text = stdout(&o);
+    let (headers, listed) = parse_queue(&text);
+    assert_eq!(
+        headers,
+        vec![format!(
+            "tenant {tenant} — top 4 of {} incidents",
+            incidents.len()
+        )],
+        "{text}"
+    );
+    assert_eq!(listed.len(), 4, "{text}");
+    for w in listed.windows(2) {
+        assert!(w[0].0 >= w[1].0, "priority order: {text}");
+    }
+    for (_, inc, reasons) in &listed {
+        assert!(
+            incidents.contains(inc),
+            "incident {inc} is not tenant {tenant}'s: {text}"
+        );
+        assert!(
+            (1..=2).contains(reasons),
+            "{reasons} reasons for {inc}: {text}"
+        );
+    }
+
+    // Without --tenant: every tenant gets its own block, at most `top` each, own incidents only.
+    let o = run_os(&[
+        "queue".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--top".as_ref(),
+        "2".as_ref(),
+    ]);
+    assert_ok(&o);
+    let text = stdout(&o);
+    let mut owner: BTreeMap<(String, String), ()> = BTreeMap::new();
+    for r in &rows {
+        owner.insert((r[col("OrgId")].clone(), r[col("IncidentId")].clone()), ());
+    }
+    let tenants: BTreeSet<&str> = rows.iter().map(|r| r[col("OrgId")].as_str()).collect();
+    let mut current: Option<String> = None;
+    let mut per_block = 0;
+    let mut blocks = 0;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("tenant ") {
+            current = Some(rest.split_whitespace().next().unwrap().to_string());
+            per_block = 0;
+            blocks += 1;
+        } else if let Some(rest) = line.strip_prefix("  ") {
+            let mut it = rest.split_whitespace();
+            if it.next().and_then(|p| p.parse::<u8>().ok()).is_some() {
+                let inc = it.next().unwrap().to_string();
+                let t = current.clone().expect("incident under a tenant");
+                assert!(owner.contains_key(&(t.clone(), inc.clone())), "{t}/{inc}");
+                per_block += 1;
+                assert!(per_block <= 2, "{text}");
+            }
+        }
+    }
+    assert_eq!(blocks, tenants.len());
+
+    // An unknown tenant gets an explicit empty answer.
+    let o = run_os(&[
+        "queue".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--tenant".as_ref(),
+        "987654321".as_ref(),
+    ]);
+    assert_ok(&o);
+    assert_eq!(stdout(&o).trim(), "no incidents for tenant 987654321");
+}
+
+#[test]
+fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
+    let cases: [(&str, &[&str]); 5] = [
+        ("train", &["--input", "--model", "--algorithm", "--seed"]),
+        ("score", &["--model", "--input", "--output"]),
+        (
+            "queue",
+            &["--model", "--input", "--tenant", "--top", "--reasons"],
+        ),
+        (
+            "eval",
+            &["--input", "--folds", "--seed", "--algorithm", "--json"],
+        ),
+        ("demo", &["--input", "--out"]),
+    ];
+    for (sub, flags) in cases {
+        let o = run(&[sub, "--help"]);
+        assert_ok(&o);
+        let text = stdout(&o);
+        for f in flags {
+            assert!(text.contains(f), "`{sub} --help` lacks {f}:\n{text}");
+        }
+    }
+    let o = run(&["--help"]);
+    assert_ok(&o);
+    for sub in ["train", "score", "queue", "eval", "demo"] {
+        assert!(stdout(&o).contains(sub), "{}", stdout(&o));
+    }
+}
+
+#[test]
+fn unknown_algorithm_is_a_clear_usage_error() {
+    let dir = tmp();
+    let model = dir.path().join("m.json");
+    let o = run_os(&[
+        "train".as_ref(),
+        "--input".as_ref(),
+        train_csv().as_os_str(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--algorithm".as_ref(),
+        "xgboost".as_ref(),
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("unknown algorithm \"xgboost\"; expected one of logistic, forest"),
+        "{e}"
+    );
+    assert!(!model.exists());
+    let o = run(&["eval", "--input", "x.csv", "--algorithm", "svm"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("unknown algorithm \"svm\""),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn missing_required_flag_is_a_usage_error() {
+    let o = run(&["score", "--model", "m.json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--input"), "{}", stderr(&o));
+}
+
+// ---------------------------------------------------------------- bad input through the CLI
+
+#[test]
+fn score_of_an_empty_file_fails_naming_the_file() {
+    let dir = tmp();
+    let input = write(dir.path(), "empty.csv", "");
+    let out = dir.path().join("s.csv");
+    let o = score_cli(shared_model(), &input, &out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "error: {}: empty file (no header line)",
+            input.display()
+        )),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"), "{e}");
+}
+
+#[test]
+fn score_of_a_wrong_header_fails_naming_file_line_and_columns() {
+    let dir = tmp();
+    let mut header = header_names();
+    let mut rows = rows(5);
+    drop_column(&mut header, &mut rows, col("Timestamp"));
+    let input = write(dir.path(), "hdr.csv", &csv_text(&header, &rows));
+    let out = dir.path().join("s.csv");
+    let o = score_cli(shared_model(), &input, &out);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "error: {}: line 1: wrong header: missing required column(s) Timestamp",
+            input.display()
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn score_of_partly_bad_input_keeps_rows_in_place_and_writes_rejects() {
+    let dir = tmp();
+    let header = header_names();
+    let mut rows = score_rows()[..50].to_vec();
+    rows[4][col("OrgId")] = "org".into();
+    rows[17][col("Timestamp")] = "2024-06-31T00:00:00Z".into();
+    let mut text = csv_text(&header, &rows).into_bytes();
+    // Row 49 (line 51) gets bad UTF-8 in AlertTitle.
+    let line_start = text[..text.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap()
+        + 1;
+    let title = rows[49][col("AlertTitle")].clone();
+    let prefix: usize = rows[49][..col("AlertTitle")]
+        .iter()
+        .map(|f| f.len() + 1)
+        .sum();
+    let at = line_start + prefix;
+    assert_eq!(&text[at..at + title.len()], title.as_bytes());
+    text.splice(at..at, [0xffu8]);
+    let input = dir.path().join("partial.csv");
+    std::fs::write(&input, &text).unwrap();
+    let out = dir.path().join("s.csv");
+    let o = score_cli(shared_model(), &input, &out);
+    assert_ok(&o);
+    let e = stderr(&o);
+    let name = input.display().to_string();
+    assert!(
+        e.contains(&format!(
+            "{name}: 50 records read = 47 accepted + 3 rejected"
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "rejected {name}:6: column OrgId: not a non-negative integer: \"org\""
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!("rejected {name}:19: column Timestamp:")),
+        "{e}"
+    );
+    assert!(
+        e.contains(&format!(
+            "rejected {name}:51: column AlertTitle: invalid UTF-8 at byte 0"
+        )),
+        "{e}"
+    );
+
+    let rej = threatrank::ingest::rejects_path_for(&out);
+    assert!(
+        e.contains(&format!("rejects written to {}", rej.display())),
+        "{e}"
+    );
+    let (_, rr) = read_csv(&rej);
+    let got: Vec<(&str, &str, &str, &str)> = rr
+        .iter()
+        .map(|r| (r[1].as_str(), r[2].as_str(), r[3].as_str(), r[0].as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("6", "4", "OrgId", name.as_str()),
+            ("19", "17", "Timestamp", name.as_str()),
+            ("51", "49", "AlertTitle", name.as_str())
+        ]
+    );
+    assert_eq!(rr[1][4], "timestamp out of range: \"2024-06-31T00:00:00Z\"");
+
+    let (_, got) = read_csv(&out);
+    assert_eq!(got.len(), 50);
+    for (i, (o, r)) in got.iter().zip(&rows).enumerate() {
+        if [4, 17, 49].contains(&i) {
+            assert_eq!(o[9], "rejected", "row {i}");
+            assert!(o[..9].iter().all(String::is_empty), "row {i}: {o:?}");
+            assert!(
+                o[11].starts_with(&format!("{name}:{}: column ", i + 2)),
+                "row {i}: {o:?}"
+            );
+        } else {
+            assert_eq!(o[9], "scored", "row {i}");
+            assert_eq!(o[0], r[col("Id")], "row {i}");
+            assert_eq!(o[3], r[col("AlertId")], "row {i}");
+        }
+    }
+}
+
+#[test]
+fn score_of_a_header_only_file_writes_a_header_only_output() {
+    let dir = tmp();
+    let input = write(dir.path(), "h.csv", &format!("{}\n", sample().0));
+    let out = dir.path().join("s.csv");
+    let o = score_cli(shared_model(), &input, &out);
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("0 records read = 0 accepted + 0 rejected"),
+        "{}",
+        stderr(&o)
+    );
+    let (h, rows) = read_csv(&out);
+    assert_eq!(&h[..9], SCORE_PREFIX);
+    assert!(rows.is_empty());
+}
+
+#[test]
+fn train_lists_rejected_rows_next_to_the_model() {
+    let dir = tmp();
+    let header = header_names();
+    let mut rows = rows(300);
+    rows[10][col("IncidentGrade")] = "Unknown".into();
+    rows[200][col("MitreTechniques")] = "T1".into();
+    let input = write(dir.path(), "t.csv", &csv_text(&header, &rows));
+    let model = dir.path().join("m.json");
+    let o = train_cli(&input, &model, &["--algorithm", "logistic"])
+        .wait_with_output()
+        .unwrap();
+    assert_ok(&o);
+    let e = stderr(&o);
+    assert!(
+        e.contains("300 records read = 298 accepted + 2 rejected"),
+        "{e}"
+    );
+    let (_, rr) = read_csv(&threatrank::ingest::rejects_path_for(&model));
+    let got: Vec<(&str, &str)> = rr.iter().map(|r| (r[1].as_str(), r[3].as_str())).collect();
+    assert_eq!(
+        got,
+        vec![("12", "IncidentGrade"), ("202", "MitreTechniques")]
+    );
+    let a = threatrank::train::Artifact::load(&model).unwrap();
+    assert_eq!(
+        (
+            a.card.data.records,
+            a.card.data.accepted,
+            a.card.data.rejected
+        ),
+        (300, 298, 2)
+    );
+}
+
+#[test]
+fn train_without_labels_fails_clearly() {
+    let dir = tmp();
+    let header = header_names();
+    let mut rows = rows(50);
+    for r in &mut rows {
+        r[col("IncidentGrade")].clear();
+    }
+    let input = write(dir.path(), "u.csv", &csv_text(&header, &rows));
+    let model = dir.path().join("m.json");
+    let o = train_cli(&input, &model, &["--algorithm", "logistic"])
+        .wait_with_output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.starts_with("error: ") || e.contains("\nerror: "), "{e}");
+    assert!(e.contains("labelled") || e.contains("IncidentGrade"), "{e}");
+    assert!(!e.contains("panicked"), "{e}");
+    assert!(!model.exists());
+}
+
+#[test]
+fn score_with_a_missing_model_exits_3() {
+    let dir = tmp();
+    let input = write(dir.path(), "in.csv", &sample_head(3));
+    let model = dir.path().join("nope.json");
+    let o = score_cli(&model, &input, &dir.path().join("s.csv"));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nope.json"), "{}", stderr(&o));
+}

@@ -1,0 +1,13 @@
+//! Integration tests of `threatrank`: bad input (GUIDE CSV and native JSONL), the CLI
+//! contract, artifact checks, correlation/tenant properties and JSONL end to end.
+//!
+//! One binary (`cargo test --test it`). A logistic model is trained once per process on the
+//! first 1,500 rows of the shipped sample (`common::shared_model`).
+
+mod artifact;
+mod cli;
+mod common;
+mod guide_input;
+mod native_e2e;
+mod native_input;
+mod properties;
