@@ -239,7 +239,11 @@ fn eval_with_progress(
     input: &Path,
     params: &CvParams,
 ) -> Result<crate::train::cv::CvReport, PipelineError> {
-    let per_split = params.algorithms.len() * params.folds;
+    let folds = params
+        .folds_to_run
+        .unwrap_or(params.folds)
+        .min(params.folds);
+    let per_split = params.algorithms.len() * folds;
     let pb = ProgressBar::new((per_split * params.splits.len()) as u64);
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
@@ -279,10 +283,14 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
     eprint_report(&trained.report, Some(&trained.rejects));
     eprintln!("    model written to {}", model.display());
 
-    eprintln!("2/3 grouped 5-fold cross-validation of the default model and the lookup baseline");
+    eprintln!(
+        "2/3 grouped holdout (1 of 5 folds), incident-disjoint and tenant-disjoint: the default \
+         model against the lookup baseline (`threatrank eval` runs all folds and models)"
+    );
     let params = CvParams {
         algorithms: vec![crate::models::Algorithm::Forest],
         splits: vec![SplitKind::IncidentDisjoint, SplitKind::TenantDisjoint],
+        folds_to_run: Some(1),
         ..CvParams::default()
     };
     let report = eval_with_progress(&input, &params)?;

@@ -263,6 +263,40 @@ pub fn describe(name: &str, v: f32, ctx: &Context) -> String {
                 ),
             }
         }
+        ("tenant_entity", s) => match s {
+            "log_support" => format!(
+                "this tenant has {} past graded incidents on the same entities",
+                count()
+            ),
+            "share_seen" if v == 0.0 => {
+                "none of its entities appeared in this tenant's graded incidents".to_string()
+            }
+            "share_seen" => format!(
+                "{} of its entities appeared in this tenant's graded incidents",
+                pct(v)
+            ),
+            r => format!(
+                "this tenant graded incidents on the same entities {} {} of the time",
+                grade_word(r),
+                pct(v)
+            ),
+        },
+        ("entity", s) => match s {
+            "log_support" => format!("its entities: {} graded incidents across tenants", count()),
+            "log_tenants" => format!("its entities seen in {} tenants", count()),
+            "share_released" if v == 0.0 => {
+                "its entities: too few tenants for a cross-tenant signal".to_string()
+            }
+            "share_released" => format!(
+                "{} of its entities have a cross-tenant track record",
+                pct(v)
+            ),
+            r => format!(
+                "incidents with its entities were graded {} {} of the time across tenants",
+                grade_word(r),
+                pct(v)
+            ),
+        },
         ("detector" | "title" | "category" | "technique", s) => {
             let (what, id) = match base {
                 "detector" => ("detector", ctx.detector.as_str()),

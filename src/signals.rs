@@ -54,6 +54,14 @@ impl Attack {
         Self::parse(TECHNIQUE_TACTICS_CSV)
     }
 
+    /// A table that knows no technique.
+    pub fn empty() -> Attack {
+        Attack {
+            tactics: BTreeMap::new(),
+            names: BTreeMap::new(),
+        }
+    }
+
     /// Parses `technique_id,name,tactics,...` CSV (tactics `;`-separated).
     pub fn parse(text: &str) -> Result<Attack, SignalsError> {
         let mut rdr = csv::ReaderBuilder::new().from_reader(text.as_bytes());

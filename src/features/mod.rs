@@ -190,6 +190,10 @@ pub struct FittedFeatures {
     tenant: Table,
     /// tenant × detector / title / category, key = `tenant/value`
     tenant_keyed: Vec<Table>,
+    /// cross-tenant entity table, key = `column/code` (privacy floor applied)
+    entity_global: Table,
+    /// tenant × entity, key = `tenant/column/code`
+    entity_tenant: Table,
 }
 
 /// The schema of this version of the extractors.
@@ -197,10 +201,8 @@ pub fn schema() -> FeatureSchema {
     let mut s = NameSink(Vec::new());
     let dummy = FittedFeatures::empty();
     let ev = dummy_evidence();
-    let attack = Attack::shipped().unwrap_or_else(|_| {
-        Attack::parse("technique_id,name,tactics\n").unwrap_or_else(|_| unreachable!())
-    });
-    dummy.extract(&[&ev], &attack, &mut s);
+    // Column names do not depend on the knowledge tables: an empty one will do.
+    dummy.extract(&[&ev], &Attack::empty(), &mut s);
     FeatureSchema::new(FEATURE_VERSION, s.0)
 }
 
@@ -286,6 +288,65 @@ fn category_tactic(cat: &str) -> Option<usize> {
     TACTICS.iter().position(|x| *x == t)
 }
 
+/// Learns, per entity column, the code GUIDE uses for "not present": the most frequent code of
+/// the training rows when it covers at least 20% of them (ties → smallest code).
+fn learn_sentinels(
+    evidence: &[Evidence],
+    corr: &Correlated,
+    train: &[usize],
+) -> [Option<u64>; N_ENTITY_COLUMNS] {
+    let mut code_counts: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); N_ENTITY_COLUMNS];
+    let mut n_rows = 0u64;
+    for &i in train {
+        for &r in &corr.incidents[i].evidence {
+            n_rows += 1;
+            for (c, code) in evidence[r as usize].entities.codes.iter().enumerate() {
+                if let Some(code) = code {
+                    *code_counts[c].entry(*code).or_default() += 1;
+                }
+            }
+        }
+    }
+    let mut sentinels = [None; N_ENTITY_COLUMNS];
+    for (s, counts) in sentinels.iter_mut().zip(&code_counts) {
+        let mut best: Option<(u64, u64)> = None;
+        for (&code, &n) in counts {
+            if best.is_none_or(|(_, bn)| n > bn) {
+                best = Some((code, n));
+            }
+        }
+        if let Some((code, n)) = best {
+            if n * 5 >= n_rows {
+                *s = Some(code);
+            }
+        }
+    }
+    sentinels
+}
+
+/// Entity columns that identify an entity (device, file, address, account, …); the last two
+/// entity columns (`OSFamily`, `OSVersion`) describe one and are not keys.
+const ENTITY_KEY_COLUMNS: usize = N_ENTITY_COLUMNS - 2;
+
+/// Distinct present entities of an incident as `column/code` keys (sentinels excluded).
+fn entity_keys(rows: &[&Evidence], sentinels: &[Option<u64>; N_ENTITY_COLUMNS]) -> Vec<String> {
+    let mut keys: Vec<(usize, u64)> = Vec::new();
+    for e in rows {
+        for (c, code) in e.entities.codes[..ENTITY_KEY_COLUMNS].iter().enumerate() {
+            if let Some(code) = code {
+                if Some(*code) != sentinels[c] {
+                    keys.push((c, *code));
+                }
+            }
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys.into_iter()
+        .map(|(c, code)| format!("{c}/{code}"))
+        .collect()
+}
+
 /// Key of a tenant-scoped table.
 fn tenant_key(tenant: u64, value: &str) -> String {
     format!("{tenant}/{value}")
@@ -316,6 +377,8 @@ impl FittedFeatures {
             global: vec![Table::default(); ENCODED_KINDS.len()],
             tenant: Table::default(),
             tenant_keyed: vec![Table::default(); 3],
+            entity_global: Table::default(),
+            entity_tenant: Table::default(),
         }
     }
 
@@ -327,15 +390,26 @@ impl FittedFeatures {
         corr: &Correlated,
         train: &[usize],
     ) -> Result<Self, FeatureError> {
+        let sentinels = learn_sentinels(evidence, corr, train);
+        Self::fit_with_sentinels(params, evidence, corr, train, sentinels)
+    }
+
+    fn fit_with_sentinels(
+        params: &FeatureValidParams,
+        evidence: &[Evidence],
+        corr: &Correlated,
+        train: &[usize],
+        sentinels: [Option<u64>; N_ENTITY_COLUMNS],
+    ) -> Result<Self, FeatureError> {
         let p = params.get().clone();
+        let mut entity_global = TableBuilder::default();
+        let mut entity_tenant = TableBuilder::default();
         let mut prior_n = [0u32; 3];
         let mut global: Vec<TableBuilder> = (0..ENCODED_KINDS.len())
             .map(|_| TableBuilder::default())
             .collect();
         let mut tenant = TableBuilder::default();
         let mut keyed: Vec<TableBuilder> = (0..3).map(|_| TableBuilder::default()).collect();
-        let mut code_counts: Vec<BTreeMap<u64, u64>> = vec![BTreeMap::new(); N_ENTITY_COLUMNS];
-        let mut n_rows = 0u64;
         for &i in train {
             let inc = &corr.incidents[i];
             let Some(g) = inc.grade else { continue };
@@ -347,13 +421,9 @@ impl FittedFeatures {
                 .iter()
                 .map(|&r| &evidence[r as usize])
                 .collect();
-            for e in &rows {
-                n_rows += 1;
-                for (c, code) in e.entities.codes.iter().enumerate() {
-                    if let Some(code) = code {
-                        *code_counts[c].entry(*code).or_default() += 1;
-                    }
-                }
+            for key in entity_keys(&rows, &sentinels) {
+                entity_global.add(&key, t, class);
+                entity_tenant.add(&tenant_key(t, &key), t, class);
             }
             tenant.add(&t.to_string(), t, class);
             for (k, b) in global.iter_mut().enumerate() {
@@ -370,21 +440,6 @@ impl FittedFeatures {
             return Err(FeatureError::NoLabels);
         }
         let prior = [0, 1, 2].map(|c| f64::from(prior_n[c]) / f64::from(total));
-        let mut sentinels = [None; N_ENTITY_COLUMNS];
-        for (s, counts) in sentinels.iter_mut().zip(&code_counts) {
-            // Ties go to the smallest code (BTreeMap order + strict comparison).
-            let mut best: Option<(u64, u64)> = None;
-            for (&code, &n) in counts {
-                if best.is_none_or(|(_, bn)| n > bn) {
-                    best = Some((code, n));
-                }
-            }
-            if let Some((code, n)) = best {
-                if n * 5 >= n_rows {
-                    *s = Some(code);
-                }
-            }
-        }
         Ok(Self {
             prior,
             sentinels,
@@ -394,6 +449,8 @@ impl FittedFeatures {
                 .collect(),
             tenant: tenant.build_tenant(),
             tenant_keyed: keyed.into_iter().map(TableBuilder::build_tenant).collect(),
+            entity_global: entity_global.build_global(p.min_tenants),
+            entity_tenant: entity_tenant.build_tenant(),
             params: p,
         })
     }
@@ -618,50 +675,77 @@ impl FittedFeatures {
         s.put("verdicts", "max_severity", "", sev);
 
         // --- cross-tenant encodings (privacy floor applied at fit time)
-        let m = self.params.smoothing;
-        let mut id_cache: [Vec<&str>; 3] = [Vec::new(), Vec::new(), Vec::new()];
+        let ids: Vec<Vec<&str>> = (0..3).map(|k| identities(rows, k)).collect();
         for (k, kind) in ENCODED_KINDS.iter().enumerate() {
-            let values = if k == 3 {
-                techniques.clone()
-            } else {
-                identities(rows, k)
-            };
-            let (rates, support, tenants, known) =
-                self.mean_rates(&self.global[k], &values, self.prior, m);
-            for (c, g) in ["tp", "bp", "fp"].iter().enumerate() {
-                s.put("global", kind, &format_rate(g), rates[c]);
-            }
-            s.put("global", kind, "log_support", support);
-            s.put("global", kind, "log_tenants", tenants);
-            s.put("global", kind, "share_released", known);
-            if k < 3 {
-                id_cache[k] = values;
-            }
+            let values = if k == 3 { &techniques } else { &ids[k] };
+            self.put_encoding(s, "global", kind, &self.global[k], values, self.prior);
         }
+        let entities = entity_keys(rows, &self.sentinels);
+        let entity_refs: Vec<&str> = entities.iter().map(String::as_str).collect();
+        self.put_encoding(
+            s,
+            "global",
+            "entity",
+            &self.entity_global,
+            &entity_refs,
+            self.prior,
+        );
 
-        // --- the tenant's own history
-        let t_key = tenant.to_string();
-        let (t_rates, t_support) = self.tenant.rates(&t_key, self.prior, m);
-        for (c, g) in ["tp", "bp", "fp"].iter().enumerate() {
-            s.put("tenant", "tenant", &format_rate(g), t_rates[c]);
+        // --- the tenant's own history (smoothed toward the global prior, and tenant × key
+        // toward the tenant's own rates)
+        let (t_rates, t_support) =
+            self.tenant
+                .rates(&tenant.to_string(), self.prior, self.params.smoothing);
+        for (c, g) in RATE_NAMES.iter().enumerate() {
+            s.put("tenant", "tenant", g, t_rates[c]);
         }
         s.put("tenant", "tenant", "log_support", ln1p(t_support as usize));
-        for (k, kind) in ["detector", "title", "category"].iter().enumerate() {
-            let keys: Vec<String> = id_cache[k].iter().map(|v| tenant_key(tenant, v)).collect();
+        let keyed = [
+            ("tenant_detector", &ids[0]),
+            ("tenant_title", &ids[1]),
+            ("tenant_category", &ids[2]),
+        ];
+        for (k, (name, values)) in keyed.into_iter().enumerate() {
+            let keys: Vec<String> = values.iter().map(|v| tenant_key(tenant, v)).collect();
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            let (rates, support, _, known) =
-                self.mean_rates(&self.tenant_keyed[k], &keys, t_rates, m);
-            let name = match k {
-                0 => "tenant_detector",
-                1 => "tenant_title",
-                _ => "tenant_category",
-            };
-            for (c, g) in ["tp", "bp", "fp"].iter().enumerate() {
-                s.put("tenant", name, &format_rate(g), rates[c]);
-            }
-            s.put("tenant", name, "log_support", support);
-            s.put("tenant", name, "share_seen", known);
-            let _ = kind;
+            self.put_encoding(s, "tenant", name, &self.tenant_keyed[k], &keys, t_rates);
+        }
+        let keys: Vec<String> = entities.iter().map(|v| tenant_key(tenant, v)).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.put_encoding(
+            s,
+            "tenant",
+            "tenant_entity",
+            &self.entity_tenant,
+            &keys,
+            t_rates,
+        );
+    }
+
+    /// Writes one target encoding: the three smoothed rates, log support, then for the `global`
+    /// family log tenants and the share of values released, for the `tenant` family the share
+    /// seen before.
+    fn put_encoding<S: Sink>(
+        &self,
+        s: &mut S,
+        family: &'static str,
+        name: &str,
+        table: &Table,
+        values: &[&str],
+        parent: [f64; 3],
+    ) {
+        let global = family == "global";
+        let (rates, support, tenants, known) =
+            self.mean_rates(table, values, parent, self.params.smoothing);
+        for (c, g) in RATE_NAMES.iter().enumerate() {
+            s.put(family, name, g, rates[c]);
+        }
+        s.put(family, name, "log_support", support);
+        if global {
+            s.put(family, name, "log_tenants", tenants);
+            s.put(family, name, "share_released", known);
+        } else {
+            s.put(family, name, "share_seen", known);
         }
     }
 
@@ -702,9 +786,8 @@ impl FittedFeatures {
     }
 }
 
-fn format_rate(g: &str) -> String {
-    format!("{g}_rate")
-}
+/// Suffixes of the three grade-rate columns of an encoding.
+const RATE_NAMES: [&str; 3] = ["tp_rate", "bp_rate", "fp_rate"];
 
 /// Width of the v1 schema (computed once).
 pub fn schema_len() -> usize {
@@ -772,10 +855,8 @@ pub fn fit_transform(
             e.sentinels = full.sentinels;
             e
         } else {
-            let mut e = FittedFeatures::fit(params, evidence, corr, &fit_on)?;
             // Sentinels describe the export format, not labels: use the full-data ones.
-            e.sentinels = full.sentinels;
-            e
+            FittedFeatures::fit_with_sentinels(params, evidence, corr, &fit_on, full.sentinels)?
         };
         let which: Vec<usize> = pos.iter().map(|&j| labelled[j]).collect();
         let part = enc.transform(evidence, corr, &which, attack);

@@ -50,10 +50,10 @@ pub struct ForestParams {
 impl Default for ForestParams {
     fn default() -> Self {
         Self {
-            n_trees: 150,
-            max_depth: 14,
-            min_samples_leaf: 2,
-            min_samples_split: 4,
+            n_trees: 100,
+            max_depth: 20,
+            min_samples_leaf: 10,
+            min_samples_split: 20,
             max_features: None,
             seed: 42,
         }
@@ -61,25 +61,26 @@ impl Default for ForestParams {
 }
 
 impl ForestParams {
-    /// Trees per class (the forest holds `3 × n_trees` trees; at least 1). Default: `150`.
+    /// Trees per class (the forest holds `3 × n_trees` trees; at least 1). Default: `100`.
     pub fn n_trees(mut self, n_trees: usize) -> Self {
         self.n_trees = n_trees;
         self
     }
 
-    /// Maximum tree depth (`1..=65535`). Default: `14`.
+    /// Maximum tree depth (`1..=65535`). Default: `20`.
     pub fn max_depth(mut self, max_depth: usize) -> Self {
         self.max_depth = max_depth;
         self
     }
 
-    /// Minimum number of samples in a leaf (at least 1). Default: `2`.
+    /// Minimum number of samples in a leaf (at least 1). Default: `10` (measured on the
+    /// GUIDE sample: as accurate as 2, with a third of the nodes).
     pub fn min_samples_leaf(mut self, min_samples_leaf: usize) -> Self {
         self.min_samples_leaf = min_samples_leaf;
         self
     }
 
-    /// Minimum number of samples a node needs to be split (at least 2). Default: `4`.
+    /// Minimum number of samples a node needs to be split (at least 2). Default: `20`.
     pub fn min_samples_split(mut self, min_samples_split: usize) -> Self {
         self.min_samples_split = min_samples_split;
         self

@@ -6,11 +6,12 @@
 //! with an error naming both values. Stored as JSON: readable, diffable, deterministic (all maps
 //! are ordered).
 
-use super::DecisionRule;
+use super::DecisionRules;
 use crate::features::{FeatureParams, FittedFeatures};
 use crate::matrix::FeatureSchema;
 use crate::models::{Calibrator, ModelParams, TrainedModel};
 use serde::{Deserialize, Serialize};
+use std::io::{Read, Write};
 use std::path::Path;
 
 /// Current artifact format version.
@@ -124,14 +125,15 @@ pub struct Artifact {
     pub model: TrainedModel,
     /// probability calibrator
     pub calibrator: Calibrator,
-    /// grade decision rule over calibrated probabilities
-    pub decision: DecisionRule,
+    /// grade decision rules over calibrated probabilities (tenants with / without history)
+    pub decision: DecisionRules,
     /// model card
     pub card: ModelCard,
 }
 
 impl Artifact {
-    /// Writes the artifact as JSON (parent folders created).
+    /// Writes the artifact as JSON (parent folders created); gzip-compressed when the path ends
+    /// in `.gz`.
     pub fn save(&self, path: &Path) -> Result<(), ArtifactError> {
         let io = |source| ArtifactError::Io {
             file: path.display().to_string(),
@@ -144,16 +146,37 @@ impl Artifact {
             file: path.display().to_string(),
             reason: e.to_string(),
         })?;
-        std::fs::write(path, json).map_err(io)
+        let bytes = if path.extension().is_some_and(|e| e == "gz") {
+            // No timestamp or file name in the header: same artifact, same bytes.
+            let mut enc = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::best());
+            enc.write_all(&json).map_err(io)?;
+            enc.finish().map_err(io)?
+        } else {
+            json
+        };
+        std::fs::write(path, bytes).map_err(io)
     }
 
-    /// Reads an artifact and checks its format version and schema hash against this build.
+    /// Reads an artifact (JSON, or gzip-compressed JSON: detected by its magic bytes) and checks
+    /// its format version and schema hash against this build.
     pub fn load(path: &Path) -> Result<Artifact, ArtifactError> {
         let file = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
             file: file.clone(),
             source,
         })?;
+        if bytes.starts_with(&[0x1f, 0x8b]) {
+            let mut json = Vec::new();
+            flate2::read::GzDecoder::new(bytes.as_slice())
+                .read_to_end(&mut json)
+                .map_err(|e| ArtifactError::Parse {
+                    file: file.clone(),
+                    reason: format!("corrupt gzip: {e}"),
+                })?;
+            return Self::from_slice(&json, &file);
+        }
         Self::from_slice(&bytes, &file)
     }
 

@@ -45,6 +45,9 @@ impl SplitKind {
 pub struct CvParams {
     /// Outer folds. Default 5.
     pub folds: usize,
+    /// Evaluate only the first this many folds (`Some(1)`: a quick grouped holdout of
+    /// `1/folds` of the incidents); `None` evaluates all. Default `None`.
+    pub folds_to_run: Option<usize>,
     /// Seed of the fold assignment. Default 42.
     pub seed: u64,
     /// Algorithms to evaluate. Default: all.
@@ -61,6 +64,7 @@ impl Default for CvParams {
     fn default() -> Self {
         Self {
             folds: 5,
+            folds_to_run: None,
             seed: 42,
             algorithms: Algorithm::ALL.to_vec(),
             baseline: true,
@@ -126,6 +130,8 @@ pub struct CvReport {
     pub input: String,
     /// outer folds
     pub folds: usize,
+    /// folds evaluated (fewer than `folds` for a quick holdout)
+    pub folds_run: usize,
     /// fold seed
     pub seed: u64,
     /// labelled incidents
@@ -151,8 +157,16 @@ impl CvReport {
     /// Plain-text table.
     pub fn table(&self) -> String {
         let mut s = format!(
-            "{} — grouped {}-fold CV, {} labelled incidents, {} tenants\n",
-            self.input, self.folds, self.incidents, self.tenants
+            "{} — grouped {}-fold CV{}, {} labelled incidents, {} tenants\n",
+            self.input,
+            self.folds,
+            if self.folds_run < self.folds {
+                format!(" (first {} fold(s) evaluated: a holdout)", self.folds_run)
+            } else {
+                String::new()
+            },
+            self.incidents,
+            self.tenants
         );
         s.push_str(&format!(
             "{:<18} {:<16} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
@@ -230,13 +244,24 @@ pub fn run(
     let mut tenants = tenant_of.clone();
     tenants.sort_unstable();
     tenants.dedup();
+    let folds_run = params
+        .folds_to_run
+        .unwrap_or(params.folds)
+        .clamp(1, params.folds);
     let mut splits = Vec::new();
     for &kind in &params.splits {
         let groups: Vec<u64> = match kind {
             SplitKind::IncidentDisjoint => (0..labelled.len() as u64).collect(),
             SplitKind::TenantDisjoint => tenant_of.clone(),
         };
-        let folds = eval::grouped_kfold(&groups, params.folds, params.seed)?;
+        let mut folds = eval::grouped_kfold(&groups, params.folds, params.seed)?;
+        folds.truncate(folds_run);
+        // Metrics cover the incidents that were held out by an evaluated fold.
+        let held: Vec<usize> = {
+            let mut h: Vec<usize> = folds.iter().flat_map(|f| f.test.iter().copied()).collect();
+            h.sort_unstable();
+            h
+        };
         let mut models = Vec::new();
         for &alg in &params.algorithms {
             let tp = params.train.clone().algorithm(alg);
@@ -273,7 +298,7 @@ pub fn run(
             }
             models.push(ModelCv {
                 model: alg.name().to_string(),
-                metrics: metrics(&oof, &grades, &y, &weights, &tenant_of)?,
+                metrics: metrics_on(&held, &oof, &grades, &y, &weights, &tenant_of)?,
             });
         }
         if params.baseline {
@@ -289,7 +314,7 @@ pub fn run(
             let grades = DecisionRule::default().decide_all(&oof);
             models.push(ModelCv {
                 model: "lookup-baseline".into(),
-                metrics: metrics(&oof, &grades, &y, &weights, &tenant_of)?,
+                metrics: metrics_on(&held, &oof, &grades, &y, &weights, &tenant_of)?,
             });
         }
         splits.push(SplitCv {
@@ -300,6 +325,7 @@ pub fn run(
     Ok(CvReport {
         input: input.to_string(),
         folds: params.folds,
+        folds_run,
         seed: params.seed,
         incidents: labelled.len(),
         tenants: tenants.len(),
@@ -318,6 +344,28 @@ fn empty_info(input: &str) -> DataInfo {
         tenants: 0,
         grades: [0; 3],
     }
+}
+
+/// [`metrics`] over the rows `held` only.
+fn metrics_on(
+    held: &[usize],
+    probs: &[f32],
+    pred: &[u8],
+    y: &[u8],
+    weights: &[f64],
+    tenant_of: &[u64],
+) -> Result<CvMetrics, TrainError> {
+    if held.len() == y.len() {
+        return metrics(probs, pred, y, weights, tenant_of);
+    }
+    let p: Vec<f32> = held
+        .iter()
+        .flat_map(|&j| probs[j * N_CLASSES..(j + 1) * N_CLASSES].iter().copied())
+        .collect();
+    let pick = |v: &[u8]| held.iter().map(|&j| v[j]).collect::<Vec<u8>>();
+    let w: Vec<f64> = held.iter().map(|&j| weights[j]).collect();
+    let t: Vec<u64> = held.iter().map(|&j| tenant_of[j]).collect();
+    metrics(&p, &pick(pred), &pick(y), &w, &t)
 }
 
 /// Pooled metrics from out-of-fold probabilities and predicted grades.

@@ -112,3 +112,78 @@ mod tests {
         assert_eq!(r, DecisionRule::default());
     }
 }
+
+/// Decision rules for the two regimes a scored incident can be in: its tenant has graded
+/// history in the artifact, or it has none (a tenant never seen in training). The second is
+/// tuned on the out-of-fold rows whose tenant had no other training incident, which behave like
+/// unseen tenants; both are chosen by the feature `tenant:log_support`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRules {
+    /// for tenants with graded history
+    pub seen: DecisionRule,
+    /// for tenants without
+    pub unseen: DecisionRule,
+    /// column of `tenant:log_support` in the feature matrix
+    pub support_column: usize,
+}
+
+/// Fewest out-of-fold rows of a regime for its own rule; below it, the other rule serves.
+pub const MIN_REGIME_ROWS: usize = 100;
+
+impl DecisionRules {
+    /// One rule for everyone.
+    pub fn single(rule: DecisionRule, support_column: usize) -> Self {
+        Self {
+            seen: rule,
+            unseen: rule,
+            support_column,
+        }
+    }
+
+    /// The rule for a feature row.
+    pub fn rule_for(&self, x_row: &[f32]) -> &DecisionRule {
+        match x_row.get(self.support_column) {
+            Some(v) if *v > 0.0 => &self.seen,
+            _ => &self.unseen,
+        }
+    }
+
+    /// Decisions for rows of `x` with probabilities `probs`.
+    pub fn decide_all(&self, x: &crate::matrix::FeatureMatrix, probs: &[f32]) -> Vec<u8> {
+        x.rows()
+            .zip(probs.chunks_exact(N_CLASSES))
+            .map(|(row, p)| self.rule_for(row).decide(p))
+            .collect()
+    }
+
+    /// Fits both rules on out-of-fold probabilities (rows of `x` give the regime).
+    pub fn fit(
+        x: &crate::matrix::FeatureMatrix,
+        probs: &[f32],
+        y: &[u8],
+        support_column: usize,
+    ) -> Result<DecisionRules, EvalError> {
+        let all = DecisionRule::fit(probs, y)?;
+        let mut rules = Self::single(all, support_column);
+        for seen in [true, false] {
+            let rows: Vec<usize> = (0..x.n_rows())
+                .filter(|&i| (x.get(i, support_column) > 0.0) == seen)
+                .collect();
+            if rows.len() < MIN_REGIME_ROWS {
+                continue;
+            }
+            let p: Vec<f32> = rows
+                .iter()
+                .flat_map(|&i| probs[i * N_CLASSES..(i + 1) * N_CLASSES].iter().copied())
+                .collect();
+            let t: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
+            let rule = DecisionRule::fit(&p, &t)?;
+            if seen {
+                rules.seen = rule;
+            } else {
+                rules.unseen = rule;
+            }
+        }
+        Ok(rules)
+    }
+}

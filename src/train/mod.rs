@@ -12,7 +12,7 @@ pub mod artifact;
 pub mod cv;
 mod decide;
 
-pub use decide::DecisionRule;
+pub use decide::{DecisionRule, DecisionRules};
 
 pub use artifact::{Artifact, ArtifactError, CardMetrics, DataInfo, ModelCard, FORMAT_VERSION};
 
@@ -179,7 +179,7 @@ impl Artifact {
         let mut probs = vec![0.0; x.n_rows() * N_CLASSES];
         self.model.score_into(&x, &mut probs)?;
         self.calibrator.apply_into(&mut probs);
-        let grades = self.decision.decide_all(&probs);
+        let grades = self.decision.decide_all(&x, &probs);
         Ok(Predictions {
             which: which.to_vec(),
             x,
@@ -193,6 +193,9 @@ impl Artifact {
         Ok(self.model.contributions(x, 0)?)
     }
 }
+
+/// The feature that tells whether a tenant has graded history (chooses the decision rule).
+pub const TENANT_SUPPORT: &str = "tenant:log_support";
 
 /// Trains an artifact on the labelled incidents among `train` (indices into `corr.incidents`).
 pub fn fit(
@@ -261,12 +264,18 @@ fn calibrate(
     params: &TrainValidParams,
     x: &FeatureMatrix,
     y: &[u8],
-) -> Result<(Calibrator, DecisionRule, CardMetrics), TrainError> {
+) -> Result<(Calibrator, DecisionRules, CardMetrics), TrainError> {
     let k = params.calibration_folds;
+    let support_column = features::schema()
+        .index_of(TENANT_SUPPORT)
+        .ok_or(TrainError::Param {
+            name: "features",
+            reason: format!("schema has no `{TENANT_SUPPORT}` column"),
+        })?;
     if k == 0 || x.n_rows() < k * 2 {
         return Ok((
             Calibrator::identity(),
-            DecisionRule::default(),
+            DecisionRules::single(DecisionRule::default(), support_column),
             CardMetrics {
                 oof_macro_f1: None,
                 oof_log_loss_raw: None,
@@ -298,8 +307,8 @@ fn calibrate(
     let mut calibrated = oof.clone();
     cal.apply_into(&mut calibrated);
     let after = eval::log_loss(&calibrated, y)?;
-    let decision = DecisionRule::fit(&calibrated, y)?;
-    let report = eval::classification_report(y, &decision.decide_all(&calibrated), None)?;
+    let decision = DecisionRules::fit(x, &calibrated, y, support_column)?;
+    let report = eval::classification_report(y, &decision.decide_all(x, &calibrated), None)?;
     Ok((
         cal,
         decision,
