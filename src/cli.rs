@@ -299,11 +299,14 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
     crate::report::write_json(&json, &report)?;
     eprintln!("    full figures in {}", json.display());
 
-    eprintln!("3/3 the hunter's queue (top 3 tenants by queue size, 5 incidents each)");
+    eprintln!(
+        "3/3 the hunter's queue: the 3 tenants with the most incidents at priority 50 or above, \
+         5 incidents each"
+    );
     let loaded = pipeline::load_unlabelled(&input)?;
     let scored = pipeline::score_loaded(&trained.artifact, loaded, 3)?;
     let mut sizes: std::collections::BTreeMap<TenantId, usize> = Default::default();
-    for s in &scored.incidents {
+    for s in scored.incidents.iter().filter(|s| s.priority >= 50) {
         *sizes.entry(s.key.tenant).or_default() += 1;
     }
     let mut by_size: Vec<(TenantId, usize)> = sizes.into_iter().collect();

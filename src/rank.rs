@@ -174,8 +174,9 @@ pub struct Context {
     pub category: String,
 }
 
-/// The `k` features that pushed the TP score up most (largest positive contributions); when
-/// fewer than `k` pushed up, the strongest pulls down fill the list. Ties → lower column.
+/// The `k` features that moved the TP score most, up (positive contribution) or down
+/// (negative): largest `|contribution|` first, ties → lower column. For a high-priority incident
+/// these are what pushed it up; for a low one, what held it down.
 pub fn top_reasons(
     contrib: &[f32],
     values: &[f32],
@@ -183,19 +184,14 @@ pub fn top_reasons(
     ctx: &Context,
     k: usize,
 ) -> Vec<Reason> {
-    let mut idx: Vec<usize> = (0..contrib.len()).filter(|&j| contrib[j] != 0.0).collect();
-    idx.sort_by(|&a, &b| contrib[b].total_cmp(&contrib[a]).then(a.cmp(&b)));
-    let mut chosen: Vec<usize> = idx
-        .iter()
-        .copied()
-        .filter(|&j| contrib[j] > 0.0)
-        .take(k)
-        .collect();
-    if chosen.len() < k {
-        let mut neg: Vec<usize> = idx.iter().copied().filter(|&j| contrib[j] < 0.0).collect();
-        neg.sort_by(|&a, &b| contrib[a].total_cmp(&contrib[b]).then(a.cmp(&b)));
-        chosen.extend(neg.into_iter().take(k - chosen.len()));
-    }
+    let mut chosen: Vec<usize> = (0..contrib.len()).filter(|&j| contrib[j] != 0.0).collect();
+    chosen.sort_by(|&a, &b| {
+        contrib[b]
+            .abs()
+            .total_cmp(&contrib[a].abs())
+            .then(a.cmp(&b))
+    });
+    chosen.truncate(k);
     chosen
         .into_iter()
         .map(|j| {
@@ -365,4 +361,48 @@ pub fn queue_order(a: &ScoredIncident, b: &ScoredIncident) -> std::cmp::Ordering
         .cmp(&a.priority)
         .then(b.probs[0].total_cmp(&a.probs[0]))
         .then(a.key.cmp(&b.key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Context {
+        Context {
+            detector: "217".into(),
+            title: "9".into(),
+            category: "Execution".into(),
+        }
+    }
+
+    #[test]
+    fn reasons_are_the_largest_moves_with_their_sign() {
+        let schema = FeatureSchema::new(
+            1,
+            ["a", "tenant_detector:tp_rate", "c", "d"]
+                .iter()
+                .map(|n| (n.to_string(), "f".to_string()))
+                .collect(),
+        );
+        let contrib = [0.05, 0.40, -0.60, 0.0];
+        let values = [1.0, 0.64, 3.0, 7.0];
+        let r = top_reasons(&contrib, &values, &schema, &ctx(), 3);
+        let names: Vec<&str> = r.iter().map(|r| r.feature.as_str()).collect();
+        assert_eq!(names, ["c", "tenant_detector:tp_rate", "a"]);
+        assert_eq!(
+            r[1].text,
+            "this tenant graded detector 217 TP in 64% of past incidents (+0.40)"
+        );
+        assert!(r[0].text.ends_with("(-0.60)"), "{}", r[0].text);
+        // A zero contribution is never a reason.
+        assert_eq!(top_reasons(&contrib, &values, &schema, &ctx(), 9).len(), 3);
+    }
+
+    #[test]
+    fn priority_rounds_and_clamps() {
+        assert_eq!(priority(0.0), 0);
+        assert_eq!(priority(0.495), 50);
+        assert_eq!(priority(-0.2), 0);
+        assert_eq!(priority(f32::NAN.max(0.3)), 30);
+    }
 }

@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use serde_json::Value;
+use std::path::Path;
 use threatrank::train::{Artifact, ArtifactError, FORMAT_VERSION};
 
 fn model_json() -> Value {
@@ -167,4 +168,25 @@ fn garbage_and_truncated_models_are_parse_errors() {
     let err = Artifact::load(&p).unwrap_err();
     assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
     assert!(err.to_string().contains("model"), "{err}");
+}
+
+/// The committed default model must load with this build's feature schema (a schema change
+/// without `train` fails here), was trained on the shipped sample, and compresses.
+#[test]
+fn committed_default_model_matches_this_build_and_the_shipped_sample() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let path = root.join("models/default.json.gz");
+    let bytes = std::fs::read(&path).unwrap();
+    assert_eq!(&bytes[..2], &[0x1f, 0x8b], "not gzip");
+    let a = Artifact::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let sample = std::fs::read(sample_path()).unwrap();
+    let digest = threatrank::matrix::hex(&<sha2::Sha256 as sha2::Digest>::digest(&sample));
+    assert_eq!(a.card.data.sha256, digest);
+    assert_eq!(a.card.data.records, 10_000);
+    assert_eq!(a.model.algorithm(), threatrank::models::Algorithm::Forest);
+    // Gzip round trip: saving again gives the same bytes (no timestamp in the header).
+    let dir = tmp();
+    let p = dir.path().join("again.json.gz");
+    a.save(&p).unwrap();
+    assert_eq!(std::fs::read(&p).unwrap(), bytes);
 }
