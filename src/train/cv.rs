@@ -97,6 +97,14 @@ pub struct CvMetrics {
     pub ndcg_at_10: f64,
     /// queues counted in the two figures above
     pub queues: usize,
+    /// precision@10 over queues holding more than 10 incidents (and a TP): in a shorter queue
+    /// precision@min(10, size) is the queue's TP share whatever the order, so only these
+    /// queues tell rankers apart
+    pub precision_at_10_long: f64,
+    /// NDCG@10 over the same long queues
+    pub ndcg_at_10_long: f64,
+    /// long queues counted
+    pub long_queues: usize,
     /// multiclass log-loss over incidents
     pub log_loss: f64,
     /// incidents evaluated
@@ -169,7 +177,7 @@ impl CvReport {
             self.tenants
         );
         s.push_str(&format!(
-            "{:<18} {:<16} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
+            "{:<18} {:<16} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
             "split",
             "model",
             "F1(row)",
@@ -182,14 +190,17 @@ impl CvReport {
             "R(FP)",
             "PRAUC",
             "P@10",
-            "NDCG10"
+            "NDCG10",
+            "P@10L",
+            "NDCG10L"
         ));
         for sp in &self.splits {
             for m in &sp.models {
                 let x = &m.metrics;
+                // (P@10L / NDCG10L: tenant queues longer than 10 incidents only)
                 let pc = &x.per_class_rows;
                 s.push_str(&format!(
-                    "{:<18} {:<16} {:>8.3} {:>8.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7} {:>7.3} {:>7.3}\n",
+                    "{:<18} {:<16} {:>8.3} {:>8.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7.3} {:>7} {:>7.3} {:>7.3} {:>7.3} {:>7.3}\n",
                     sp.split.name(),
                     m.model,
                     x.macro_f1_rows,
@@ -203,6 +214,8 @@ impl CvReport {
                     x.pr_auc_tp.map_or("-".to_string(), |v| format!("{v:.3}")),
                     x.precision_at_10,
                     x.ndcg_at_10,
+                    x.precision_at_10_long,
+                    x.ndcg_at_10_long,
                 ));
             }
         }
@@ -382,6 +395,18 @@ pub fn metrics(
     let is_tp: Vec<bool> = y.iter().map(|&c| c == 0).collect();
     let p10 = eval::precision_at_k(tenant_of, &p_tp, &is_tp, 10)?;
     let ndcg = eval::ndcg_at_k(tenant_of, &p_tp, &is_tp, 10)?;
+    let mut queue_size: BTreeMap<u64, usize> = BTreeMap::new();
+    for t in tenant_of {
+        *queue_size.entry(*t).or_default() += 1;
+    }
+    let long: Vec<usize> = (0..y.len())
+        .filter(|&i| queue_size[&tenant_of[i]] > 10)
+        .collect();
+    let lt: Vec<u64> = long.iter().map(|&i| tenant_of[i]).collect();
+    let ls: Vec<f32> = long.iter().map(|&i| p_tp[i]).collect();
+    let lp: Vec<bool> = long.iter().map(|&i| is_tp[i]).collect();
+    let p10_long = eval::precision_at_k(&lt, &ls, &lp, 10)?;
+    let ndcg_long = eval::ndcg_at_k(&lt, &ls, &lp, 10)?;
     Ok(CvMetrics {
         macro_f1_rows: rows.macro_f1,
         macro_f1_incidents: inc.macro_f1,
@@ -393,6 +418,9 @@ pub fn metrics(
         precision_at_10: p10.mean,
         ndcg_at_10: ndcg.mean,
         queues: p10.n_queues,
+        precision_at_10_long: p10_long.mean,
+        ndcg_at_10_long: ndcg_long.mean,
+        long_queues: p10_long.n_queues,
         log_loss: eval::log_loss(probs, y)?,
         incidents: y.len(),
         rows: weights.iter().sum::<f64>() as usize,
