@@ -46,6 +46,29 @@ impl Correlated {
     }
 }
 
+/// The most frequent value (ties → the smallest; empty → empty string), e.g. an incident's
+/// main detector.
+///
+/// ```
+/// use threatrank::correlate::most_frequent;
+/// assert_eq!(most_frequent(["b", "a", "b", "a", "c"].into_iter()), "a");
+/// assert_eq!(most_frequent(std::iter::empty()), "");
+/// ```
+pub fn most_frequent<'a>(values: impl Iterator<Item = &'a str>) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    // Strictly greater keeps the first (smallest) of equal counts, in BTreeMap order.
+    let mut best: Option<(&str, usize)> = None;
+    for (v, n) in counts {
+        if best.is_none_or(|(_, bn)| n > bn) {
+            best = Some((v, n));
+        }
+    }
+    best.map(|(v, _)| v.to_string()).unwrap_or_default()
+}
+
 /// Groups evidence into incidents.
 ///
 /// ```

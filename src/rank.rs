@@ -6,7 +6,7 @@
 //! same queue. Reasons come from the model's additive contributions to the TP raw score
 //! (`Scorer::contributions_into`), named and put in words by [`describe`].
 
-use crate::correlate::{Correlated, Incident};
+use crate::correlate::{most_frequent, Correlated, Incident};
 use crate::domain::{Evidence, Grade, IncidentKey, TenantId};
 use crate::matrix::{FeatureMatrix, FeatureSchema};
 use crate::signals::{tactic_names, Attack};
@@ -71,21 +71,6 @@ pub fn priority(p_tp: f32) -> u8 {
     (p_tp.clamp(0.0, 1.0) * 100.0).round() as u8
 }
 
-fn mode<'a>(values: impl Iterator<Item = &'a str>) -> String {
-    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
-    for v in values {
-        *m.entry(v).or_default() += 1;
-    }
-    // Highest count; ties → smallest value (BTreeMap order, strict comparison).
-    let mut best: Option<(&str, usize)> = None;
-    for (v, n) in m {
-        if best.is_none_or(|(_, bn)| n > bn) {
-            best = Some((v, n));
-        }
-    }
-    best.map(|(v, _)| v.to_string()).unwrap_or_default()
-}
-
 /// Inputs to [`build`]: one row per scored incident, all aligned.
 pub struct RankInput<'a> {
     /// all evidence
@@ -132,9 +117,9 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
                 }
             }
             let ctx = Context {
-                detector: mode(rows.iter().map(|e| e.detector.as_str())),
-                title: mode(rows.iter().map(|e| e.title.as_str())),
-                category: mode(rows.iter().map(|e| e.category.as_str())),
+                detector: most_frequent(rows.iter().map(|e| e.detector.as_str())),
+                title: most_frequent(rows.iter().map(|e| e.title.as_str())),
+                category: most_frequent(rows.iter().map(|e| e.category.as_str())),
             };
             let contrib = &input.contributions[r * (width + 1)..r * (width + 1) + width];
             let reasons = top_reasons(

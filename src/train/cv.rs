@@ -8,7 +8,7 @@
 //! those of tenants never seen in training.
 
 use super::{fit, DataInfo, DecisionRule, TrainError, TrainParams};
-use crate::correlate::Correlated;
+use crate::correlate::{most_frequent, Correlated};
 use crate::domain::Evidence;
 use crate::eval::{self, ClassMetrics};
 use crate::models::{Algorithm, N_CLASSES};
@@ -437,17 +437,12 @@ struct Lookup {
 }
 
 fn primary_detector(evidence: &[Evidence], corr: &Correlated, i: usize) -> String {
-    let mut m: BTreeMap<&str, usize> = BTreeMap::new();
-    for &r in &corr.incidents[i].evidence {
-        *m.entry(evidence[r as usize].detector.as_str()).or_default() += 1;
-    }
-    let mut best: Option<(&str, usize)> = None;
-    for (d, n) in m {
-        if best.is_none_or(|(_, bn)| n > bn) {
-            best = Some((d, n));
-        }
-    }
-    best.map(|(d, _)| d.to_string()).unwrap_or_default()
+    most_frequent(
+        corr.incidents[i]
+            .evidence
+            .iter()
+            .map(|&r| evidence[r as usize].detector.as_str()),
+    )
 }
 
 impl Lookup {
