@@ -19,7 +19,13 @@ use std::time::Duration;
 /// queue` on new alerts, `threatrank eval` to measure before trusting a model. Input is GUIDE
 /// CSV (45 or 46 columns; `.csv`) or native JSONL alerts (`.jsonl`, format in the README).
 #[derive(Debug, Parser)]
-#[command(name = "threatrank", version, about, long_about = None, propagate_version = true)]
+#[command(
+    name = "threatrank",
+    version,
+    about,
+    long_about,
+    propagate_version = true
+)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -31,8 +37,9 @@ pub struct Cli {
 pub enum Command {
     /// Train a model on graded incidents and write a self-contained artifact (JSON).
     ///
-    /// Rejected input rows are listed in MODEL.rejects.csv. Example:
-    ///   threatrank train --input datasets/guide/guide_sample.csv --model models/default.json
+    /// The artifact is gzip-compressed when MODEL ends in .gz. Rejected input rows are listed
+    /// in MODEL.rejects.csv. The default model is made by:
+    ///   threatrank train --input datasets/guide/guide_sample.csv --model models/default.json.gz
     Train {
         /// GUIDE CSV or native JSONL with grades (IncidentGrade / grade).
         #[arg(long)]
@@ -49,10 +56,10 @@ pub enum Command {
     },
     /// Score every input row: one output row per input row, in input order.
     ///
-    /// Never reads the label column. Output columns: Id,OrgId,IncidentId,AlertId,
-    /// predicted_grade,p_true_positive,p_benign_positive,p_false_positive,priority,status,
-    /// top_reason,error. Rejected rows keep their place with status=rejected and the reason;
-    /// they are also listed in OUTPUT.rejects.csv.
+    /// Never reads the label column. Rejected rows keep their place with status=rejected and
+    /// the reason; they are also listed in OUTPUT.rejects.csv. Output columns:
+    ///
+    /// Id,OrgId,IncidentId,AlertId,predicted_grade,p_true_positive,p_benign_positive,p_false_positive,priority,status,top_reason,error
     Score {
         /// Model artifact from `threatrank train`.
         #[arg(long)]
