@@ -96,6 +96,15 @@ pub fn load(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineE
     })
 }
 
+/// The file name of a path (the whole path when it has none), as recorded in model cards and
+/// reports: folders differ between machines, the name does not.
+fn file_name(path: &Path) -> String {
+    path.file_name().map_or_else(
+        || path.display().to_string(),
+        |f| f.to_string_lossy().into_owned(),
+    )
+}
+
 fn create_parent(path: &Path) -> Result<(), PipelineError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| report::ReportError::Write {
@@ -132,10 +141,7 @@ pub fn train_file(
     let attack = Attack::shipped()?;
     let all: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
     let data = DataInfo {
-        file: input.file_name().map_or_else(
-            || input.display().to_string(),
-            |f| f.to_string_lossy().into_owned(),
-        ),
+        file: file_name(input),
         sha256: loaded.sha256.clone(),
         records: loaded.report.records,
         accepted: loaded.report.accepted,
@@ -257,10 +263,7 @@ pub fn eval_file(
         });
     }
     let attack = Attack::shipped()?;
-    let name = input.file_name().map_or_else(
-        || input.display().to_string(),
-        |f| f.to_string_lossy().into_owned(),
-    );
+    let name = file_name(input);
     Ok(cv::run(
         params,
         &name,
