@@ -96,6 +96,21 @@ pub fn load(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineE
     })
 }
 
+/// Errors naming the file when no incident carries a grade.
+fn require_labels(input: &Path, loaded: &Loaded, what: &str) -> Result<(), PipelineError> {
+    if loaded.corr.labelled().next().is_none() {
+        return Err(PipelineError::Input {
+            file: input.display().to_string(),
+            reason: format!(
+                "no labelled incident among {} accepted records (IncidentGrade / grade empty or \
+                 absent): {what}",
+                loaded.report.accepted
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The file name of a path (the whole path when it has none), as recorded in model cards and
 /// reports: folders differ between machines, the name does not.
 fn file_name(path: &Path) -> String {
@@ -138,6 +153,7 @@ pub fn train_file(
     let rejects = ingest::rejects_path_for(model_out);
     create_parent(&rejects)?;
     loaded.report.write_rejects(&rejects)?;
+    require_labels(input, &loaded, "nothing to train on")?;
     let attack = Attack::shipped()?;
     let all: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
     let data = DataInfo {
@@ -255,13 +271,7 @@ pub fn eval_file(
     progress: &mut dyn FnMut(&str),
 ) -> Result<cv::CvReport, PipelineError> {
     let loaded = load(input, &IngestValidParams::default())?;
-    if loaded.corr.labelled().next().is_none() {
-        return Err(PipelineError::Input {
-            file: input.display().to_string(),
-            reason: "no labelled incident (IncidentGrade empty or absent): nothing to evaluate"
-                .into(),
-        });
-    }
+    require_labels(input, &loaded, "nothing to evaluate")?;
     let attack = Attack::shipped()?;
     let name = file_name(input);
     Ok(cv::run(

@@ -720,3 +720,29 @@ fn score_with_a_missing_model_exits_3() {
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("nope.json"), "{}", stderr(&o));
 }
+
+#[test]
+fn train_on_unlabelled_input_fails_naming_the_file() {
+    let dir = tmp();
+    let input = dir.path().join("alerts.jsonl");
+    let alert = r#"{"tenant": 1, "alert_id": 2, "timestamp": "2024-06-06T17:32:50Z", "detector": "d", "title": "t", "category": "Execution"}"#;
+    std::fs::write(&input, format!("{alert}\n{alert}\n")).unwrap();
+    let model = dir.path().join("m.json");
+    let o = run_os(&[
+        "train".as_ref(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--model".as_ref(),
+        model.as_os_str(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "{}: no labelled incident among 2 accepted records",
+            input.display()
+        )),
+        "{e}"
+    );
+    assert!(!model.exists());
+}
