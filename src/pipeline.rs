@@ -240,7 +240,8 @@ pub fn score_file(
     create_parent(&rejects)?;
     loaded.report.write_rejects(&rejects)?;
     let scored = score_loaded(&artifact, loaded, 1)?;
-    let rows = report::write_scores(output, &scored.loaded, &scored.incidents)?;
+    let l = &scored.loaded;
+    let rows = report::write_scores(output, &l.evidence, &l.corr, &l.report, &scored.incidents)?;
     Ok(ScoreOutcome {
         incidents: scored.incidents.len(),
         report: scored.loaded.report,

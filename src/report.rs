@@ -4,9 +4,11 @@
 //! (queues); floats are printed with fixed precision, so the same input gives byte-identical
 //! files.
 
+use crate::correlate::Correlated;
+use crate::domain::Evidence;
 use crate::domain::TenantId;
 use crate::ingest::format_rfc3339;
-use crate::pipeline::Loaded;
+use crate::ingest::IngestReport;
 use crate::rank::{queues, ScoredIncident};
 use std::io::Write;
 use std::path::Path;
@@ -42,10 +44,13 @@ pub const SCORE_HEADER: [&str; 12] = [
 
 /// Writes one row per input record, in input order: scored records carry their incident's
 /// grade probabilities and priority; rejected records keep their place with `status=rejected`
-/// and the reason, so pipelines can match rows by position. Returns the rows written.
+/// and the reason, so pipelines can match rows by position. `incidents` are aligned with
+/// `corr.incidents`. Returns the rows written.
 pub fn write_scores(
     path: &Path,
-    loaded: &Loaded,
+    evidence: &[Evidence],
+    corr: &Correlated,
+    ingest: &IngestReport,
     incidents: &[ScoredIncident],
 ) -> Result<u64, ReportError> {
     let err = |e: &dyn std::fmt::Display| ReportError::Write {
@@ -56,22 +61,22 @@ pub fn write_scores(
     let mut w = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 16, file));
     w.write_record(SCORE_HEADER).map_err(|e| err(&e))?;
     // First evidence row of every accepted record (JSONL records may hold several).
-    let n_records = loaded.report.records as usize;
+    let n_records = ingest.records as usize;
     let mut first_ev: Vec<Option<u32>> = vec![None; n_records];
-    for (i, e) in loaded.evidence.iter().enumerate() {
+    for (i, e) in evidence.iter().enumerate() {
         if let Some(slot) = first_ev.get_mut(e.record as usize) {
             if slot.is_none() {
                 *slot = Some(i as u32);
             }
         }
     }
-    let mut rejected = loaded.report.rejected.iter().peekable();
+    let mut rejected = ingest.rejected.iter().peekable();
     let mut rows = 0u64;
     for (rec, ev) in first_ev.iter().enumerate() {
         match ev {
             Some(i) => {
-                let e = &loaded.evidence[*i as usize];
-                let s = &incidents[loaded.corr.incident_of[*i as usize] as usize];
+                let e = &evidence[*i as usize];
+                let s = &incidents[corr.incident_of[*i as usize] as usize];
                 w.write_record([
                     e.id.to_string(),
                     e.tenant.to_string(),
