@@ -196,14 +196,20 @@ pub struct FittedFeatures {
     entity_tenant: Table,
 }
 
-/// The schema of this version of the extractors.
+/// The schema of this version of the extractors (built once, by running the extractors with a
+/// name sink).
 pub fn schema() -> FeatureSchema {
-    let mut s = NameSink(Vec::new());
-    let dummy = FittedFeatures::empty();
-    let ev = dummy_evidence();
-    // Column names do not depend on the knowledge tables: an empty one will do.
-    dummy.extract(&[&ev], &Attack::empty(), &mut s);
-    FeatureSchema::new(FEATURE_VERSION, s.0)
+    static SCHEMA: std::sync::OnceLock<FeatureSchema> = std::sync::OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            let mut s = NameSink(Vec::new());
+            let dummy = FittedFeatures::empty();
+            let ev = dummy_evidence();
+            // Column names do not depend on the knowledge tables: an empty one will do.
+            dummy.extract(&[&ev], &Attack::empty(), &mut s);
+            FeatureSchema::new(FEATURE_VERSION, s.0)
+        })
+        .clone()
 }
 
 fn dummy_evidence() -> Evidence {
@@ -789,7 +795,7 @@ impl FittedFeatures {
 /// Suffixes of the three grade-rate columns of an encoding.
 const RATE_NAMES: [&str; 3] = ["tp_rate", "bp_rate", "fp_rate"];
 
-/// Width of the v1 schema (computed once).
+/// Width of the v1 schema.
 pub fn schema_len() -> usize {
     static LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *LEN.get_or_init(|| schema().len())

@@ -371,10 +371,7 @@ fn metrics_on(
     if held.len() == y.len() {
         return metrics(probs, pred, y, weights, tenant_of);
     }
-    let p: Vec<f32> = held
-        .iter()
-        .flat_map(|&j| probs[j * N_CLASSES..(j + 1) * N_CLASSES].iter().copied())
-        .collect();
+    let p = super::prob_rows(probs, held);
     let pick = |v: &[u8]| held.iter().map(|&j| v[j]).collect::<Vec<u8>>();
     let w: Vec<f64> = held.iter().map(|&j| weights[j]).collect();
     let t: Vec<u64> = held.iter().map(|&j| tenant_of[j]).collect();

@@ -172,10 +172,7 @@ impl DecisionRules {
             if rows.len() < MIN_REGIME_ROWS {
                 continue;
             }
-            let p: Vec<f32> = rows
-                .iter()
-                .flat_map(|&i| probs[i * N_CLASSES..(i + 1) * N_CLASSES].iter().copied())
-                .collect();
+            let p = super::prob_rows(probs, &rows);
             let t: Vec<u8> = rows.iter().map(|&i| y[i]).collect();
             let rule = DecisionRule::fit(&p, &t)?;
             if seen {

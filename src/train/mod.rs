@@ -194,6 +194,13 @@ impl Artifact {
     }
 }
 
+/// The probability rows `idx` of a row-major `N_CLASSES`-wide buffer, in that order.
+pub(crate) fn prob_rows(probs: &[f32], idx: &[usize]) -> Vec<f32> {
+    idx.iter()
+        .flat_map(|&i| probs[i * N_CLASSES..(i + 1) * N_CLASSES].iter().copied())
+        .collect()
+}
+
 /// The feature that tells whether a tenant has graded history (chooses the decision rule).
 pub const TENANT_SUPPORT: &str = "tenant:log_support";
 
@@ -217,9 +224,13 @@ pub fn fit(
             ),
         });
     }
-    let (calibrator, decision, metrics) = calibrate(params, &x, &y)?;
-    let model = params.model.fit(&x, &y)?;
     let schema = features::schema();
+    let support_column = schema.index_of(TENANT_SUPPORT).ok_or(TrainError::Param {
+        name: "features",
+        reason: format!("schema has no `{TENANT_SUPPORT}` column"),
+    })?;
+    let (calibrator, decision, metrics) = calibrate(params, &x, &y, support_column)?;
+    let model = params.model.fit(&x, &y)?;
     let mut grades = [0u64; 3];
     for &c in &y {
         grades[c as usize] += 1;
@@ -264,14 +275,9 @@ fn calibrate(
     params: &TrainValidParams,
     x: &FeatureMatrix,
     y: &[u8],
+    support_column: usize,
 ) -> Result<(Calibrator, DecisionRules, CardMetrics), TrainError> {
     let k = params.calibration_folds;
-    let support_column = features::schema()
-        .index_of(TENANT_SUPPORT)
-        .ok_or(TrainError::Param {
-            name: "features",
-            reason: format!("schema has no `{TENANT_SUPPORT}` column"),
-        })?;
     if k == 0 || x.n_rows() < k * 2 {
         return Ok((
             Calibrator::identity(),
