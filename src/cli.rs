@@ -47,8 +47,8 @@ pub enum Command {
         /// Where to write the model artifact.
         #[arg(long)]
         model: PathBuf,
-        /// Learner: forest (default) or logistic.
-        #[arg(long, default_value = "forest", value_parser = parse_algorithm)]
+        /// Learner: gbdt (default), forest or logistic.
+        #[arg(long, default_value = "gbdt", value_parser = parse_algorithm)]
         algorithm: Algorithm,
         /// Seed of every random step (same seed, same artifact).
         #[arg(long, default_value_t = 42)]
@@ -283,7 +283,7 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
     })?;
     let model = out.join("model.json");
     eprintln!("1/3 training the default model on {}", input.display());
-    let pb = spinner("training forest");
+    let pb = spinner("training gbdt");
     let trained = pipeline::train_file(&input, &model, &TrainParams::default());
     pb.finish_and_clear();
     let trained = trained?;
@@ -295,7 +295,7 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
          model against the lookup baseline (`threatrank eval` runs all folds and models)"
     );
     let params = CvParams {
-        algorithms: vec![crate::models::Algorithm::Forest],
+        algorithms: vec![crate::models::Algorithm::Gbdt],
         splits: vec![SplitKind::IncidentDisjoint, SplitKind::TenantDisjoint],
         folds_to_run: Some(1),
         ..CvParams::default()

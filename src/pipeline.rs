@@ -201,6 +201,7 @@ pub fn score_loaded(
         x: &pred.x,
         probs: &pred.probs,
         grades: &pred.grades,
+        sets: &pred.sets,
         contributions: &contributions,
         schema: &artifact.schema,
         attack: &attack,

@@ -9,6 +9,7 @@
 use crate::correlate::{most_frequent, Correlated, Incident};
 use crate::domain::{Evidence, Grade, IncidentKey, TenantId};
 use crate::matrix::{FeatureMatrix, FeatureSchema};
+use crate::models::GradeSet;
 use crate::signals::{tactic_names, Attack};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,6 +29,15 @@ pub struct Reason {
     pub text: String,
 }
 
+/// A feature family's summed contribution to an incident's TP raw score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FamilyContribution {
+    /// family name (see the schema)
+    pub family: String,
+    /// summed additive contribution
+    pub contribution: f32,
+}
+
 /// A scored candidate threat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredIncident {
@@ -37,6 +47,9 @@ pub struct ScoredIncident {
     pub probs: [f32; 3],
     /// predicted grade (decision rule over the calibrated probabilities)
     pub predicted: Grade,
+    /// conformal prediction set at the artifact's coverage: the grades that cannot be ruled
+    /// out; more than one grade means the engine is uncertain and a hunter should look
+    pub grade_set: GradeSet,
     /// 0–100
     pub priority: u8,
     /// evidence rows
@@ -57,6 +70,9 @@ pub struct ScoredIncident {
     pub category: String,
     /// top reasons
     pub reasons: Vec<Reason>,
+    /// contributions to the TP raw score summed per feature family, largest `|c|` first
+    /// (with the bias, the families sum to the raw score)
+    pub families: Vec<FamilyContribution>,
     /// the analysts' grade, when the input carried one (evaluation only; never used to score)
     pub actual: Option<Grade>,
 }
@@ -85,6 +101,8 @@ pub struct RankInput<'a> {
     pub probs: &'a [f32],
     /// predicted class ids (the artifact's decision rule), one per row
     pub grades: &'a [u8],
+    /// conformal grade sets, one per row
+    pub sets: &'a [GradeSet],
     /// TP contributions, `n_features + 1` per row (last = bias)
     pub contributions: &'a [f32],
     /// the schema of `x`
@@ -133,6 +151,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
                 key: inc.key,
                 probs: [p[0], p[1], p[2]],
                 predicted: Grade::from_class_id(input.grades[r]).unwrap_or(Grade::TruePositive),
+                grade_set: input.sets[r],
                 priority: priority(p[0]),
                 n_evidence: inc.evidence.len() as u32,
                 n_alerts: inc.alerts.len() as u32,
@@ -143,10 +162,44 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
                 title: ctx.title,
                 category: ctx.category,
                 reasons,
+                families: family_contributions(contrib, input.schema),
                 actual: inc.grade,
             }
         })
         .collect()
+}
+
+/// Sums per-feature contributions by family (schema order of first appearance), then sorts by
+/// `|contribution|` descending (ties keep schema order).
+pub fn family_contributions(contrib: &[f32], schema: &FeatureSchema) -> Vec<FamilyContribution> {
+    let mut out: Vec<FamilyContribution> = Vec::new();
+    for (&c, family) in contrib.iter().zip(schema.families()) {
+        match out.iter_mut().find(|f| f.family == *family) {
+            Some(f) => f.contribution += c,
+            None => out.push(FamilyContribution {
+                family: family.to_string(),
+                contribution: c,
+            }),
+        }
+    }
+    out.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
+    out
+}
+
+impl ScoredIncident {
+    /// True when the conformal set holds more than one grade.
+    pub fn is_uncertain(&self) -> bool {
+        self.grade_set.is_uncertain()
+    }
+
+    /// The grade as shown to a hunter: the decided grade, or `uncertain (TP|BP)`.
+    pub fn grade_label(&self) -> String {
+        if self.is_uncertain() {
+            format!("uncertain ({})", self.grade_set)
+        } else {
+            self.predicted.name().to_string()
+        }
+    }
 }
 
 /// Incident context used in reason texts.

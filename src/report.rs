@@ -27,7 +27,7 @@ pub enum ReportError {
 }
 
 /// Header of the score CSV; the first nine columns are the pipeline contract.
-pub const SCORE_HEADER: [&str; 12] = [
+pub const SCORE_HEADER: [&str; 14] = [
     "Id",
     "OrgId",
     "IncidentId",
@@ -40,6 +40,8 @@ pub const SCORE_HEADER: [&str; 12] = [
     "status",
     "top_reason",
     "error",
+    "grade_set",
+    "certainty",
 ];
 
 /// Writes one row per input record, in input order: scored records carry their incident's
@@ -93,6 +95,13 @@ pub fn write_scores(
                         .map(|r| r.text.clone())
                         .unwrap_or_default(),
                     String::new(),
+                    s.grade_set.to_string(),
+                    if s.is_uncertain() {
+                        "uncertain"
+                    } else {
+                        "confident"
+                    }
+                    .into(),
                 ])
                 .map_err(|e| err(&e))?;
             }
@@ -131,7 +140,7 @@ pub fn queue_table(incidents: &[ScoredIncident], tenant: Option<TenantId>, top: 
         let _ = writeln!(out, "tenant {t} — top {} of {total} incidents", q.len());
         let _ = writeln!(
             out,
-            "  {:>4}  {:>8}  {:<14} {:>5} {:>5} {:>5}  {:>3} {:>3}  {:<20} category / detector / title",
+            "  {:>4}  {:>8}  {:<22} {:>5} {:>5} {:>5}  {:>3} {:>3}  {:<20} category / detector / title",
             "prio",
             "incident",
             "grade",
@@ -145,10 +154,10 @@ pub fn queue_table(incidents: &[ScoredIncident], tenant: Option<TenantId>, top: 
         for s in q {
             let _ = writeln!(
                 out,
-                "  {:>4}  {:>8}  {:<14} {:>5.2} {:>5.2} {:>5.2}  {:>3} {:>3}  {:<20} {} / det {} / title {}",
+                "  {:>4}  {:>8}  {:<22} {:>5.2} {:>5.2} {:>5.2}  {:>3} {:>3}  {:<20} {} / det {} / title {}",
                 s.priority,
                 s.key.incident,
-                s.predicted.name(),
+                s.grade_label(),
                 s.probs[0],
                 s.probs[1],
                 s.probs[2],

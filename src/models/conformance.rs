@@ -225,7 +225,7 @@ pub(super) fn check_contributions<P: Fit>(make: impl Fn(u64) -> P) {
         for (i, (r, &s)) in contrib.chunks_exact(w).zip(&raw).enumerate() {
             let sum: f64 = r.iter().map(|&v| v as f64).sum();
             assert!(
-                (sum - s as f64).abs() < 1e-4,
+                (sum - s as f64).abs() < 1e-5,
                 "row {i} class {c}: contributions sum {sum}, raw {s}"
             );
         }
@@ -331,7 +331,7 @@ macro_rules! conformance {
     };
 }
 
-use super::{ForestParams, LogisticParams};
+use super::{ForestParams, GbdtParams, LogisticParams};
 
 conformance!(
     logistic,
@@ -345,6 +345,13 @@ conformance!(
     Algorithm::Forest,
     |seed: u64| ForestParams::default().seed(seed).check().unwrap(),
     |seed: u64| ModelParams::default_for(Algorithm::Forest, seed),
+);
+
+conformance!(
+    gbdt,
+    Algorithm::Gbdt,
+    |seed: u64| GbdtParams::default().seed(seed).check().unwrap(),
+    |seed: u64| ModelParams::default_for(Algorithm::Gbdt, seed),
 );
 
 #[test]

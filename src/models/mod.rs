@@ -17,14 +17,18 @@ use crate::matrix::FeatureMatrix;
 use serde::{Deserialize, Serialize};
 
 pub mod calibrate;
+pub mod conformal;
 pub mod forest;
+pub mod gbdt;
 pub mod logistic;
 
 #[cfg(test)]
 mod conformance;
 
-pub use calibrate::Calibrator;
+pub use calibrate::{Calibrator, ProbabilityCalibrator, TenantCalibration};
+pub use conformal::{ConformalPredictor, GradeSet};
 pub use forest::{FittedForest, ForestParams, ForestValidParams};
+pub use gbdt::{FittedGbdt, GbdtParams, GbdtValidParams};
 pub use logistic::{FittedLogistic, LogisticParams, LogisticValidParams};
 
 /// Number of grades (TP, BP, FP).
@@ -109,7 +113,7 @@ pub trait Scorer {
     ) -> Result<(), ModelError>;
 
     /// Raw (untransformed) score of `class` per row: the logit for logistic regression, the
-    /// one-vs-rest forest mean for the forest. `out.len() == x.n_rows()`.
+    /// one-vs-rest forest mean for the forest, the softmax input (margin) for the GBDT. `out.len() == x.n_rows()`.
     fn raw_score_into(
         &self,
         x: &FeatureMatrix,
@@ -188,17 +192,20 @@ pub enum Algorithm {
     Logistic,
     /// Random forest (smartcore regression forests, one per grade, one-vs-rest).
     Forest,
+    /// Gradient-boosted trees (hessboost, multiclass softprob), the default.
+    Gbdt,
 }
 
 impl Algorithm {
     /// All algorithms, in report order.
-    pub const ALL: [Algorithm; 2] = [Algorithm::Logistic, Algorithm::Forest];
+    pub const ALL: [Algorithm; 3] = [Algorithm::Logistic, Algorithm::Forest, Algorithm::Gbdt];
 
     /// Stable name used on the command line and in files.
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::Logistic => "logistic",
             Algorithm::Forest => "forest",
+            Algorithm::Gbdt => "gbdt",
         }
     }
 
@@ -216,6 +223,8 @@ pub enum ModelParams {
     Logistic(LogisticParams),
     /// see [`ForestParams`]
     Forest(ForestParams),
+    /// see [`GbdtParams`]
+    Gbdt(GbdtParams),
 }
 
 impl ModelParams {
@@ -224,6 +233,7 @@ impl ModelParams {
         match algorithm {
             Algorithm::Logistic => ModelParams::Logistic(LogisticParams::default()),
             Algorithm::Forest => ModelParams::Forest(ForestParams::default().seed(seed)),
+            Algorithm::Gbdt => ModelParams::Gbdt(GbdtParams::default().seed(seed)),
         }
     }
 
@@ -232,6 +242,7 @@ impl ModelParams {
         match self {
             ModelParams::Logistic(_) => Algorithm::Logistic,
             ModelParams::Forest(_) => Algorithm::Forest,
+            ModelParams::Gbdt(_) => Algorithm::Gbdt,
         }
     }
 
@@ -240,15 +251,34 @@ impl ModelParams {
         match self {
             ModelParams::Logistic(p) => p.check().map(|_| ()),
             ModelParams::Forest(p) => p.check().map(|_| ()),
+            ModelParams::Gbdt(p) => p.check().map(|_| ()),
         }
     }
 
-    /// Checks and fits.
+    /// Checks and fits (a learner that holds rows out for early stopping splits them row by
+    /// row; see [`ModelParams::fit_grouped`]).
     pub fn fit(&self, x: &FeatureMatrix, y: &[u8]) -> Result<TrainedModel, ModelError> {
         Ok(match self {
             ModelParams::Logistic(p) => TrainedModel::Logistic(p.check()?.fit(x, y)?),
             ModelParams::Forest(p) => TrainedModel::Forest(p.check()?.fit(x, y)?),
+            ModelParams::Gbdt(p) => TrainedModel::Gbdt(Box::new(p.check()?.fit(x, y)?)),
         })
+    }
+
+    /// Checks and fits; a learner that holds rows out (the GBDT's early stopping) keeps each
+    /// of `groups` (one id per row) on one side. Learners without a holdout ignore `groups`.
+    pub fn fit_grouped(
+        &self,
+        x: &FeatureMatrix,
+        y: &[u8],
+        groups: &[u64],
+    ) -> Result<TrainedModel, ModelError> {
+        match self {
+            ModelParams::Gbdt(p) => Ok(TrainedModel::Gbdt(Box::new(
+                p.check()?.fit_grouped(x, y, groups)?,
+            ))),
+            _ => self.fit(x, y),
+        }
     }
 }
 
@@ -260,6 +290,8 @@ pub enum TrainedModel {
     Logistic(FittedLogistic),
     /// fitted forest
     Forest(FittedForest),
+    /// fitted gradient-boosted trees
+    Gbdt(Box<FittedGbdt>),
 }
 
 impl TrainedModel {
@@ -268,6 +300,7 @@ impl TrainedModel {
         match self {
             TrainedModel::Logistic(_) => Algorithm::Logistic,
             TrainedModel::Forest(_) => Algorithm::Forest,
+            TrainedModel::Gbdt(_) => Algorithm::Gbdt,
         }
     }
 
@@ -275,6 +308,7 @@ impl TrainedModel {
         match self {
             TrainedModel::Logistic(m) => m,
             TrainedModel::Forest(m) => m,
+            TrainedModel::Gbdt(m) => m.as_ref(),
         }
     }
 }

@@ -9,13 +9,15 @@
 use super::DecisionRules;
 use crate::features::{FeatureParams, FittedFeatures};
 use crate::matrix::FeatureSchema;
-use crate::models::{Calibrator, ModelParams, TrainedModel};
+use crate::models::calibrate::{TenantCalibration, TenantCalibrationReport};
+use crate::models::conformal::ConformalReport;
+use crate::models::{ModelParams, TrainedModel};
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 use std::path::Path;
 
 /// Current artifact format version.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Errors of saving and loading artifacts.
 #[derive(Debug, thiserror::Error)]
@@ -81,16 +83,21 @@ pub struct DataInfo {
 }
 
 /// Out-of-fold metrics measured while training (inner grouped folds on the training data).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct CardMetrics {
     /// macro-F1 over incidents, out-of-fold, calibrated (None when calibration was skipped)
     pub oof_macro_f1: Option<f64>,
     /// multiclass log-loss before calibration
     pub oof_log_loss_raw: Option<f64>,
-    /// multiclass log-loss after calibration
+    /// multiclass log-loss after calibration (global and per-tenant)
     pub oof_log_loss_calibrated: Option<f64>,
     /// number of inner folds (0 = calibration skipped)
     pub folds: usize,
+    /// calibration choice: each method's cross-fitted log-loss, and the per-tenant step's gain
+    pub calibration: Option<TenantCalibrationReport>,
+    /// conformal sets on the calibrated out-of-fold probabilities (in-sample for the
+    /// thresholds; `threatrank eval` reports held-out coverage)
+    pub conformal: Option<ConformalReport>,
 }
 
 /// The model card.
@@ -123,8 +130,11 @@ pub struct Artifact {
     pub features: FittedFeatures,
     /// fitted model
     pub model: TrainedModel,
-    /// probability calibrator
-    pub calibrator: Calibrator,
+    /// probability calibration: global method chosen by log-loss, plus per-tenant maps
+    pub calibration: TenantCalibration,
+    /// conformal predictors for grade sets, per tenant regime (`None` when calibration was
+    /// skipped)
+    pub conformal: Option<super::ConformalRegimes>,
     /// grade decision rules over calibrated probabilities (tenants with / without history)
     pub decision: DecisionRules,
     /// model card

@@ -11,7 +11,9 @@ use super::{fit, DataInfo, DecisionRule, TrainError, TrainParams};
 use crate::correlate::{most_frequent, Correlated};
 use crate::domain::Evidence;
 use crate::eval::{self, ClassMetrics};
-use crate::models::{Algorithm, N_CLASSES};
+use crate::models::calibrate::{class_reliability_curve, curve_ece, ReliabilityBin};
+use crate::models::conformal::ConformalReport;
+use crate::models::{Algorithm, GradeSet, N_CLASSES};
 use crate::signals::Attack;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -113,13 +115,47 @@ pub struct CvMetrics {
     pub rows: usize,
 }
 
+/// Calibration on the outer folds: the model's probabilities before and after the artifact's
+/// calibration (both held out).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CalibrationCv {
+    /// multiclass log-loss before calibration
+    pub log_loss_raw: f64,
+    /// multiclass log-loss after calibration
+    pub log_loss_calibrated: f64,
+    /// expected calibration error of P(TP), 10 equal-width bins, before
+    pub ece_tp_raw: f64,
+    /// the same after calibration
+    pub ece_tp_calibrated: f64,
+    /// reliability curve of P(TP) before calibration (empty bins omitted)
+    pub reliability_tp_raw: Vec<ReliabilityBin>,
+    /// the same after calibration
+    pub reliability_tp_calibrated: Vec<ReliabilityBin>,
+}
+
+/// Conformal abstention on the outer folds: how often the held-out incident's grade was in
+/// its prediction set, and how good the confident decisions were.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AbstentionCv {
+    /// coverage, per-grade coverage, set sizes and uncertain rate on held-out incidents
+    pub sets: ConformalReport,
+    /// macro-F1 over incidents on the confident ones only (`None` when all were uncertain)
+    pub macro_f1_confident: Option<f64>,
+}
+
 /// One model's figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelCv {
-    /// `logistic`, `forest` or `lookup-baseline`
+    /// `logistic`, `forest`, `gbdt` or `lookup-baseline`
     pub model: String,
     /// pooled metrics
     pub metrics: CvMetrics,
+    /// calibration before/after (trained models only)
+    #[serde(default)]
+    pub calibration: Option<CalibrationCv>,
+    /// conformal coverage (trained models with a conformal predictor only)
+    #[serde(default)]
+    pub abstention: Option<AbstentionCv>,
 }
 
 /// All models on one split kind.
@@ -219,6 +255,41 @@ impl CvReport {
                 ));
             }
         }
+        s.push_str(&format!(
+            "\n{:<18} {:<16} {:>15} {:>15} {:>8} {:>8} {:>22} {:>7} {:>9}\n",
+            "split",
+            "model",
+            "logloss raw→cal",
+            "ECE(TP) raw→cal",
+            "target",
+            "covered",
+            "covered TP/BP/FP",
+            "unsure",
+            "F1(conf)"
+        ));
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        for sp in &self.splits {
+            for m in &sp.models {
+                let Some(c) = &m.calibration else { continue };
+                let a = m.abstention.as_ref();
+                s.push_str(&format!(
+                    "{:<18} {:<16} {:>15} {:>15} {:>8} {:>8} {:>22} {:>7} {:>9}\n",
+                    sp.split.name(),
+                    m.model,
+                    format!("{:.3}→{:.3}", c.log_loss_raw, c.log_loss_calibrated),
+                    format!("{:.3}→{:.3}", c.ece_tp_raw, c.ece_tp_calibrated),
+                    opt(a.map(|a| a.sets.target_coverage)),
+                    opt(a.map(|a| a.sets.coverage)),
+                    a.map_or("-".to_string(), |a| a
+                        .sets
+                        .class_coverage
+                        .map(opt)
+                        .join("/")),
+                    opt(a.map(|a| a.sets.uncertain_rate)),
+                    opt(a.and_then(|a| a.macro_f1_confident)),
+                ));
+            }
+        }
         s
     }
 }
@@ -290,7 +361,10 @@ pub fn run(
             };
             let tp = tp.check()?;
             let mut oof = vec![0f32; labelled.len() * N_CLASSES];
+            let mut raw = vec![0f32; labelled.len() * N_CLASSES];
             let mut grades = vec![0u8; labelled.len()];
+            let mut sets = vec![GradeSet::EMPTY; labelled.len()];
+            let mut target_coverage = None;
             for (f, fold) in folds.iter().enumerate() {
                 progress(&format!(
                     "{} {} fold {}/{}",
@@ -303,15 +377,27 @@ pub fn run(
                 let test: Vec<usize> = fold.test.iter().map(|&j| labelled[j]).collect();
                 let art = fit(&tp, evidence, corr, &train, attack, empty_info(input))?;
                 let pred = art.predict(evidence, corr, &test, attack)?;
+                target_coverage = art.conformal.as_ref().map(|c| 1.0 - c.alpha());
                 for (r, &j) in fold.test.iter().enumerate() {
-                    oof[j * N_CLASSES..(j + 1) * N_CLASSES]
-                        .copy_from_slice(&pred.probs[r * N_CLASSES..(r + 1) * N_CLASSES]);
+                    let (dst, src) = (j * N_CLASSES..(j + 1) * N_CLASSES, r * N_CLASSES);
+                    oof[dst.clone()].copy_from_slice(&pred.probs[src..src + N_CLASSES]);
+                    raw[dst].copy_from_slice(&pred.raw[src..src + N_CLASSES]);
                     grades[j] = pred.grades[r];
+                    sets[j] = pred.sets[r];
                 }
             }
+            let held_y: Vec<u8> = held.iter().map(|&j| y[j]).collect();
+            let held_raw = super::prob_rows(&raw, &held);
+            let held_cal = super::prob_rows(&oof, &held);
+            let held_sets: Vec<GradeSet> = held.iter().map(|&j| sets[j]).collect();
+            let held_grades: Vec<u8> = held.iter().map(|&j| grades[j]).collect();
             models.push(ModelCv {
                 model: alg.name().to_string(),
                 metrics: metrics_on(&held, &oof, &grades, &y, &weights, &tenant_of)?,
+                calibration: Some(calibration_cv(&held_raw, &held_cal, &held_y)?),
+                abstention: target_coverage
+                    .map(|t| abstention_cv(t, &held_sets, &held_grades, &held_y))
+                    .transpose()?,
             });
         }
         if params.baseline {
@@ -328,6 +414,8 @@ pub fn run(
             models.push(ModelCv {
                 model: "lookup-baseline".into(),
                 metrics: metrics_on(&held, &oof, &grades, &y, &weights, &tenant_of)?,
+                calibration: None,
+                abstention: None,
             });
         }
         splits.push(SplitCv {
@@ -357,6 +445,41 @@ fn empty_info(input: &str) -> DataInfo {
         tenants: 0,
         grades: [0; 3],
     }
+}
+
+/// Bins of the reliability curves and ECE in [`CalibrationCv`].
+pub const RELIABILITY_BINS: usize = 10;
+
+fn calibration_cv(raw: &[f32], cal: &[f32], y: &[u8]) -> Result<CalibrationCv, TrainError> {
+    let reliability_tp_raw = class_reliability_curve(raw, y, 0, RELIABILITY_BINS)?;
+    let reliability_tp_calibrated = class_reliability_curve(cal, y, 0, RELIABILITY_BINS)?;
+    Ok(CalibrationCv {
+        log_loss_raw: eval::log_loss(raw, y)?,
+        log_loss_calibrated: eval::log_loss(cal, y)?,
+        ece_tp_raw: curve_ece(&reliability_tp_raw),
+        ece_tp_calibrated: curve_ece(&reliability_tp_calibrated),
+        reliability_tp_raw,
+        reliability_tp_calibrated,
+    })
+}
+
+fn abstention_cv(
+    target_coverage: f64,
+    sets: &[GradeSet],
+    grades: &[u8],
+    y: &[u8],
+) -> Result<AbstentionCv, TrainError> {
+    let confident: Vec<usize> = (0..y.len()).filter(|&i| !sets[i].is_uncertain()).collect();
+    let pick = |v: &[u8]| confident.iter().map(|&i| v[i]).collect::<Vec<u8>>();
+    let macro_f1_confident = if confident.is_empty() {
+        None
+    } else {
+        Some(eval::classification_report(&pick(y), &pick(grades), None)?.macro_f1)
+    };
+    Ok(AbstentionCv {
+        sets: super::coverage_report(target_coverage, sets, y),
+        macro_f1_confident,
+    })
 }
 
 /// [`metrics`] over the rows `held` only.

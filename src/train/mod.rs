@@ -5,13 +5,25 @@
 //! the shipped one. Steps:
 //! 1. encoders + out-of-fold training matrix (`features::fit_transform`);
 //! 2. `calibration_folds` inner folds: fit on the rest, predict the held-out part → out-of-fold
-//!    probabilities → temperature calibrator chosen by log-loss (`models::Calibrator`);
-//! 3. final model on all training incidents; artifact with model card.
+//!    probabilities → calibration chosen by cross-fitted log-loss among identity, temperature,
+//!    Platt and isotonic, plus per-tenant Platt adjustments shrunk toward the global one
+//!    (`models::calibrate`) → a conformal predictor on the calibrated out-of-fold probabilities
+//!    (`models::conformal`: prediction sets at the configured coverage, `uncertain` when a set
+//!    holds more than one grade) → decision rules;
+//! 3. final model on all training incidents (the GBDT's early stopping holds out whole
+//!    incidents); artifact with model card.
+//!
+//! The conformal predictor is fitted on the inner models' out-of-fold probabilities and applied
+//! to the final model's: a cross-conformal approximation (the final model saw more rows, so its
+//! sets are, if anything, slightly conservative). `threatrank eval` measures the coverage that
+//! results on the outer folds.
 
+mod abstain;
 pub mod artifact;
 pub mod cv;
 mod decide;
 
+pub use abstain::{coverage_report, ConformalRegimes};
 pub use decide::{DecisionRule, DecisionRules};
 
 pub use artifact::{Artifact, ArtifactError, CardMetrics, DataInfo, ModelCard, FORMAT_VERSION};
@@ -21,7 +33,9 @@ use crate::domain::Evidence;
 use crate::eval;
 use crate::features::{self, FeatureError, FeatureParams};
 use crate::matrix::FeatureMatrix;
-use crate::models::{Algorithm, Calibrator, ModelError, ModelParams, Scorer, N_CLASSES};
+use crate::models::calibrate::{CalibrationParams, TenantCalibration};
+use crate::models::conformal::{ConformalParams, GradeSet};
+use crate::models::{Algorithm, ModelError, ModelParams, ProbabilityCalibrator, Scorer, N_CLASSES};
 use crate::signals::Attack;
 use serde::{Deserialize, Serialize};
 
@@ -57,7 +71,7 @@ pub enum TrainError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TrainParams {
-    /// Learner. Default [`Algorithm::Forest`].
+    /// Learner. Default [`Algorithm::Gbdt`].
     pub algorithm: Algorithm,
     /// Seed of every random step. Default 42.
     pub seed: u64,
@@ -65,25 +79,31 @@ pub struct TrainParams {
     pub model: Option<ModelParams>,
     /// Feature parameters. Default [`FeatureParams::default`].
     pub features: FeatureParams,
-    /// Inner folds for calibration and the card's out-of-fold metrics; 0 skips calibration.
-    /// Default 3.
+    /// Inner folds for calibration and the card's out-of-fold metrics; 0 skips calibration
+    /// (and abstention). Default 3.
     pub calibration_folds: usize,
+    /// How out-of-fold probabilities are calibrated (methods, per-tenant floor and shrinkage).
+    pub calibration: CalibrationParams,
+    /// Conformal abstention: coverage `1 - alpha` of the grade sets. Default alpha 0.1.
+    pub conformal: ConformalParams,
 }
 
 impl Default for TrainParams {
     fn default() -> Self {
         Self {
-            algorithm: Algorithm::Forest,
+            algorithm: Algorithm::Gbdt,
             seed: 42,
             model: None,
             features: FeatureParams::default(),
             calibration_folds: 3,
+            calibration: CalibrationParams::default(),
+            conformal: ConformalParams::default(),
         }
     }
 }
 
 impl TrainParams {
-    /// Sets [`TrainParams::algorithm`] (default forest).
+    /// Sets [`TrainParams::algorithm`] (default GBDT).
     pub fn algorithm(mut self, a: Algorithm) -> Self {
         self.algorithm = a;
         self
@@ -128,11 +148,15 @@ impl TrainParams {
         model.check()?;
         let features = self.features.clone().seed(self.features.seed ^ self.seed);
         let features = features.check()?;
+        let calibration = self.calibration.clone().seed(self.seed).check()?;
+        let conformal = self.conformal.check()?;
         Ok(TrainValidParams {
             model,
             features,
             seed: self.seed,
             calibration_folds: self.calibration_folds,
+            calibration,
+            conformal,
         })
     }
 }
@@ -144,6 +168,8 @@ pub struct TrainValidParams {
     features: features::FeatureValidParams,
     seed: u64,
     calibration_folds: usize,
+    calibration: crate::models::calibrate::CalibrationValidParams,
+    conformal: crate::models::conformal::ConformalValidParams,
 }
 
 impl TrainValidParams {
@@ -162,8 +188,13 @@ pub struct Predictions {
     pub x: FeatureMatrix,
     /// calibrated probabilities, `N_CLASSES` per row
     pub probs: Vec<f32>,
+    /// the model's probabilities before calibration, `N_CLASSES` per row
+    pub raw: Vec<f32>,
     /// predicted class ids (the artifact's decision rule over `probs`)
     pub grades: Vec<u8>,
+    /// conformal grade sets at the artifact's coverage (all single grades when the artifact
+    /// has no conformal predictor); more than one grade = `uncertain`
+    pub sets: Vec<GradeSet>,
 }
 
 impl Artifact {
@@ -178,13 +209,27 @@ impl Artifact {
         let x = self.features.transform(evidence, corr, which, attack);
         let mut probs = vec![0.0; x.n_rows() * N_CLASSES];
         self.model.score_into(&x, &mut probs)?;
-        self.calibrator.apply_into(&mut probs);
+        let raw = probs.clone();
+        let tenants: Vec<u64> = which
+            .iter()
+            .map(|&i| corr.incidents[i].key.tenant.0)
+            .collect();
+        self.calibration.apply_into(&tenants, &mut probs)?;
         let grades = self.decision.decide_all(&x, &probs);
+        let sets = match &self.conformal {
+            Some(c) => c.sets(&x, &probs),
+            None => grades
+                .iter()
+                .map(|&g| GradeSet::single(g as usize))
+                .collect(),
+        };
         Ok(Predictions {
             which: which.to_vec(),
             x,
             probs,
+            raw,
             grades,
+            sets,
         })
     }
 
@@ -213,8 +258,12 @@ pub fn fit(
     attack: &Attack,
     data: DataInfo,
 ) -> Result<Artifact, TrainError> {
-    let (encoders, x, y, _rows) =
+    let (encoders, x, y, rows) =
         features::fit_transform(&params.features, evidence, corr, train, attack)?;
+    let tenant_of_row: Vec<u64> = rows
+        .iter()
+        .map(|&i| corr.incidents[i].key.tenant.0)
+        .collect();
     let present = (0..N_CLASSES as u8).filter(|c| y.contains(c)).count();
     if present < 2 {
         return Err(TrainError::Data {
@@ -229,8 +278,15 @@ pub fn fit(
         name: "features",
         reason: format!("schema has no `{TENANT_SUPPORT}` column"),
     })?;
-    let (calibrator, decision, metrics) = calibrate(params, &x, &y, support_column)?;
-    let model = params.model.fit(&x, &y)?;
+    let Calibrated {
+        calibration,
+        conformal,
+        decision,
+        metrics,
+    } = calibrate(params, &x, &y, &tenant_of_row, support_column)?;
+    // Every row is one incident: a row-level holdout keeps incidents whole.
+    let row_groups: Vec<u64> = (0..x.n_rows() as u64).collect();
+    let model = params.model.fit_grouped(&x, &y, &row_groups)?;
     let mut grades = [0u64; 3];
     for &c in &y {
         grades[c as usize] += 1;
@@ -265,30 +321,37 @@ pub fn fit(
         },
         features: encoders,
         model,
-        calibrator,
+        calibration,
+        conformal,
         decision,
     })
 }
 
-/// Inner folds → out-of-fold probabilities → temperature calibrator and card metrics.
+/// What [`calibrate`] learns from the inner folds.
+struct Calibrated {
+    calibration: TenantCalibration,
+    conformal: Option<ConformalRegimes>,
+    decision: DecisionRules,
+    metrics: CardMetrics,
+}
+
+/// Inner folds → out-of-fold probabilities → calibration (global + per tenant), conformal
+/// predictor, decision rules and card metrics.
 fn calibrate(
     params: &TrainValidParams,
     x: &FeatureMatrix,
     y: &[u8],
+    tenant_of_row: &[u64],
     support_column: usize,
-) -> Result<(Calibrator, DecisionRules, CardMetrics), TrainError> {
+) -> Result<Calibrated, TrainError> {
     let k = params.calibration_folds;
     if k == 0 || x.n_rows() < k * 2 {
-        return Ok((
-            Calibrator::identity(),
-            DecisionRules::single(DecisionRule::default(), support_column),
-            CardMetrics {
-                oof_macro_f1: None,
-                oof_log_loss_raw: None,
-                oof_log_loss_calibrated: None,
-                folds: 0,
-            },
-        ));
+        return Ok(Calibrated {
+            calibration: TenantCalibration::global_only(ProbabilityCalibrator::Identity),
+            conformal: None,
+            decision: DecisionRules::single(DecisionRule::default(), support_column),
+            metrics: CardMetrics::default(),
+        });
     }
     // Every training row is one incident: rows are the groups.
     let groups: Vec<u64> = (0..x.n_rows() as u64).collect();
@@ -301,7 +364,8 @@ fn calibrate(
         if present < 2 {
             continue;
         }
-        let m = params.model.fit(&xt, &yt)?;
+        let gt: Vec<u64> = fold.train.iter().map(|&i| groups[i]).collect();
+        let m = params.model.fit_grouped(&xt, &yt, &gt)?;
         let p = m.score(&x.select_rows(&fold.test))?;
         for (r, &i) in fold.test.iter().enumerate() {
             oof[i * N_CLASSES..(i + 1) * N_CLASSES]
@@ -309,20 +373,33 @@ fn calibrate(
         }
     }
     let raw = eval::log_loss(&oof, y)?;
-    let cal = Calibrator::fit(&oof, y)?;
+    let (mut calibration, tenant_report) =
+        params
+            .calibration
+            .fit_per_tenant(&oof, y, &groups, tenant_of_row)?;
+    // Per-tenant maps are kept only when they lowered the cross-fitted log-loss.
+    if tenant_report.log_loss_tenant >= tenant_report.log_loss_global {
+        calibration = TenantCalibration::global_only(calibration.global().clone());
+    }
     let mut calibrated = oof.clone();
-    cal.apply_into(&mut calibrated);
+    calibration.apply_into(tenant_of_row, &mut calibrated)?;
     let after = eval::log_loss(&calibrated, y)?;
+    let conformal = ConformalRegimes::fit(&params.conformal, x, &calibrated, y, support_column)?;
+    let conformal_report =
+        abstain::coverage_report(1.0 - conformal.alpha(), &conformal.sets(x, &calibrated), y);
     let decision = DecisionRules::fit(x, &calibrated, y, support_column)?;
     let report = eval::classification_report(y, &decision.decide_all(x, &calibrated), None)?;
-    Ok((
-        cal,
+    Ok(Calibrated {
+        calibration,
+        conformal: Some(conformal),
         decision,
-        CardMetrics {
+        metrics: CardMetrics {
             oof_macro_f1: Some(report.macro_f1),
             oof_log_loss_raw: Some(raw),
             oof_log_loss_calibrated: Some(after),
             folds: k,
+            calibration: Some(tenant_report),
+            conformal: Some(conformal_report),
         },
-    ))
+    })
 }

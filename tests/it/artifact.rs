@@ -183,7 +183,7 @@ fn committed_default_model_matches_this_build_and_the_shipped_sample() {
     let digest = threatrank::matrix::hex(&<sha2::Sha256 as sha2::Digest>::digest(&sample));
     assert_eq!(a.card.data.sha256, digest);
     assert_eq!(a.card.data.records, 10_000);
-    assert_eq!(a.model.algorithm(), threatrank::models::Algorithm::Forest);
+    assert_eq!(a.model.algorithm(), threatrank::models::Algorithm::Gbdt);
     // Gzip round trip: saving again gives the same bytes (no timestamp in the header).
     let dir = tmp();
     let p = dir.path().join("again.json.gz");

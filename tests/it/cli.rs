@@ -93,6 +93,16 @@ fn check_scores(out: &Path, rows: &[Vec<String>]) {
         );
         assert_eq!(o[9], "scored", "row {i}");
         assert_eq!(o[11], "", "row {i}");
+        // The conformal set is never empty, holds the decided grade unless the engine is
+        // uncertain, and `certainty` says which.
+        let set: threatrank::models::GradeSet = o[12].parse().unwrap();
+        assert!(!set.is_empty(), "row {i}: empty set");
+        let uncertain = set.is_uncertain();
+        assert_eq!(
+            o[13],
+            if uncertain { "uncertain" } else { "confident" },
+            "row {i}"
+        );
     }
     // Rows of one incident share its scores.
     let mut by_incident: BTreeMap<(&str, &str), &[String]> = BTreeMap::new();
@@ -170,26 +180,26 @@ fn train_creates_the_model_folder() {
 }
 
 #[test]
-fn forest_is_the_default_and_its_scores_keep_the_contract() {
+fn gbdt_is_the_default_and_its_scores_keep_the_contract() {
     let dir = tmp();
     let input = write(dir.path(), "small.csv", &sample_head(400));
     let (m1, m2) = (dir.path().join("f1.json"), dir.path().join("f2.json"));
     let c1 = train_cli(&input, &m1, &[]);
-    let c2 = train_cli(&input, &m2, &["--seed", "42", "--algorithm", "forest"]);
+    let c2 = train_cli(&input, &m2, &["--seed", "42", "--algorithm", "gbdt"]);
     let (o1, o2) = (
         c1.wait_with_output().unwrap(),
         c2.wait_with_output().unwrap(),
     );
     assert_ok(&o1);
     assert_ok(&o2);
-    assert!(stderr(&o1).contains("trained forest on"), "{}", stderr(&o1));
+    assert!(stderr(&o1).contains("trained gbdt on"), "{}", stderr(&o1));
     assert_eq!(
         std::fs::read(&m1).unwrap(),
         std::fs::read(&m2).unwrap(),
-        "default seed is 42, default algorithm forest; same seed, same bytes"
+        "default seed is 42, default algorithm gbdt; same seed, same bytes"
     );
     let a = threatrank::train::Artifact::load(&m1).unwrap();
-    assert_eq!(a.model.algorithm(), threatrank::models::Algorithm::Forest);
+    assert_eq!(a.model.algorithm(), threatrank::models::Algorithm::Gbdt);
 
     let rows = score_rows();
     let header = header_names();
@@ -223,7 +233,9 @@ fn score_writes_one_row_per_input_row_in_input_order() {
             "priority",
             "status",
             "top_reason",
-            "error"
+            "error",
+            "grade_set",
+            "certainty"
         ]
     );
     check_scores(&out, &rows);

@@ -198,6 +198,7 @@ fn scored(tenant: u64, incident: u64, prio: u8) -> ScoredIncident {
         },
         probs: [p, (1.0 - p) / 2.0, (1.0 - p) / 2.0],
         predicted: Grade::TruePositive,
+        grade_set: threatrank::models::GradeSet::single(0),
         priority: prio,
         n_evidence: 1,
         n_alerts: 1,
@@ -208,6 +209,7 @@ fn scored(tenant: u64, incident: u64, prio: u8) -> ScoredIncident {
         title: "t".into(),
         category: "c".into(),
         reasons: Vec::new(),
+        families: Vec::new(),
         actual: None,
     }
 }
