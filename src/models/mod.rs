@@ -28,7 +28,7 @@ mod conformance;
 pub use calibrate::{Calibrator, ProbabilityCalibrator, TenantCalibration};
 pub use conformal::{ConformalPredictor, GradeSet};
 pub use forest::{FittedForest, ForestParams, ForestValidParams};
-pub use gbdt::{FittedGbdt, GbdtParams, GbdtValidParams};
+pub use gbdt::{FittedGbdt, FittedRanker, GbdtParams, GbdtValidParams, RankerParams};
 pub use logistic::{FittedLogistic, LogisticParams, LogisticValidParams};
 
 /// Number of grades (TP, BP, FP).

@@ -139,7 +139,11 @@ mod tests {
             let p_top = 0.4 + 0.6 * next();
             let mut p = [((1.0 - p_top) / 2.0) as f32; 3];
             p[top] = p_top as f32;
-            let p_right = if seen { (p_top + 0.25).min(1.0) } else { p_top - 0.15 };
+            let p_right = if seen {
+                (p_top + 0.25).min(1.0)
+            } else {
+                p_top - 0.15
+            };
             let right = next() < p_right;
             let label = if right {
                 top

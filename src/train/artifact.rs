@@ -137,6 +137,9 @@ pub struct Artifact {
     pub conformal: Option<super::ConformalRegimes>,
     /// grade decision rules over calibrated probabilities (tenants with / without history)
     pub decision: DecisionRules,
+    /// LambdaMART ranker over daily tenant queues (`None` unless training asked for one)
+    #[serde(default)]
+    pub ranker: Option<crate::models::FittedRanker>,
     /// model card
     pub card: ModelCard,
 }

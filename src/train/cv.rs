@@ -60,6 +60,9 @@ pub struct CvParams {
     pub splits: Vec<SplitKind>,
     /// Training recipe template (its algorithm is replaced per model).
     pub train: TrainParams,
+    /// With the GBDT, also train a LambdaMART ranker per fold and compare its queue order with
+    /// the classifier's P(TP). Default true.
+    pub compare_ranker: bool,
 }
 
 impl Default for CvParams {
@@ -72,6 +75,7 @@ impl Default for CvParams {
             baseline: true,
             splits: SplitKind::ALL.to_vec(),
             train: TrainParams::default(),
+            compare_ranker: true,
         }
     }
 }
@@ -156,6 +160,52 @@ pub struct ModelCv {
     /// conformal coverage (trained models with a conformal predictor only)
     #[serde(default)]
     pub abstention: Option<AbstentionCv>,
+    /// queue order by a LambdaMART ranker trained beside this model (GBDT only)
+    #[serde(default)]
+    pub ranker: Option<QueueCv>,
+}
+
+/// Queue-order figures of one scoring of held-out incidents, per tenant queue.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueueCv {
+    /// precision@10 per tenant queue, mean over queues holding a TP
+    pub precision_at_10: f64,
+    /// NDCG@10, same queues
+    pub ndcg_at_10: f64,
+    /// queues counted
+    pub queues: usize,
+    /// precision@10 over queues longer than 10 incidents
+    pub precision_at_10_long: f64,
+    /// NDCG@10 over the same long queues
+    pub ndcg_at_10_long: f64,
+    /// long queues counted
+    pub long_queues: usize,
+}
+
+/// Per-tenant queue metrics of `scores` (higher first) against `is_tp`.
+pub fn queue_cv(tenant_of: &[u64], scores: &[f32], is_tp: &[bool]) -> Result<QueueCv, TrainError> {
+    let p10 = eval::precision_at_k(tenant_of, scores, is_tp, 10)?;
+    let ndcg = eval::ndcg_at_k(tenant_of, scores, is_tp, 10)?;
+    let mut queue_size: BTreeMap<u64, usize> = BTreeMap::new();
+    for t in tenant_of {
+        *queue_size.entry(*t).or_default() += 1;
+    }
+    let long: Vec<usize> = (0..scores.len())
+        .filter(|&i| queue_size[&tenant_of[i]] > 10)
+        .collect();
+    let lt: Vec<u64> = long.iter().map(|&i| tenant_of[i]).collect();
+    let ls: Vec<f32> = long.iter().map(|&i| scores[i]).collect();
+    let lp: Vec<bool> = long.iter().map(|&i| is_tp[i]).collect();
+    let p10_long = eval::precision_at_k(&lt, &ls, &lp, 10)?;
+    let ndcg_long = eval::ndcg_at_k(&lt, &ls, &lp, 10)?;
+    Ok(QueueCv {
+        precision_at_10: p10.mean,
+        ndcg_at_10: ndcg.mean,
+        queues: p10.n_queues,
+        precision_at_10_long: p10_long.mean,
+        ndcg_at_10_long: ndcg_long.mean,
+        long_queues: p10_long.n_queues,
+    })
 }
 
 /// All models on one split kind.
@@ -290,6 +340,51 @@ impl CvReport {
                 ));
             }
         }
+        let ranked: Vec<_> = self
+            .splits
+            .iter()
+            .flat_map(|sp| sp.models.iter().map(move |m| (sp, m)))
+            .filter_map(|(sp, m)| m.ranker.as_ref().map(|r| (sp, m, r)))
+            .collect();
+        if !ranked.is_empty() {
+            s.push_str(&format!(
+                "\n{:<18} {:<22} {:>7} {:>7} {:>7} {:>7}   (per tenant queue)\n",
+                "split", "queue order", "P@10", "NDCG10", "P@10L", "NDCG10L"
+            ));
+            for (sp, m, r) in ranked {
+                let x = &m.metrics;
+                for (name, v) in [
+                    (
+                        format!("{} P(TP)", m.model),
+                        [
+                            x.precision_at_10,
+                            x.ndcg_at_10,
+                            x.precision_at_10_long,
+                            x.ndcg_at_10_long,
+                        ],
+                    ),
+                    (
+                        "lambdamart".to_string(),
+                        [
+                            r.precision_at_10,
+                            r.ndcg_at_10,
+                            r.precision_at_10_long,
+                            r.ndcg_at_10_long,
+                        ],
+                    ),
+                ] {
+                    s.push_str(&format!(
+                        "{:<18} {:<22} {:>7.3} {:>7.3} {:>7.3} {:>7.3}\n",
+                        sp.split.name(),
+                        name,
+                        v[0],
+                        v[1],
+                        v[2],
+                        v[3]
+                    ));
+                }
+            }
+        }
         s
     }
 }
@@ -359,8 +454,18 @@ pub fn run(
             } else {
                 TrainParams { model: None, ..tp }
             };
+            let with_ranker = params.compare_ranker && alg == Algorithm::Gbdt;
+            let tp = TrainParams {
+                ranker: if with_ranker {
+                    Some(tp.ranker.clone().unwrap_or_default())
+                } else {
+                    None
+                },
+                ..tp
+            };
             let tp = tp.check()?;
             let mut oof = vec![0f32; labelled.len() * N_CLASSES];
+            let mut rank_scores = vec![0f32; labelled.len()];
             let mut raw = vec![0f32; labelled.len() * N_CLASSES];
             let mut grades = vec![0u8; labelled.len()];
             let mut sets = vec![GradeSet::EMPTY; labelled.len()];
@@ -384,6 +489,9 @@ pub fn run(
                     raw[dst].copy_from_slice(&pred.raw[src..src + N_CLASSES]);
                     grades[j] = pred.grades[r];
                     sets[j] = pred.sets[r];
+                    if let Some(rs) = &pred.rank_scores {
+                        rank_scores[j] = rs[r];
+                    }
                 }
             }
             let held_y: Vec<u8> = held.iter().map(|&j| y[j]).collect();
@@ -398,6 +506,14 @@ pub fn run(
                 abstention: target_coverage
                     .map(|t| abstention_cv(t, &held_sets, &held_grades, &held_y))
                     .transpose()?,
+                ranker: if with_ranker {
+                    let t: Vec<u64> = held.iter().map(|&j| tenant_of[j]).collect();
+                    let sc: Vec<f32> = held.iter().map(|&j| rank_scores[j]).collect();
+                    let tp: Vec<bool> = held_y.iter().map(|&c| c == 0).collect();
+                    Some(queue_cv(&t, &sc, &tp)?)
+                } else {
+                    None
+                },
             });
         }
         if params.baseline {
@@ -416,6 +532,7 @@ pub fn run(
                 metrics: metrics_on(&held, &oof, &grades, &y, &weights, &tenant_of)?,
                 calibration: None,
                 abstention: None,
+                ranker: None,
             });
         }
         splits.push(SplitCv {
@@ -513,20 +630,7 @@ pub fn metrics(
     let inc = eval::classification_report(y, pred, None)?;
     let p_tp: Vec<f32> = probs.chunks_exact(N_CLASSES).map(|p| p[0]).collect();
     let is_tp: Vec<bool> = y.iter().map(|&c| c == 0).collect();
-    let p10 = eval::precision_at_k(tenant_of, &p_tp, &is_tp, 10)?;
-    let ndcg = eval::ndcg_at_k(tenant_of, &p_tp, &is_tp, 10)?;
-    let mut queue_size: BTreeMap<u64, usize> = BTreeMap::new();
-    for t in tenant_of {
-        *queue_size.entry(*t).or_default() += 1;
-    }
-    let long: Vec<usize> = (0..y.len())
-        .filter(|&i| queue_size[&tenant_of[i]] > 10)
-        .collect();
-    let lt: Vec<u64> = long.iter().map(|&i| tenant_of[i]).collect();
-    let ls: Vec<f32> = long.iter().map(|&i| p_tp[i]).collect();
-    let lp: Vec<bool> = long.iter().map(|&i| is_tp[i]).collect();
-    let p10_long = eval::precision_at_k(&lt, &ls, &lp, 10)?;
-    let ndcg_long = eval::ndcg_at_k(&lt, &ls, &lp, 10)?;
+    let q = queue_cv(tenant_of, &p_tp, &is_tp)?;
     Ok(CvMetrics {
         macro_f1_rows: rows.macro_f1,
         macro_f1_incidents: inc.macro_f1,
@@ -535,12 +639,12 @@ pub fn metrics(
         accuracy_rows: rows.accuracy,
         per_class_rows: rows.per_class,
         pr_auc_tp: eval::average_precision(&p_tp, &is_tp),
-        precision_at_10: p10.mean,
-        ndcg_at_10: ndcg.mean,
-        queues: p10.n_queues,
-        precision_at_10_long: p10_long.mean,
-        ndcg_at_10_long: ndcg_long.mean,
-        long_queues: p10_long.n_queues,
+        precision_at_10: q.precision_at_10,
+        ndcg_at_10: q.ndcg_at_10,
+        queues: q.queues,
+        precision_at_10_long: q.precision_at_10_long,
+        ndcg_at_10_long: q.ndcg_at_10_long,
+        long_queues: q.long_queues,
         log_loss: eval::log_loss(probs, y)?,
         incidents: y.len(),
         rows: weights.iter().sum::<f64>() as usize,

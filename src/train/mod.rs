@@ -35,7 +35,9 @@ use crate::features::{self, FeatureError, FeatureParams};
 use crate::matrix::FeatureMatrix;
 use crate::models::calibrate::{CalibrationParams, TenantCalibration};
 use crate::models::conformal::{ConformalParams, GradeSet};
-use crate::models::{Algorithm, ModelError, ModelParams, ProbabilityCalibrator, Scorer, N_CLASSES};
+use crate::models::{
+    Algorithm, ModelError, ModelParams, ProbabilityCalibrator, RankerParams, Scorer, N_CLASSES,
+};
 use crate::signals::Attack;
 use serde::{Deserialize, Serialize};
 
@@ -86,6 +88,10 @@ pub struct TrainParams {
     pub calibration: CalibrationParams,
     /// Conformal abstention: coverage `1 - alpha` of the grade sets. Default alpha 0.1.
     pub conformal: ConformalParams,
+    /// Also train a LambdaMART ranker over per-tenant daily queues (query = tenant × day of
+    /// first evidence, relevance = 1 for a true positive); `threatrank eval` compares its
+    /// order with the classifier's P(TP). Default `None` (not trained).
+    pub ranker: Option<RankerParams>,
 }
 
 impl Default for TrainParams {
@@ -98,6 +104,7 @@ impl Default for TrainParams {
             calibration_folds: 3,
             calibration: CalibrationParams::default(),
             conformal: ConformalParams::default(),
+            ranker: None,
         }
     }
 }
@@ -150,6 +157,11 @@ impl TrainParams {
         let features = features.check()?;
         let calibration = self.calibration.clone().seed(self.seed).check()?;
         let conformal = self.conformal.check()?;
+        let ranker = self
+            .ranker
+            .as_ref()
+            .map(|r| r.clone().seeded(self.seed).check())
+            .transpose()?;
         Ok(TrainValidParams {
             model,
             features,
@@ -157,6 +169,7 @@ impl TrainParams {
             calibration_folds: self.calibration_folds,
             calibration,
             conformal,
+            ranker,
         })
     }
 }
@@ -170,6 +183,7 @@ pub struct TrainValidParams {
     calibration_folds: usize,
     calibration: crate::models::calibrate::CalibrationValidParams,
     conformal: crate::models::conformal::ConformalValidParams,
+    ranker: Option<crate::models::gbdt::RankerValidParams>,
 }
 
 impl TrainValidParams {
@@ -195,6 +209,8 @@ pub struct Predictions {
     /// conformal grade sets at the artifact's coverage (all single grades when the artifact
     /// has no conformal predictor); more than one grade = `uncertain`
     pub sets: Vec<GradeSet>,
+    /// LambdaMART ranking scores, when the artifact holds a ranker
+    pub rank_scores: Option<Vec<f32>>,
 }
 
 impl Artifact {
@@ -223,6 +239,14 @@ impl Artifact {
                 .map(|&g| GradeSet::single(g as usize))
                 .collect(),
         };
+        let rank_scores = match &self.ranker {
+            Some(r) => {
+                let mut s = vec![0.0; x.n_rows()];
+                r.score_into(&x, &mut s)?;
+                Some(s)
+            }
+            None => None,
+        };
         Ok(Predictions {
             which: which.to_vec(),
             x,
@@ -230,6 +254,7 @@ impl Artifact {
             raw,
             grades,
             sets,
+            rank_scores,
         })
     }
 
@@ -287,6 +312,14 @@ pub fn fit(
     // Every row is one incident: a row-level holdout keeps incidents whole.
     let row_groups: Vec<u64> = (0..x.n_rows() as u64).collect();
     let model = params.model.fit_grouped(&x, &y, &row_groups)?;
+    let ranker = match &params.ranker {
+        Some(r) => {
+            let query: Vec<u64> = rows.iter().map(|&i| queue_of(&corr.incidents[i])).collect();
+            let relevance: Vec<f32> = y.iter().map(|&c| f32::from(u8::from(c == 0))).collect();
+            Some(r.fit(&x, &relevance, &query)?)
+        }
+        None => None,
+    };
     let mut grades = [0u64; 3];
     for &c in &y {
         grades[c as usize] += 1;
@@ -324,7 +357,19 @@ pub fn fit(
         calibration,
         conformal,
         decision,
+        ranker,
     })
+}
+
+/// Seconds per day, for daily queues.
+const DAY_SECONDS: i64 = 86_400;
+
+/// The ranker's query: the tenant's queue on the UTC day of the incident's first evidence.
+fn queue_of(incident: &crate::correlate::Incident) -> u64 {
+    let day = incident.first_seen.div_euclid(DAY_SECONDS) as u64;
+    let mut h = incident.key.tenant.0 ^ day.rotate_left(32);
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^ (h >> 31)
 }
 
 /// What [`calibrate`] learns from the inner folds.
