@@ -109,6 +109,10 @@ pub enum Command {
         /// JSON report path.
         #[arg(long, default_value = "eval.json")]
         json: PathBuf,
+        /// Also simulate daily online updates (time-ordered, past-only): a frozen model
+        /// against one that folds in each day's verdicts in place.
+        #[arg(long)]
+        online: bool,
     },
     /// Train on the shipped GUIDE sample, evaluate, and print the top of the queue.
     Demo {
@@ -223,6 +227,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             seed,
             algorithm,
             json,
+            online,
         } => {
             let mut params = CvParams {
                 folds,
@@ -232,7 +237,8 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             if let Some(a) = algorithm {
                 params.algorithms = vec![a];
             }
-            let report = eval_with_progress(&input, &params)?;
+            let sim = online.then(crate::train::online::OnlineSimParams::default);
+            let report = eval_with_progress(&input, &params, sim.as_ref())?;
             print!("{}", report.table());
             crate::report::write_json(&json, &report)?;
             eprintln!("wrote {}", json.display());
@@ -245,6 +251,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
 fn eval_with_progress(
     input: &Path,
     params: &CvParams,
+    online: Option<&crate::train::online::OnlineSimParams>,
 ) -> Result<crate::train::cv::CvReport, PipelineError> {
     let folds = params
         .folds_to_run
@@ -260,7 +267,7 @@ fn eval_with_progress(
         pb.set_message(m.to_string());
         pb.inc(1);
     };
-    let report = pipeline::eval_file(input, params, &mut progress);
+    let report = pipeline::eval_file(input, params, online, &mut progress);
     pb.finish_and_clear();
     report
 }
@@ -300,7 +307,7 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
         folds_to_run: Some(1),
         ..CvParams::default()
     };
-    let report = eval_with_progress(&input, &params)?;
+    let report = eval_with_progress(&input, &params, None)?;
     print!("{}", report.table());
     let json = out.join("eval.json");
     crate::report::write_json(&json, &report)?;

@@ -90,6 +90,19 @@ impl FeatureMatrix {
         Ok(())
     }
 
+    /// Appends all rows of `other` (same width, else [`MatrixError::RowWidth`]).
+    pub fn extend(&mut self, other: &FeatureMatrix) -> Result<(), MatrixError> {
+        if other.n_cols != self.n_cols {
+            return Err(MatrixError::RowWidth {
+                expected: self.n_cols,
+                got: other.n_cols,
+            });
+        }
+        self.data.extend_from_slice(&other.data);
+        self.n_rows += other.n_rows;
+        Ok(())
+    }
+
     /// Number of rows.
     pub fn n_rows(&self) -> usize {
         self.n_rows

@@ -270,18 +270,30 @@ pub fn queue_file(
 pub fn eval_file(
     input: &Path,
     params: &cv::CvParams,
+    online: Option<&crate::train::online::OnlineSimParams>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<cv::CvReport, PipelineError> {
     let loaded = load(input, &IngestValidParams::default())?;
     require_labels(input, &loaded, "nothing to evaluate")?;
     let attack = Attack::shipped()?;
     let name = file_name(input);
-    Ok(cv::run(
+    let mut report = cv::run(
         params,
         &name,
         &loaded.evidence,
         &loaded.corr,
         &attack,
         progress,
-    )?)
+    )?;
+    if let Some(sim) = online {
+        report.online = Some(crate::train::online::simulate(
+            &params.train.check()?,
+            sim,
+            &loaded.evidence,
+            &loaded.corr,
+            &attack,
+            progress,
+        )?);
+    }
+    Ok(report)
 }

@@ -21,6 +21,7 @@ pub mod conformal;
 pub mod forest;
 pub mod gbdt;
 pub mod logistic;
+pub mod online;
 
 #[cfg(test)]
 mod conformance;
@@ -30,6 +31,7 @@ pub use conformal::{ConformalPredictor, GradeSet};
 pub use forest::{FittedForest, ForestParams, ForestValidParams};
 pub use gbdt::{FittedGbdt, FittedRanker, GbdtParams, GbdtValidParams, RankerParams};
 pub use logistic::{FittedLogistic, LogisticParams, LogisticValidParams};
+pub use online::{OnlineGbdt, UpdateStats};
 
 /// Number of grades (TP, BP, FP).
 pub const N_CLASSES: usize = 3;

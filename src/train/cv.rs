@@ -234,6 +234,9 @@ pub struct CvReport {
     pub tenants: usize,
     /// per split kind
     pub splits: Vec<SplitCv>,
+    /// online-update simulation (`threatrank eval --online`)
+    #[serde(default)]
+    pub online: Option<super::online::OnlineReport>,
 }
 
 impl CvReport {
@@ -384,6 +387,10 @@ impl CvReport {
                     ));
                 }
             }
+        }
+        if let Some(o) = &self.online {
+            s.push('\n');
+            s.push_str(&o.table());
         }
         s
     }
@@ -548,6 +555,7 @@ pub fn run(
         incidents: labelled.len(),
         tenants: tenants.len(),
         splits,
+        online: None,
     })
 }
 

@@ -22,6 +22,7 @@ mod abstain;
 pub mod artifact;
 pub mod cv;
 mod decide;
+pub mod online;
 
 pub use abstain::{coverage_report, ConformalRegimes};
 pub use decide::{DecisionRule, DecisionRules};

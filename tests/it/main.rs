@@ -10,4 +10,5 @@ mod common;
 mod guide_input;
 mod native_e2e;
 mod native_input;
+mod online;
 mod properties;
