@@ -59,7 +59,7 @@ pub enum Command {
     /// Never reads the label column. Rejected rows keep their place with status=rejected and
     /// the reason; they are also listed in OUTPUT.rejects.csv. Output columns:
     ///
-    /// Id,OrgId,IncidentId,AlertId,predicted_grade,p_true_positive,p_benign_positive,p_false_positive,priority,status,top_reason,error
+    /// Id,OrgId,IncidentId,AlertId,predicted_grade,p_true_positive,p_benign_positive,p_false_positive,priority,status,top_reason,error,grade_set,certainty
     Score {
         /// Model artifact from `threatrank train`.
         #[arg(long)]
@@ -114,6 +114,29 @@ pub enum Command {
         #[arg(long)]
         online: bool,
     },
+    /// Search GBDT hyper-parameters with grouped CV, then train with the best and write the
+    /// artifact; the search is recorded in its model card (`card.tuning`).
+    Tune {
+        /// Graded GUIDE CSV or native JSONL.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write the tuned model artifact.
+        #[arg(long)]
+        model: PathBuf,
+        /// Candidates (the first is the defaults).
+        #[arg(long, default_value_t = 8)]
+        trials: usize,
+        /// Grouped CV folds per candidate.
+        #[arg(long, default_value_t = 3)]
+        folds: usize,
+        /// Score candidates on: incident (incident-disjoint), tenant (tenant-disjoint) or both
+        /// (the mean of their macro-F1 over incidents).
+        #[arg(long, default_value = "both", value_parser = parse_objective)]
+        objective: crate::train::tune::TuneObjective,
+        /// Seed of the candidate draws, folds and training.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
     /// Train on the shipped GUIDE sample, evaluate, and print the top of the queue.
     Demo {
         /// Shipped sample (default: datasets/guide/guide_sample.csv).
@@ -123,6 +146,11 @@ pub enum Command {
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
     },
+}
+
+fn parse_objective(s: &str) -> Result<crate::train::tune::TuneObjective, String> {
+    crate::train::tune::TuneObjective::from_name(s)
+        .ok_or_else(|| format!("unknown objective {s:?}; expected incident, tenant or both"))
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
@@ -242,6 +270,43 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             print!("{}", report.table());
             crate::report::write_json(&json, &report)?;
             eprintln!("wrote {}", json.display());
+            Ok(())
+        }
+        Command::Tune {
+            input,
+            model,
+            trials,
+            folds,
+            objective,
+            seed,
+        } => {
+            let tune = crate::train::tune::TuneParams {
+                trials,
+                folds,
+                seed,
+                objective,
+            };
+            let params = TrainParams::default().seed(seed);
+            let pb = ProgressBar::new(trials as u64 + 1);
+            pb.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let mut progress = |m: &str| {
+                pb.set_message(m.to_string());
+                pb.inc(1);
+            };
+            let out = pipeline::tune_file(&input, &model, &tune, &params, &mut progress);
+            pb.finish_and_clear();
+            let out = out?;
+            eprint_report(&out.report, Some(&out.rejects));
+            if let Some(t) = &out.artifact.card.tuning {
+                print!("{}", t.table());
+            }
+            eprintln!(
+                "wrote {} (tuned parameters in card.params, the search in card.tuning)",
+                model.display()
+            );
             Ok(())
         }
         Command::Demo { input, out } => demo(input, &out),

@@ -175,6 +175,41 @@ pub fn train_file(
     })
 }
 
+/// Tunes the GBDT with grouped CV on `input`, then trains and writes the artifact with the
+/// winning parameters; the search is recorded in the model card.
+pub fn tune_file(
+    input: &Path,
+    model_out: &Path,
+    tune: &crate::train::tune::TuneParams,
+    params: &TrainParams,
+    progress: &mut dyn FnMut(&str),
+) -> Result<TrainOutcome, PipelineError> {
+    let loaded = load(input, &IngestValidParams::default())?;
+    require_labels(input, &loaded, "nothing to tune on")?;
+    let attack = Attack::shipped()?;
+    let report = crate::train::tune::tune(
+        tune,
+        params,
+        &file_name(input),
+        &loaded.evidence,
+        &loaded.corr,
+        &attack,
+        progress,
+    )?;
+    let best = TrainParams {
+        algorithm: crate::models::Algorithm::Gbdt,
+        model: Some(crate::models::ModelParams::Gbdt(
+            report.best_params().clone(),
+        )),
+        ..params.clone()
+    };
+    progress("training the winner");
+    let mut outcome = train_file(input, model_out, &best)?;
+    outcome.artifact.card.tuning = Some(report);
+    outcome.artifact.save(model_out)?;
+    Ok(outcome)
+}
+
 /// Scored input: incidents with reasons, plus what is needed to write per-record output.
 #[derive(Debug, Clone)]
 pub struct Scored {

@@ -115,6 +115,9 @@ pub struct ModelCard {
     pub metrics: CardMetrics,
     /// intended use and limits, in words
     pub notes: Vec<String>,
+    /// the hyper-parameter search that chose `params` (`threatrank tune`), if any
+    #[serde(default)]
+    pub tuning: Option<super::tune::TuneReport>,
 }
 
 /// A trained, self-contained scoring artifact.

@@ -23,6 +23,7 @@ pub mod artifact;
 pub mod cv;
 mod decide;
 pub mod online;
+pub mod tune;
 
 pub use abstain::{coverage_report, ConformalRegimes};
 pub use decide::{DecisionRule, DecisionRules};
@@ -351,7 +352,9 @@ pub fn fit(
                 "Grades Defender XDR / GUIDE incidents TruePositive / BenignPositive / FalsePositive; priority = round(100 * calibrated P(TP)).".into(),
                 "Trained on a 10,000-row sample: tenants absent from training get only cross-tenant signals and are graded markedly worse (see `threatrank eval`, tenant-disjoint).".into(),
                 "Cross-tenant encodings are released only for keys seen by at least `feature_params.min_tenants` tenants.".into(),
+                "`certainty = uncertain` marks incidents whose conformal set holds more than one grade: a hunter should look rather than trust the grade.".into(),
             ],
+            tuning: None,
         },
         features: encoders,
         model,

@@ -758,3 +758,50 @@ fn train_on_unlabelled_input_fails_naming_the_file() {
     );
     assert!(!model.exists());
 }
+
+/// `tune` tries the seeded candidates, keeps the best by its objective, trains with it and
+/// records the search in the model card; a bad objective is a usage error.
+#[test]
+fn tune_records_the_search_and_trains_the_winner() {
+    let dir = tmp();
+    let input = write(dir.path(), "t.csv", &sample_head(900));
+    let model = dir.path().join("tuned.json");
+    let o = run_os(&[
+        "tune".as_ref(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--trials".as_ref(),
+        "3".as_ref(),
+        "--folds".as_ref(),
+        "2".as_ref(),
+        "--objective".as_ref(),
+        "incident".as_ref(),
+    ]);
+    assert_ok(&o);
+    assert!(stdout(&o).contains("objective incident"), "{}", stdout(&o));
+    let a = threatrank::train::Artifact::load(&model).unwrap();
+    let t = a.card.tuning.as_ref().expect("card.tuning");
+    assert_eq!(t.trials.len(), 3);
+    let best = t.trials[t.best].score;
+    assert!(t.trials.iter().all(|x| x.score <= best));
+    assert!(t
+        .trials
+        .iter()
+        .all(|x| x.tenant_f1.is_none() && x.incident_f1.is_some()));
+    assert_eq!(
+        a.card.params,
+        threatrank::models::ModelParams::Gbdt(t.best_params().clone())
+    );
+    let bad = run(&[
+        "tune",
+        "--input",
+        "x.csv",
+        "--model",
+        "m.json",
+        "--objective",
+        "all",
+    ]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}
