@@ -22,6 +22,7 @@
 use super::{check_fit_input, check_score_input, Fit, ModelError, Scorer, N_CLASSES};
 use crate::matrix::FeatureMatrix;
 use base64::Engine as _;
+use hessboost::data::FeatureType;
 use hessboost::metric::{Cutoff, EvalMetric};
 use hessboost::objective::{LambdaRank, Multiclass};
 use hessboost::prelude::{
@@ -53,6 +54,7 @@ pub struct GbdtParams {
     early_stopping_rounds: usize,
     validation_share: f64,
     seed: u64,
+    categorical_columns: Vec<usize>,
 }
 
 impl Default for GbdtParams {
@@ -70,6 +72,7 @@ impl Default for GbdtParams {
             early_stopping_rounds: 40,
             validation_share: 0.15,
             seed: 42,
+            categorical_columns: Vec::new(),
         }
     }
 }
@@ -123,6 +126,18 @@ setters! {
 }
 
 impl GbdtParams {
+    /// Columns hessboost treats as unordered categories (non-negative integer codes; splits
+    /// partition code sets, unseen codes go the missing-value way). Default none.
+    pub fn categorical_columns(mut self, columns: Vec<usize>) -> Self {
+        self.categorical_columns = columns;
+        self
+    }
+
+    /// The configured categorical columns.
+    pub fn get_categorical_columns(&self) -> &[usize] {
+        &self.categorical_columns
+    }
+
     /// Validates the parameters; errors with [`ModelError::InvalidParam`] naming the first one
     /// out of range.
     pub fn check(&self) -> Result<GbdtValidParams, ModelError> {
@@ -224,7 +239,18 @@ impl GbdtValidParams {
         }
         let p = &self.0;
         let labels: Vec<f32> = y.iter().map(|&c| c as f32).collect();
-        let all = to_dmatrix(x)?.with_labels(&labels).map_err(learner_err)?;
+        let mut all = to_dmatrix(x)?.with_labels(&labels).map_err(learner_err)?;
+        if !p.categorical_columns.is_empty() {
+            let mut types = vec![FeatureType::Numerical; x.n_cols()];
+            for &c in &p.categorical_columns {
+                let slot = types.get_mut(c).ok_or_else(|| ModelError::InvalidParam {
+                    name: "categorical_columns",
+                    reason: format!("column {c} out of range for {} columns", x.n_cols()),
+                })?;
+                *slot = FeatureType::Categorical;
+            }
+            all = all.with_feature_types(&types).map_err(learner_err)?;
+        }
         let (rounds, stopped_at) = if p.early_stopping_rounds == 0 {
             (p.max_rounds, None)
         } else {
@@ -814,6 +840,44 @@ mod tests {
             "refit rounds {} < {stopped}",
             m.rounds()
         );
+    }
+
+    /// A class decided by an unordered code (0..12, classes by code % 3): as a category the
+    /// GBDT separates it with shallow trees; an out-of-range column is an error.
+    #[test]
+    fn categorical_columns_are_used_and_checked() {
+        let mut x = FeatureMatrix::with_columns(2);
+        let mut y = Vec::new();
+        for i in 0..600u32 {
+            let code = (i * 7) % 12;
+            x.push_row(&[code as f32, (i % 5) as f32]).unwrap();
+            y.push(((code * 5) % 3) as u8);
+        }
+        let p = GbdtParams::default()
+            .max_depth(2)
+            .early_stopping_rounds(0)
+            .max_rounds(30);
+        let cat = p
+            .clone()
+            .categorical_columns(vec![0])
+            .check()
+            .unwrap()
+            .fit(&x, &y)
+            .unwrap();
+        let probs = cat.score(&x).unwrap();
+        let right = probs
+            .chunks_exact(N_CLASSES)
+            .zip(&y)
+            .filter(|(r, &c)| (0..N_CLASSES).all(|k| r[c as usize] >= r[k]))
+            .count();
+        assert_eq!(right, y.len(), "categorical splits separate the codes");
+        assert!(matches!(
+            p.categorical_columns(vec![5]).check().unwrap().fit(&x, &y),
+            Err(ModelError::InvalidParam {
+                name: "categorical_columns",
+                ..
+            })
+        ));
     }
 
     #[test]
