@@ -28,6 +28,9 @@ fn learner_err(reason: impl std::fmt::Display) -> ModelError {
     }
 }
 
+/// Largest update state [`OnlineGbdt::train`] accepts (see [`OnlineGbdt::state_bytes`]).
+pub const MAX_STATE_BYTES: u64 = 4 << 30;
+
 /// What one [`OnlineGbdt::update`] did, summed over the three grade models.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpdateStats {
@@ -66,6 +69,20 @@ impl OnlineGbdt {
             return Err(ModelError::InvalidParam {
                 name: "rounds",
                 reason: "must be at least 1".into(),
+            });
+        }
+        let state = Self::state_bytes(params, rounds, x.n_rows(), x.n_cols());
+        if state > MAX_STATE_BYTES {
+            return Err(ModelError::InvalidParam {
+                name: "rounds",
+                reason: format!(
+                    "the in-place update state would need about {:.1} GiB (limit {} GiB): \
+                     lower max_depth ({}), max_bin ({}) or rounds ({rounds})",
+                    state as f64 / f64::from(1u32 << 30),
+                    MAX_STATE_BYTES >> 30,
+                    params.get_max_depth(),
+                    params.get_max_bin()
+                ),
             });
         }
         let learner = TrainingParams::builder()
@@ -148,6 +165,16 @@ impl OnlineGbdt {
             stats.subtrees_regrown += report.subtrees_regrown;
         }
         Ok((self, stats))
+    }
+
+    /// Upper estimate of the update state hessboost keeps (its documented cost): per tree, one
+    /// gradient pair per row and one histogram of `f64` pairs over all bins per internal node,
+    /// for the three grade models; an update briefly holds a second copy.
+    pub fn state_bytes(params: &GbdtParams, rounds: usize, rows: usize, cols: usize) -> u64 {
+        let internal = (1u64 << params.get_max_depth().min(30)) - 1;
+        let bins = (cols * params.get_max_bin()) as u64;
+        let per_tree = 8 * rows as u64 + 16 * bins * internal;
+        N_CLASSES as u64 * rounds as u64 * per_tree
     }
 
     /// Rounds per grade model.
@@ -249,6 +276,13 @@ mod tests {
         let p = GbdtParams::default();
         let (x, y) = synthetic(11, 60);
         assert!(OnlineGbdt::train(&p, 0, &x, &y).is_err());
+        // Depth 16 on 256 bins would need terabytes of update state: refused up front.
+        let deep = GbdtParams::default().max_depth(16);
+        assert!(OnlineGbdt::state_bytes(&deep, 100, 60, 6) > MAX_STATE_BYTES);
+        assert!(matches!(
+            OnlineGbdt::train(&deep, 100, &x, &y),
+            Err(ModelError::InvalidParam { name: "rounds", .. })
+        ));
         let m = OnlineGbdt::train(&p, 5, &x, &y).unwrap();
         let narrow = FeatureMatrix::from_vec(1, 2, vec![0.0, 1.0]).unwrap();
         assert!(matches!(

@@ -14,7 +14,10 @@ fn online_simulation_is_past_only_and_consistent() {
     let loaded = threatrank::pipeline::load(&path, &Default::default()).unwrap();
     let attack = threatrank::signals::Attack::shipped().unwrap();
     let params = TrainParams::default().check().unwrap();
-    let sim = OnlineSimParams { initial_share: 0.6 };
+    let sim = OnlineSimParams {
+        initial_share: 0.6,
+        ..OnlineSimParams::default()
+    };
     let r = simulate(
         &params,
         &sim,
@@ -46,7 +49,10 @@ fn online_simulation_is_past_only_and_consistent() {
     }
     assert!(r.table().contains("pooled"));
 
-    let bad = OnlineSimParams { initial_share: 1.0 };
+    let bad = OnlineSimParams {
+        initial_share: 1.0,
+        ..OnlineSimParams::default()
+    };
     assert!(simulate(
         &params,
         &bad,
