@@ -287,17 +287,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 objective,
             };
             let params = TrainParams::default().seed(seed);
-            let pb = ProgressBar::new(trials as u64 + 1);
-            pb.set_style(
-                ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
-                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
-            );
-            let mut progress = |m: &str| {
-                pb.set_message(m.to_string());
-                pb.inc(1);
-            };
-            let out = pipeline::tune_file(&input, &model, &tune, &params, &mut progress);
-            pb.finish_and_clear();
+            let out = with_progress_bar(trials as u64 + 1, |progress| {
+                pipeline::tune_file(&input, &model, &tune, &params, progress)
+            });
             let out = out?;
             eprint_report(&out.report, Some(&out.rejects));
             if let Some(t) = &out.artifact.card.tuning {
@@ -323,7 +315,14 @@ fn eval_with_progress(
         .unwrap_or(params.folds)
         .min(params.folds);
     let per_split = params.algorithms.len() * folds;
-    let pb = ProgressBar::new((per_split * params.splits.len()) as u64);
+    with_progress_bar((per_split * params.splits.len()) as u64, |progress| {
+        pipeline::eval_file(input, params, online, progress)
+    })
+}
+
+/// Runs `job` with a progress bar of `len` steps on stderr; each progress message is a step.
+fn with_progress_bar<T>(len: u64, job: impl FnOnce(&mut dyn FnMut(&str)) -> T) -> T {
+    let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
@@ -332,9 +331,9 @@ fn eval_with_progress(
         pb.set_message(m.to_string());
         pb.inc(1);
     };
-    let report = pipeline::eval_file(input, params, online, &mut progress);
+    let out = job(&mut progress);
     pb.finish_and_clear();
-    report
+    out
 }
 
 /// Path of the shipped GUIDE sample: relative to the working directory, else to the crate.

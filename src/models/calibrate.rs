@@ -230,10 +230,18 @@ pub fn log_loss(probs: &[f32], y: &[u8]) -> f64 {
 /// Shared input checks of every fit: at least one row, `N_CLASSES` finite probabilities per
 /// label, labels in range.
 fn check_probs_labels(probs: &[f32], y: &[u8]) -> Result<(), ModelError> {
+    check_prob_rows(probs, y, "no probabilities to calibrate on")
+}
+
+/// Checks probability rows against labels: at least one row (else [`ModelError::Empty`] with
+/// `what`), `N_CLASSES` finite probabilities per label, labels in range.
+pub(super) fn check_prob_rows(
+    probs: &[f32],
+    y: &[u8],
+    what: &'static str,
+) -> Result<(), ModelError> {
     if y.is_empty() {
-        return Err(ModelError::Empty {
-            what: "no probabilities to calibrate on",
-        });
+        return Err(ModelError::Empty { what });
     }
     if probs.len() != y.len() * N_CLASSES {
         return Err(ModelError::Labels {

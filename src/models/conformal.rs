@@ -352,32 +352,7 @@ fn conformal_quantile(scores: &mut [f64], alpha: f64) -> f64 {
 /// Shared input checks: at least one row, `N_CLASSES` finite probabilities per label, labels
 /// in range.
 fn check_probs_labels(probs: &[f32], y: &[u8]) -> Result<(), ModelError> {
-    if y.is_empty() {
-        return Err(ModelError::Empty {
-            what: "no rows for conformal prediction",
-        });
-    }
-    if probs.len() != y.len() * N_CLASSES {
-        return Err(ModelError::Labels {
-            reason: format!(
-                "{} labels for {} probabilities ({} per row)",
-                y.len(),
-                probs.len(),
-                N_CLASSES
-            ),
-        });
-    }
-    if let Some(bad) = y.iter().find(|&&c| c as usize >= N_CLASSES) {
-        return Err(ModelError::Labels {
-            reason: format!("class id {bad} out of range 0..{N_CLASSES}"),
-        });
-    }
-    if probs.iter().any(|p| !p.is_finite()) {
-        return Err(ModelError::Labels {
-            reason: "probabilities hold a non-finite value".into(),
-        });
-    }
-    Ok(())
+    super::calibrate::check_prob_rows(probs, y, "no rows for conformal prediction")
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@
 //! normalized (all zero: uniform). Contributions use the Saabas path decomposition, which is
 //! exact: root value as bias, plus `value(child) − value(parent)` credited to each split feature.
 
-use super::{check_fit_input, check_score_input, Fit, ModelError, Scorer, N_CLASSES};
+use super::{check_class, check_fit_input, check_score_input, Fit, ModelError, Scorer, N_CLASSES};
 use crate::matrix::FeatureMatrix;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -594,16 +594,6 @@ impl FittedForest {
         let s: f64 = trees.iter().map(|t| t.leaf(row).value as f64).sum();
         s / trees.len() as f64
     }
-}
-
-fn check_class(class: usize) -> Result<(), ModelError> {
-    if class >= N_CLASSES {
-        return Err(ModelError::InvalidParam {
-            name: "class",
-            reason: format!("class id {class} out of range 0..{N_CLASSES}"),
-        });
-    }
-    Ok(())
 }
 
 /// Applies `f(scratch, row, out_row)` to every row, in parallel chunks for large inputs (one

@@ -19,7 +19,7 @@
 //! native binary encoding, which hessboost keeps forwards-compatible across releases; the
 //! version is pinned anyway, and decoding checks the feature and class counts.
 
-use super::{check_fit_input, check_score_input, Fit, ModelError, Scorer, N_CLASSES};
+use super::{check_class, check_fit_input, check_score_input, Fit, ModelError, Scorer, N_CLASSES};
 use crate::matrix::FeatureMatrix;
 use base64::Engine as _;
 use hessboost::data::FeatureType;
@@ -263,20 +263,15 @@ impl GbdtValidParams {
             } else {
                 let dtrain = all.select_rows(&train_rows).map_err(learner_err)?;
                 let dvalid = all.select_rows(&valid_rows).map_err(learner_err)?;
-                let params = p.learner_params()?;
-                let result = Trainer::new(&params, &dtrain, p.max_rounds)
-                    .eval(&dvalid, "valid")
-                    .early_stopping_rounds(
-                        NonZeroUsize::new(p.early_stopping_rounds).expect("checked non-zero"),
-                    )
-                    .train()
-                    .map_err(learner_err)?;
-                let best = result
-                    .model
-                    .best_iteration()
-                    .map_or(result.model.num_boost_rounds(), |b| b + 1);
-                let scaled = (best as f64 / (1.0 - p.validation_share)).round() as usize;
-                (scaled.clamp(1, p.max_rounds), Some(best))
+                let (rounds, best) = early_stopped_rounds(
+                    &p.learner_params()?,
+                    &dtrain,
+                    &dvalid,
+                    p.max_rounds,
+                    p.early_stopping_rounds,
+                    p.validation_share,
+                )?;
+                (rounds, Some(best))
             }
         };
         let params = p.learner_params()?;
@@ -312,6 +307,34 @@ fn validation_split(groups: &[u64], share: f64, seed: u64) -> (Vec<usize>, Vec<u
         }
     }
     (train, valid)
+}
+
+/// Boosts on `dtrain` until the validation metric has not improved for `patience` rounds;
+/// returns (the best round count scaled to all rows by `1 / (1 − share)`, capped at
+/// `max_rounds`; the best round count itself).
+fn early_stopped_rounds(
+    params: &TrainingParams,
+    dtrain: &DMatrix,
+    dvalid: &DMatrix,
+    max_rounds: usize,
+    patience: usize,
+    share: f64,
+) -> Result<(usize, usize), ModelError> {
+    let patience = NonZeroUsize::new(patience).ok_or(ModelError::InvalidParam {
+        name: "early_stopping_rounds",
+        reason: "must be at least 1 to stop early".into(),
+    })?;
+    let result = Trainer::new(params, dtrain, max_rounds)
+        .eval(dvalid, "valid")
+        .early_stopping_rounds(patience)
+        .train()
+        .map_err(learner_err)?;
+    let best = result
+        .model
+        .best_iteration()
+        .map_or(result.model.num_boost_rounds(), |b| b + 1);
+    let scaled = (best as f64 / (1.0 - share)).round() as usize;
+    Ok((scaled.clamp(1, max_rounds), best))
 }
 
 /// splitmix64's finalizer: a well-mixed, platform-independent hash of one `u64`.
@@ -668,19 +691,15 @@ impl RankerValidParams {
             let (train_rows, valid_rows) = validation_split(query, p.validation_share, p.seed);
             if !train_rows.is_empty() && !valid_rows.is_empty() {
                 let (dtrain, dvalid) = (grouped(&train_rows)?, grouped(&valid_rows)?);
-                let result = Trainer::new(&params, &dtrain, p.max_rounds)
-                    .eval(&dvalid, "valid")
-                    .early_stopping_rounds(
-                        NonZeroUsize::new(p.early_stopping_rounds).expect("checked non-zero"),
-                    )
-                    .train()
-                    .map_err(learner_err)?;
-                let best = result
-                    .model
-                    .best_iteration()
-                    .map_or(result.model.num_boost_rounds(), |b| b + 1);
-                rounds = ((best as f64 / (1.0 - p.validation_share)).round() as usize)
-                    .clamp(1, p.max_rounds);
+                rounds = early_stopped_rounds(
+                    &params,
+                    &dtrain,
+                    &dvalid,
+                    p.max_rounds,
+                    p.early_stopping_rounds,
+                    p.validation_share,
+                )?
+                .0;
             }
         }
         let model = Trainer::new(&params, &all, rounds)
@@ -775,16 +794,6 @@ impl FittedRanker {
         out.copy_from_slice(margins.as_slice());
         Ok(())
     }
-}
-
-fn check_class(class: usize) -> Result<(), ModelError> {
-    if class >= N_CLASSES {
-        return Err(ModelError::InvalidParam {
-            name: "class",
-            reason: format!("class {class} out of range 0..{N_CLASSES}"),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

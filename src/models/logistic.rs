@@ -11,7 +11,7 @@
 //! in `f64`; probabilities are the numerically stable softmax of the three logits. The per-feature
 //! terms of that sum are the contributions, the intercept is the bias.
 
-use super::{check_fit_input, check_score_input, Fit, ModelError, Scorer, N_CLASSES};
+use super::{check_class, check_fit_input, check_score_input, Fit, ModelError, Scorer, N_CLASSES};
 use crate::matrix::FeatureMatrix;
 use linfa::traits::Fit as LinfaFit;
 use linfa::ParamGuard;
@@ -341,16 +341,6 @@ impl FittedLogistic {
         }
         s
     }
-}
-
-fn check_class(class: usize) -> Result<(), ModelError> {
-    if class >= N_CLASSES {
-        return Err(ModelError::InvalidParam {
-            name: "class",
-            reason: format!("class id {class} out of range 0..{N_CLASSES}"),
-        });
-    }
-    Ok(())
 }
 
 /// Applies `f(row, out_row)` to every row, in parallel chunks for large inputs. Each output row

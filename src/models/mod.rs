@@ -163,6 +163,17 @@ pub(crate) fn check_fit_input(x: &FeatureMatrix, y: &[u8]) -> Result<(), ModelEr
     Ok(())
 }
 
+/// A class id in range, else [`ModelError::InvalidParam`] (`class`).
+pub(crate) fn check_class(class: usize) -> Result<(), ModelError> {
+    if class >= N_CLASSES {
+        return Err(ModelError::InvalidParam {
+            name: "class",
+            reason: format!("class id {class} out of range 0..{N_CLASSES}"),
+        });
+    }
+    Ok(())
+}
+
 /// Shared input checks for scoring: width and output length.
 pub(crate) fn check_score_input(
     n_features: usize,

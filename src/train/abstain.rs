@@ -9,7 +9,7 @@
 //! regime gets its own predictor (Mondrian conformal), fitted on the out-of-fold rows of that
 //! regime; a regime with fewer than [`MIN_REGIME_ROWS`] rows uses the predictor of all rows.
 
-use super::decide::MIN_REGIME_ROWS;
+use super::decide::{regime_rows, MIN_REGIME_ROWS};
 use crate::matrix::FeatureMatrix;
 use crate::models::conformal::{
     ConformalPredictor, ConformalReport, ConformalValidParams, GradeSet,
@@ -45,9 +45,7 @@ impl ConformalRegimes {
             support_column,
         };
         for seen in [true, false] {
-            let rows: Vec<usize> = (0..x.n_rows())
-                .filter(|&i| (x.get(i, support_column) > 0.0) == seen)
-                .collect();
+            let rows = regime_rows(x, support_column, seen);
             if rows.len() < MIN_REGIME_ROWS {
                 continue;
             }

@@ -127,6 +127,18 @@ pub struct DecisionRules {
     pub support_column: usize,
 }
 
+/// Rows of `x` in a regime: `seen` = the tenant has graded history (`tenant:log_support` at
+/// `support_column` is positive).
+pub(super) fn regime_rows(
+    x: &crate::matrix::FeatureMatrix,
+    support_column: usize,
+    seen: bool,
+) -> Vec<usize> {
+    (0..x.n_rows())
+        .filter(|&i| (x.get(i, support_column) > 0.0) == seen)
+        .collect()
+}
+
 /// Fewest out-of-fold rows of a regime for its own rule; below it, the other rule serves.
 pub const MIN_REGIME_ROWS: usize = 100;
 
@@ -166,9 +178,7 @@ impl DecisionRules {
         let all = DecisionRule::fit(probs, y)?;
         let mut rules = Self::single(all, support_column);
         for seen in [true, false] {
-            let rows: Vec<usize> = (0..x.n_rows())
-                .filter(|&i| (x.get(i, support_column) > 0.0) == seen)
-                .collect();
+            let rows = regime_rows(x, support_column, seen);
             if rows.len() < MIN_REGIME_ROWS {
                 continue;
             }
