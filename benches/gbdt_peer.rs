@@ -206,8 +206,17 @@ fn params() -> GbdtValidParams {
 
 /// The recipe with another learning rate.
 fn with_learning_rate(lr: f64) -> GbdtValidParams {
+    with_recipe(lr, 100)
+}
+
+/// Rounds of the "same total step" recipe: LightGBM's 100 rounds take steps 4/3 of ours at the
+/// same learning rate (see `fit_and_report`), so 133 of ours at 0.1 walk as far.
+const SAME_STEP_ROUNDS: usize = 133;
+
+/// The recipe with another learning rate and round count.
+fn with_recipe(lr: f64, rounds: usize) -> GbdtValidParams {
     GbdtParams::default()
-        .max_rounds(100)
+        .max_rounds(rounds)
         .early_stopping_rounds(0)
         .max_depth(6)
         .learning_rate(lr)
@@ -312,6 +321,14 @@ fn fit_and_report(
         "gbdt_peer: same, learning rate {lr:.4} (LightGBM's step size at 0.1): \
          log-loss {loss:.4}, accuracy {acc:.4}"
     );
+    let same_total = widest
+        .install(|| with_recipe(0.1, SAME_STEP_ROUNDS).fit(&train.0, &train.1))
+        .expect("fit");
+    let (loss, acc) = logloss_accuracy(&same_total.score(&test.0).expect("score"), &test.1);
+    eprintln!(
+        "gbdt_peer: same, {SAME_STEP_ROUNDS} rounds at 0.1 (LightGBM's total step length; timed \
+         as gbdt_peer/train_same_total_step): log-loss {loss:.4}, accuracy {acc:.4}"
+    );
     model
 }
 
@@ -338,6 +355,19 @@ fn bench_gbdt_peer(c: &mut Criterion) {
                 |b, x| b.iter(|| pool.install(|| p.fit(black_box(x), y).expect("fit"))),
             );
         }
+    }
+    g.finish();
+
+    let same_total = with_recipe(0.1, SAME_STEP_ROUNDS);
+    let mut g = c.benchmark_group("gbdt_peer/train_same_total_step");
+    g.sampling_mode(SamplingMode::Flat);
+    for (threads, pool) in &pools {
+        g.throughput(Throughput::Elements(train.0.n_rows() as u64));
+        g.bench_with_input(
+            BenchmarkId::new(threads.to_string(), train.0.n_rows()),
+            &train.0,
+            |b, x| b.iter(|| pool.install(|| same_total.fit(black_box(x), &train.1).expect("fit"))),
+        );
     }
     g.finish();
 
