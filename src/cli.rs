@@ -88,6 +88,10 @@ pub enum Command {
         /// Reasons per incident.
         #[arg(long, default_value_t = 3)]
         reasons: usize,
+        /// Only the incidents that need a human decision: those whose conformal grade set
+        /// holds more than one grade (`uncertain`), by priority.
+        #[arg(long)]
+        review: bool,
     },
     /// Grouped cross-validation (incident-disjoint and tenant-disjoint) of every model.
     ///
@@ -242,9 +246,10 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             tenant,
             top,
             reasons,
+            review,
         } => {
             let (scored, text) =
-                pipeline::queue_file(&model, &input, tenant.map(TenantId), top, reasons)?;
+                pipeline::queue_file(&model, &input, tenant.map(TenantId), top, reasons, review)?;
             eprint_report(&scored.loaded.report, None);
             print!("{text}");
             Ok(())

@@ -293,11 +293,27 @@ pub fn queue_file(
     tenant: Option<TenantId>,
     top: usize,
     top_reasons: usize,
+    review_only: bool,
 ) -> Result<(Scored, String), PipelineError> {
     let artifact = Artifact::load(model)?;
     let loaded = load_unlabelled(input)?;
     let scored = score_loaded(&artifact, loaded, top_reasons)?;
-    let text = report::queue_table(&scored.incidents, tenant, top);
+    let text = if review_only {
+        let uncertain: Vec<_> = scored
+            .incidents
+            .iter()
+            .filter(|s| s.is_uncertain())
+            .cloned()
+            .collect();
+        format!(
+            "needs review: {} of {} incidents are uncertain (conformal set holds more than one grade)\n\n{}",
+            uncertain.len(),
+            scored.incidents.len(),
+            report::queue_table(&uncertain, tenant, top)
+        )
+    } else {
+        report::queue_table(&scored.incidents, tenant, top)
+    };
     Ok((scored, text))
 }
 

@@ -805,3 +805,59 @@ fn tune_records_the_search_and_trains_the_winner() {
     ]);
     assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
 }
+
+/// `queue --review` lists exactly the incidents the score CSV marks `uncertain`, labelled
+/// `uncertain (…)`, each tenant by priority.
+#[test]
+fn queue_review_lists_exactly_the_uncertain_incidents() {
+    let dir = tmp();
+    let rows = score_rows();
+    let input = write(dir.path(), "new.csv", &csv_text(&header_names(), &rows));
+    let model = shared_model();
+    let out = dir.path().join("scores.csv");
+    assert_ok(&score_cli(model, &input, &out));
+    let (_, scored) = read_csv(&out);
+    let uncertain: BTreeSet<(String, String)> = scored
+        .iter()
+        .filter(|r| r[13] == "uncertain")
+        .map(|r| (r[1].clone(), r[2].clone()))
+        .collect();
+    assert!(
+        !uncertain.is_empty(),
+        "the sample should hold uncertain incidents"
+    );
+    let o = run_os(&[
+        "queue".as_ref(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--top".as_ref(),
+        "100000".as_ref(),
+        "--review".as_ref(),
+    ]);
+    assert_ok(&o);
+    let text = stdout(&o);
+    assert!(
+        text.starts_with(&format!("needs review: {} of ", uncertain.len())),
+        "{text}"
+    );
+    let mut listed = BTreeSet::new();
+    let mut tenant = String::new();
+    let mut last_prio = u8::MAX;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("tenant ") {
+            tenant = rest.split_whitespace().next().unwrap().to_string();
+            last_prio = u8::MAX;
+        } else if let Some(rest) = line.strip_prefix("  ") {
+            let mut it = rest.split_whitespace();
+            if let Ok(p) = it.next().unwrap_or("").parse::<u8>() {
+                assert!(p <= last_prio, "priority order: {line}");
+                last_prio = p;
+                listed.insert((tenant.clone(), it.next().unwrap().to_string()));
+                assert!(line.contains("uncertain ("), "{line}");
+            }
+        }
+    }
+    assert_eq!(listed, uncertain);
+}
