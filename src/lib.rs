@@ -17,5 +17,6 @@ pub mod models;
 pub mod pipeline;
 pub mod rank;
 pub mod report;
+pub(crate) mod rng;
 pub mod signals;
 pub mod train;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::EvalError;
+use crate::rng::SplitMix64;
 
 /// A train/test partition of row indices; both lists are sorted ascending and disjoint, and
 /// together they cover every row.
@@ -167,26 +168,6 @@ fn shuffled_groups(groups: &[u64], seed: u64) -> Vec<(u64, usize)> {
     sized
 }
 
-/// splitmix64 (Steele, Lea & Flood, "Fast splittable pseudorandom number generators",
-/// OOPSLA 2014; constants from Vigna's reference implementation).
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform-enough integer in `0..bound` (`bound >= 1`) by multiply-shift (Lemire); the
-    /// bias is below `bound / 2^64`, irrelevant for shuffling groups.
-    fn below(&mut self, bound: usize) -> usize {
-        ((u128::from(self.next_u64()) * bound as u128) >> 64) as usize
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,14 +176,6 @@ mod tests {
 
     fn group_set(groups: &[u64], rows: &[usize]) -> BTreeSet<u64> {
         rows.iter().map(|&i| groups[i]).collect()
-    }
-
-    #[test]
-    fn splitmix_reference_values() {
-        // First outputs for seed 0 from Vigna's splitmix64.c.
-        let mut r = SplitMix64(0);
-        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
     }
 
     #[test]

@@ -801,17 +801,12 @@ pub fn schema_len() -> usize {
     *LEN.get_or_init(|| schema().len())
 }
 
-fn splitmix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 /// Out-of-fold fold of a training incident (deterministic in seed and key).
 fn oof_fold(inc: &Incident, p: &FeatureParams) -> usize {
-    let t = splitmix(p.seed ^ splitmix(inc.key.tenant.0));
-    let z = splitmix(t ^ splitmix(inc.key.incident.0.wrapping_add(0x5851_F42D_4C95_7F2D)));
+    let t = crate::rng::mix64(p.seed ^ crate::rng::mix64(inc.key.tenant.0));
+    let z = crate::rng::mix64(
+        t ^ crate::rng::mix64(inc.key.incident.0.wrapping_add(0x5851_F42D_4C95_7F2D)),
+    );
     (z % p.oof_folds as u64) as usize
 }
 

@@ -1146,7 +1146,7 @@ struct GroupFolds {
 }
 
 impl GroupFolds {
-    /// Distinct groups, largest first (ties by `splitmix64(id ^ seed)`, then id), each to the
+    /// Distinct groups, largest first (ties by `crate::rng::mix64(id ^ seed)`, then id), each to the
     /// fold with the fewest rows so far (ties to the lowest index); `min(folds, groups)` folds.
     fn new(groups: &[u64], folds: usize, seed: u64) -> Result<Self, ModelError> {
         let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
@@ -1164,7 +1164,8 @@ impl GroupFolds {
         }
         let k = folds.min(counts.len());
         let mut order: Vec<(u64, usize)> = counts.into_iter().collect();
-        order.sort_unstable_by_key(|&(g, n)| (std::cmp::Reverse(n), splitmix64(g ^ seed), g));
+        order
+            .sort_unstable_by_key(|&(g, n)| (std::cmp::Reverse(n), crate::rng::mix64(g ^ seed), g));
         let mut load = vec![0usize; k];
         let mut fold_of_group: Vec<(u64, usize)> = Vec::with_capacity(order.len());
         for &(g, n) in &order {
@@ -1187,15 +1188,6 @@ impl GroupFolds {
             n_groups: fold_of_group.len(),
         })
     }
-}
-
-/// splitmix64 finaliser (Steele, Lea & Flood 2014; Vigna's constants): a keyed hash for
-/// tie-breaking the fold order.
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// Out-of-fold calibrated probabilities of `method` into `out`: for each fold, fit on the
@@ -1709,15 +1701,11 @@ mod tests {
 
     impl Rng {
         fn uniform(&mut self) -> f64 {
-            (splitmix64_next(&mut self.0) >> 11) as f64 / (1u64 << 53) as f64
+            let mut r = crate::rng::SplitMix64(self.0);
+            let u = r.unit();
+            self.0 = r.0;
+            u
         }
-    }
-
-    /// Vigna's splitmix64 generator: `state += γ; mix(state)`.
-    fn splitmix64_next(s: &mut u64) -> u64 {
-        let x = *s;
-        *s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        splitmix64(x)
     }
 
     /// Rows of one tenant: true probabilities `q`, a label drawn from `q`, and the model's

@@ -19,11 +19,10 @@ pub(super) const COLS: usize = 6;
 
 /// splitmix64 step: a tiny, well-mixed deterministic generator.
 pub(super) fn splitmix64(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    let mut r = crate::rng::SplitMix64(*state);
+    let z = r.next_u64();
+    *state = r.0;
+    z
 }
 
 /// Uniform in `[0, 1)`.

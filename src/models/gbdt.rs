@@ -300,7 +300,7 @@ fn validation_split(groups: &[u64], share: f64, seed: u64) -> (Vec<usize>, Vec<u
     let mut train = Vec::with_capacity(groups.len());
     let mut valid = Vec::new();
     for (i, &g) in groups.iter().enumerate() {
-        if mix64(g ^ seed.rotate_left(17)) < cut {
+        if crate::rng::mix64(g ^ seed.rotate_left(17)) < cut {
             valid.push(i);
         } else {
             train.push(i);
@@ -335,14 +335,6 @@ fn early_stopped_rounds(
         .map_or(result.model.num_boost_rounds(), |b| b + 1);
     let scaled = (best as f64 / (1.0 - share)).round() as usize;
     Ok((scaled.clamp(1, max_rounds), best))
-}
-
-/// splitmix64's finalizer: a well-mixed, platform-independent hash of one `u64`.
-fn mix64(v: u64) -> u64 {
-    let mut z = v.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 fn to_dmatrix(x: &FeatureMatrix) -> Result<DMatrix, ModelError> {

@@ -31,6 +31,13 @@ fn learner_err(reason: impl std::fmt::Display) -> ModelError {
 /// Largest update state [`OnlineGbdt::train`] accepts (see [`OnlineGbdt::state_bytes`]).
 pub const MAX_STATE_BYTES: u64 = 4 << 30;
 
+/// 1.0 where the grade is `class`, else 0.0: the labels of one grade's binary model.
+fn one_vs_rest(y: &[u8], class: usize) -> Vec<f32> {
+    y.iter()
+        .map(|&g| f32::from(u8::from(g as usize == class)))
+        .collect()
+}
+
 /// What one [`OnlineGbdt::update`] did, summed over the three grade models.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UpdateStats {
@@ -104,10 +111,7 @@ impl OnlineGbdt {
         }
         let models = (0..N_CLASSES)
             .map(|c| {
-                let labels: Vec<f32> = y
-                    .iter()
-                    .map(|&g| f32::from(u8::from(g as usize == c)))
-                    .collect();
+                let labels = one_vs_rest(y, c);
                 let data = DMatrix::from_dense(x.as_slice(), x.n_rows(), x.n_cols())
                     .and_then(|d| d.with_labels(&labels))
                     .map_err(learner_err)?;
@@ -153,10 +157,7 @@ impl OnlineGbdt {
             }
         }
         for (c, model) in self.models.iter_mut().enumerate() {
-            let labels: Vec<f32> = y
-                .iter()
-                .map(|&g| f32::from(u8::from(g as usize == c)))
-                .collect();
+            let labels = one_vs_rest(y, c);
             let rows = DMatrix::from_dense(&values, x.n_rows(), self.n_features)
                 .and_then(|d| d.with_labels(&labels))
                 .map_err(learner_err)?;

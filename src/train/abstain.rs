@@ -117,14 +117,8 @@ mod tests {
     /// regime predictor covers both.
     #[test]
     fn each_regime_is_covered() {
-        let mut s = 7u64;
-        let mut next = || {
-            s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut rng = crate::rng::SplitMix64(7);
+        let mut next = || rng.unit();
         let n = 8000;
         let mut x = FeatureMatrix::with_columns(1);
         let (mut probs, mut y) = (Vec::new(), Vec::new());

@@ -314,9 +314,7 @@ pub fn fit(
         decision,
         metrics,
     } = calibrate(params, &x, &y, &tenant_of_row, support_column)?;
-    // Every row is one incident: a row-level holdout keeps incidents whole.
-    let row_groups: Vec<u64> = (0..x.n_rows() as u64).collect();
-    let model = params.model.fit_grouped(&x, &y, &row_groups)?;
+    let model = params.model.fit_grouped(&x, &y, &row_ids(x.n_rows()))?;
     let ranker = match &params.ranker {
         Some(r) => {
             let query: Vec<u64> = rows.iter().map(|&i| queue_of(&corr.incidents[i])).collect();
@@ -368,8 +366,14 @@ pub fn fit(
     })
 }
 
-/// Seconds per day, for daily queues.
+/// Seconds per day, for daily queues and the online replay.
 const DAY_SECONDS: i64 = 86_400;
+
+/// One group id per row (`0..n`): every training row is one incident, so row-level splits keep
+/// incidents whole.
+fn row_ids(n: usize) -> Vec<u64> {
+    (0..n as u64).collect()
+}
 
 /// The ranker's query: the tenant's queue on the UTC day of the incident's first evidence.
 fn queue_of(incident: &crate::correlate::Incident) -> u64 {
@@ -405,8 +409,7 @@ fn calibrate(
             metrics: CardMetrics::default(),
         });
     }
-    // Every training row is one incident: rows are the groups.
-    let groups: Vec<u64> = (0..x.n_rows() as u64).collect();
+    let groups = row_ids(x.n_rows());
     let folds = eval::grouped_kfold(&groups, k, params.seed ^ 0x5eed)?;
     let mut oof = vec![0f32; x.n_rows() * N_CLASSES];
     for fold in &folds {

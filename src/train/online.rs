@@ -18,7 +18,7 @@
 //! only, and grades are the arg-max of the probabilities (no tuned decision rule), so the four
 //! variants are compared on equal terms.
 
-use super::{TrainError, TrainValidParams};
+use super::{row_ids, TrainError, TrainValidParams, DAY_SECONDS};
 use crate::correlate::Correlated;
 use crate::domain::Evidence;
 use crate::eval;
@@ -29,9 +29,6 @@ use crate::signals::Attack;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
-
-/// Seconds per day.
-const DAY_SECONDS: i64 = 86_400;
 
 /// Parameters of the simulation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -118,11 +115,7 @@ fn day_name(day: i64) -> String {
 fn variant_metrics(probs: &[f32], y: &[u8]) -> Result<VariantMetrics, TrainError> {
     let pred: Vec<u8> = probs
         .chunks_exact(N_CLASSES)
-        .map(|p| {
-            (0..N_CLASSES)
-                .max_by(|&a, &b| p[a].total_cmp(&p[b]).then(b.cmp(&a)))
-                .unwrap_or(0) as u8
-        })
+        .map(|p| eval::argmax3(&[p[0], p[1], p[2]]))
         .collect();
     let r = eval::classification_report(y, &pred, None)?;
     Ok(VariantMetrics {
@@ -277,10 +270,6 @@ pub fn simulate(
         update_seconds: update_total,
         retrain_seconds: retrain_total,
     })
-}
-
-fn row_ids(n: usize) -> Vec<u64> {
-    (0..n as u64).collect()
 }
 
 impl OnlineReport {

@@ -14,6 +14,7 @@ use super::{TrainError, TrainParams};
 use crate::correlate::Correlated;
 use crate::domain::Evidence;
 use crate::models::{Algorithm, GbdtParams, ModelParams};
+use crate::rng::SplitMix64;
 use crate::signals::Attack;
 use serde::{Deserialize, Serialize};
 
@@ -157,33 +158,20 @@ impl TuneReport {
     }
 }
 
-/// splitmix64 step.
-fn next(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-fn unit(state: &mut u64) -> f64 {
-    (next(state) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn pick<T: Copy>(state: &mut u64, options: &[T]) -> T {
-    options[(next(state) % options.len() as u64) as usize]
+fn pick<T: Copy>(rng: &mut SplitMix64, options: &[T]) -> T {
+    options[(rng.next_u64() % options.len() as u64) as usize]
 }
 
 /// Log-uniform in `[lo, hi]`, rounded to 3 significant digits (readable cards).
-fn log_uniform(state: &mut u64, lo: f64, hi: f64) -> f64 {
-    let v = (lo.ln() + unit(state) * (hi.ln() - lo.ln())).exp();
+fn log_uniform(rng: &mut SplitMix64, lo: f64, hi: f64) -> f64 {
+    let v = (lo.ln() + rng.unit() * (hi.ln() - lo.ln())).exp();
     let scale = 10f64.powi(2 - v.log10().floor() as i32);
     (v * scale).round() / scale
 }
 
 /// The candidates tried for `params`: the defaults, then seeded draws.
 pub fn candidates(params: &TuneParams, base: &GbdtParams) -> Vec<GbdtParams> {
-    let mut state = params.seed ^ 0x7475_6e65;
+    let mut state = SplitMix64(params.seed ^ 0x7475_6e65);
     let mut out = vec![base.clone()];
     while out.len() < params.trials {
         let c = base
@@ -310,7 +298,7 @@ mod tests {
 
     #[test]
     fn log_uniform_stays_in_range_and_rounds() {
-        let mut s = 1;
+        let mut s = SplitMix64(1);
         for _ in 0..1000 {
             let v = log_uniform(&mut s, 0.02, 0.3);
             assert!((0.0199..=0.301).contains(&v), "{v}");
