@@ -24,7 +24,7 @@ pub const TACTICS: [&str; 14] = [
     "impact",
 ];
 
-const TECHNIQUE_TACTICS_CSV: &str = include_str!("../datasets/attack/technique_tactics.csv");
+const TECHNIQUE_TACTICS_CSV: &str = include_str!("../../datasets/attack/technique_tactics.csv");
 
 /// Errors of the knowledge tables.
 #[derive(Debug, thiserror::Error)]
