@@ -12,6 +12,7 @@ pub mod domain;
 pub mod eval;
 pub mod features;
 pub mod ingest;
+pub mod jsonfile;
 pub mod matrix;
 pub mod models;
 pub mod pipeline;

@@ -1,10 +1,18 @@
-//! Signals: public knowledge (MITRE ATT&CK) and, later, anonymized cross-tenant aggregates.
+//! Signals: public knowledge (MITRE ATT&CK) and anonymized cross-tenant aggregates
+//! ([`global`]).
 //!
 //! Feeds `features`. The ATT&CK technique → tactics table (v18.1, shipped in
 //! `datasets/attack/technique_tactics.csv`, © The MITRE Corporation, ATT&CK terms of use) is
 //! compiled into the binary so that a model artifact scores anywhere without the datasets folder.
 
 use std::collections::BTreeMap;
+
+pub mod global;
+
+pub use global::{
+    GlobalSignals, GlobalSignalsError, PseudonymKey, Released, SignalKind, SignalsParams,
+    SignalsValidParams, SnapshotBuilder,
+};
 
 /// Enterprise ATT&CK tactics in kill-chain order (reconnaissance first, impact last).
 pub const TACTICS: [&str; 14] = [

@@ -13,7 +13,6 @@ use crate::models::calibrate::{TenantCalibration, TenantCalibrationReport};
 use crate::models::conformal::ConformalReport;
 use crate::models::{ModelParams, TrainedModel};
 use serde::{Deserialize, Serialize};
-use std::io::{Read, Write};
 use std::path::Path;
 
 /// Current artifact format version.
@@ -147,53 +146,27 @@ pub struct Artifact {
     pub card: ModelCard,
 }
 
+impl ArtifactError {
+    fn from_file(e: crate::jsonfile::JsonFileError) -> Self {
+        match e {
+            crate::jsonfile::JsonFileError::Io { file, source } => Self::Io { file, source },
+            crate::jsonfile::JsonFileError::Format { file, reason } => Self::Parse { file, reason },
+        }
+    }
+}
+
 impl Artifact {
     /// Writes the artifact as JSON (parent folders created); gzip-compressed when the path ends
     /// in `.gz`.
     pub fn save(&self, path: &Path) -> Result<(), ArtifactError> {
-        let io = |source| ArtifactError::Io {
-            file: path.display().to_string(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let json = serde_json::to_vec(self).map_err(|e| ArtifactError::Parse {
-            file: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let bytes = if path.extension().is_some_and(|e| e == "gz") {
-            // No timestamp or file name in the header: same artifact, same bytes.
-            let mut enc = flate2::GzBuilder::new()
-                .mtime(0)
-                .write(Vec::new(), flate2::Compression::best());
-            enc.write_all(&json).map_err(io)?;
-            enc.finish().map_err(io)?
-        } else {
-            json
-        };
-        std::fs::write(path, bytes).map_err(io)
+        crate::jsonfile::write(path, self).map_err(ArtifactError::from_file)
     }
 
     /// Reads an artifact (JSON, or gzip-compressed JSON: detected by its magic bytes) and checks
     /// its format version and schema hash against this build.
     pub fn load(path: &Path) -> Result<Artifact, ArtifactError> {
-        let file = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
-            file: file.clone(),
-            source,
-        })?;
-        if bytes.starts_with(&[0x1f, 0x8b]) {
-            let mut json = Vec::new();
-            flate2::read::GzDecoder::new(bytes.as_slice())
-                .read_to_end(&mut json)
-                .map_err(|e| ArtifactError::Parse {
-                    file: file.clone(),
-                    reason: format!("corrupt gzip: {e}"),
-                })?;
-            return Self::from_slice(&json, &file);
-        }
-        Self::from_slice(&bytes, &file)
+        let json = crate::jsonfile::read(path).map_err(ArtifactError::from_file)?;
+        Self::from_slice(&json, &path.display().to_string())
     }
 
     /// Parses and checks an artifact held in memory (`file` names it in errors).
