@@ -11,7 +11,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use threatrank::features::{self, FeatureParams};
 
 fn bench_transform(c: &mut Criterion) {
-    let attack = common::attack();
+    let attack = common::knowledge();
     let mut g = c.benchmark_group("features_transform");
     for &n in &common::ROW_SIZES {
         let data = common::Dataset::new(n);
@@ -27,7 +27,7 @@ fn bench_transform(c: &mut Criterion) {
 }
 
 fn bench_fit_transform(c: &mut Criterion) {
-    let attack = common::attack();
+    let attack = common::knowledge();
     let params = FeatureParams::default().check().expect("feature params");
     let data = common::Dataset::new(10_000);
     let all = data.all();

@@ -6,6 +6,7 @@
 use crate::domain::TenantId;
 use crate::models::Algorithm;
 use crate::pipeline::{self, PipelineError};
+use crate::signals::{GlobalSignals, Knowledge, PseudonymKey, SignalsError};
 use crate::train::cv::{CvParams, SplitKind};
 use crate::train::TrainParams;
 use clap::{Parser, Subcommand};
@@ -32,6 +33,50 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the global signals come from (shared by every command that extracts features).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct SignalsArgs {
+    /// File holding the secret of the entity pseudonyms (HMAC-SHA256 key, ≥ 16 bytes); default
+    /// $THREATRANK_SIGNALS_KEY_FILE, else the public development key (fine for demos, not for
+    /// snapshots that leave the machine).
+    #[arg(long, value_name = "FILE")]
+    pub signals_key: Option<PathBuf>,
+    /// A global-signals snapshot from `threatrank signals build` to use instead of the one
+    /// built from the training data (training) or stored in the model (scoring).
+    #[arg(long, value_name = "FILE")]
+    pub signals: Option<PathBuf>,
+}
+
+/// Environment variable naming the file of the pseudonymization secret.
+pub const KEY_FILE_ENV: &str = "THREATRANK_SIGNALS_KEY_FILE";
+
+impl SignalsArgs {
+    /// The pseudonymization key: `--signals-key`, else `$THREATRANK_SIGNALS_KEY_FILE`, else the
+    /// development key.
+    pub fn key(&self) -> Result<PseudonymKey, PipelineError> {
+        let file = self
+            .signals_key
+            .clone()
+            .or_else(|| std::env::var_os(KEY_FILE_ENV).map(PathBuf::from));
+        Ok(match file {
+            Some(f) => PseudonymKey::from_file(&f).map_err(SignalsError::from)?,
+            None => PseudonymKey::development(),
+        })
+    }
+
+    /// The shipped tables, the key and the external snapshot, if any.
+    pub fn knowledge(&self) -> Result<Knowledge, PipelineError> {
+        let kn = Knowledge::shipped(self.key()?)?;
+        Ok(match &self.signals {
+            Some(path) => {
+                let snap = GlobalSignals::load(path).map_err(SignalsError::from)?;
+                kn.with_snapshot(snap)?
+            }
+            None => kn,
+        })
+    }
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -53,6 +98,13 @@ pub enum Command {
         /// Seed of every random step (same seed, same artifact).
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Feature families to switch off (repeatable): size, entities, category, kill_chain,
+        /// time, verdicts, global, tenant.
+        #[arg(long, value_parser = parse_family)]
+        disable: Vec<crate::features::Family>,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
     },
     /// Score every input row: one output row per input row, in input order.
     ///
@@ -70,6 +122,9 @@ pub enum Command {
         /// Score CSV to write.
         #[arg(long)]
         output: PathBuf,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
     },
     /// The hunter's view: top incidents per tenant with priority, probabilities and reasons.
     Queue {
@@ -92,6 +147,9 @@ pub enum Command {
         /// holds more than one grade (`uncertain`), by priority.
         #[arg(long)]
         review: bool,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
     },
     /// Grouped cross-validation (incident-disjoint and tenant-disjoint) of every model.
     ///
@@ -117,6 +175,13 @@ pub enum Command {
         /// against one that folds in each day's verdicts in place.
         #[arg(long)]
         online: bool,
+        /// Also run the CV once per feature family with that family switched off, and report
+        /// macro-F1 without each (what each family is worth).
+        #[arg(long)]
+        ablation: bool,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
     },
     /// Search GBDT hyper-parameters with grouped CV, then train with the best and write the
     /// artifact; the search is recorded in its model card (`card.tuning`).
@@ -140,7 +205,13 @@ pub enum Command {
         /// Seed of the candidate draws, folds and training.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
     },
+    /// Global signals: cross-tenant aggregates behind a privacy floor.
+    #[command(subcommand)]
+    Signals(SignalsCommand),
     /// Train on the shipped GUIDE sample, evaluate, and print the top of the queue.
     Demo {
         /// Shipped sample (default: datasets/guide/guide_sample.csv).
@@ -150,6 +221,49 @@ pub enum Command {
         #[arg(long, default_value = "out/demo")]
         out: PathBuf,
     },
+}
+
+/// `threatrank signals …`
+#[derive(Debug, Subcommand)]
+pub enum SignalsCommand {
+    /// Build a snapshot from many tenants' alerts and verdicts: per detector, title, category,
+    /// technique, threat family and entity, the distinct tenants, incidents, alerts and grade
+    /// mix, each released only when at least MIN_TENANTS tenants contribute; entities stored
+    /// as keyed pseudonyms; no tenant id stored.
+    Build {
+        /// GUIDE CSV or native JSONL (grades optional).
+        #[arg(long)]
+        input: PathBuf,
+        /// Snapshot to write (JSON; gzip when it ends in .gz).
+        #[arg(long)]
+        out: PathBuf,
+        /// Privacy floor: distinct tenants behind every released value (≥ 2).
+        #[arg(long, default_value_t = 5)]
+        min_tenants: usize,
+        /// Laplace noise budget ε per released statistic (default: no noise).
+        #[arg(long)]
+        epsilon: Option<f64>,
+        /// With noise: clip each tenant's contribution to one key to this many.
+        #[arg(long, default_value_t = 50)]
+        contribution_cap: u32,
+        /// File holding the pseudonymization secret (default $THREATRANK_SIGNALS_KEY_FILE,
+        /// else the public development key, with a warning).
+        #[arg(long, value_name = "FILE")]
+        signals_key: Option<PathBuf>,
+    },
+}
+
+fn parse_family(s: &str) -> Result<crate::features::Family, String> {
+    crate::features::Family::from_name(s).ok_or_else(|| {
+        let names: Vec<&str> = crate::features::Family::ALL
+            .iter()
+            .map(|f| f.name())
+            .collect();
+        format!(
+            "unknown feature family {s:?}; expected one of {}",
+            names.join(", ")
+        )
+    })
 }
 
 fn parse_objective(s: &str) -> Result<crate::train::tune::TuneObjective, String> {
@@ -199,14 +313,21 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             model,
             algorithm,
             seed,
+            disable,
+            signals,
         } => {
+            let kn = signals.knowledge()?;
+            warn_development_key(&kn.key, "the model's global signals");
             let pb = spinner(&format!(
                 "training {} on {}",
                 algorithm.name(),
                 input.display()
             ));
-            let params = TrainParams::default().algorithm(algorithm).seed(seed);
-            let out = pipeline::train_file(&input, &model, &params);
+            let mut params = TrainParams::default().algorithm(algorithm).seed(seed);
+            for f in disable {
+                params.features = params.features.disable(f);
+            }
+            let out = pipeline::train_file(&input, &model, &params, &kn);
             pb.finish_and_clear();
             let out = out?;
             eprint_report(&out.report, Some(&out.rejects));
@@ -226,9 +347,11 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             model,
             input,
             output,
+            signals,
         } => {
+            let kn = signals.knowledge()?;
             let pb = spinner(&format!("scoring {}", input.display()));
-            let out = pipeline::score_file(&model, &input, &output);
+            let out = pipeline::score_file(&model, &input, &output, &kn);
             pb.finish_and_clear();
             let out = out?;
             eprint_report(&out.report, Some(&out.rejects));
@@ -247,9 +370,18 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             top,
             reasons,
             review,
+            signals,
         } => {
-            let (scored, text) =
-                pipeline::queue_file(&model, &input, tenant.map(TenantId), top, reasons, review)?;
+            let kn = signals.knowledge()?;
+            let (scored, text) = pipeline::queue_file(
+                &model,
+                &input,
+                tenant.map(TenantId),
+                top,
+                reasons,
+                review,
+                &kn,
+            )?;
             eprint_report(&scored.loaded.report, None);
             print!("{text}");
             Ok(())
@@ -261,7 +393,10 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             algorithm,
             json,
             online,
+            ablation,
+            signals,
         } => {
+            let kn = signals.knowledge()?;
             let mut params = CvParams {
                 folds,
                 seed,
@@ -271,7 +406,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 params.algorithms = vec![a];
             }
             let sim = online.then(crate::train::online::OnlineSimParams::default);
-            let report = eval_with_progress(&input, &params, sim.as_ref())?;
+            let report = eval_with_progress(&input, &params, sim.as_ref(), ablation, &kn)?;
             print!("{}", report.table());
             crate::report::write_json(&json, &report)?;
             eprintln!("wrote {}", json.display());
@@ -284,7 +419,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             folds,
             objective,
             seed,
+            signals,
         } => {
+            let kn = signals.knowledge()?;
             let tune = crate::train::tune::TuneParams {
                 trials,
                 folds,
@@ -293,7 +430,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             };
             let params = TrainParams::default().seed(seed);
             let out = with_progress_bar(trials as u64 + 1, |progress| {
-                pipeline::tune_file(&input, &model, &tune, &params, progress)
+                pipeline::tune_file(&input, &model, &tune, &params, &kn, progress)
             });
             let out = out?;
             eprint_report(&out.report, Some(&out.rejects));
@@ -306,7 +443,41 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             );
             Ok(())
         }
+        Command::Signals(SignalsCommand::Build {
+            input,
+            out,
+            min_tenants,
+            epsilon,
+            contribution_cap,
+            signals_key,
+        }) => {
+            let args = SignalsArgs {
+                signals_key,
+                signals: None,
+            };
+            let key = args.key()?;
+            warn_development_key(&key, &out.display().to_string());
+            let params = crate::signals::SignalsParams::default()
+                .min_tenants(min_tenants)
+                .epsilon(epsilon)
+                .contribution_cap(contribution_cap);
+            let built = pipeline::build_signals_file(&input, &out, &params, &key)?;
+            eprint_report(&built.report, None);
+            eprintln!("{}", built.summary());
+            println!("{}", out.display());
+            Ok(())
+        }
         Command::Demo { input, out } => demo(input, &out),
+    }
+}
+
+/// Says on stderr when pseudonyms that will be written to disk use the public development key.
+fn warn_development_key(key: &PseudonymKey, what: &str) {
+    if key.is_development() {
+        eprintln!(
+            "note: {what} pseudonymize entities with the public development key; set \
+             {KEY_FILE_ENV} or --signals-key to a file with a secret before sharing them"
+        );
     }
 }
 
@@ -314,15 +485,23 @@ fn eval_with_progress(
     input: &Path,
     params: &CvParams,
     online: Option<&crate::train::online::OnlineSimParams>,
+    ablation: bool,
+    kn: &Knowledge,
 ) -> Result<crate::train::cv::CvReport, PipelineError> {
     let folds = params
         .folds_to_run
         .unwrap_or(params.folds)
         .min(params.folds);
     let per_split = params.algorithms.len() * folds;
-    with_progress_bar((per_split * params.splits.len()) as u64, |progress| {
-        pipeline::eval_file(input, params, online, progress)
-    })
+    let runs = if ablation {
+        1 + crate::features::Family::ALL.len()
+    } else {
+        1
+    };
+    with_progress_bar(
+        (runs * per_split * params.splits.len()) as u64,
+        |progress| pipeline::eval_file(input, params, online, ablation, kn, progress),
+    )
 }
 
 /// Runs `job` with a progress bar of `len` steps on stderr; each progress message is a step.
@@ -358,9 +537,10 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
         reason: e.to_string(),
     })?;
     let model = out.join("model.json");
+    let kn = SignalsArgs::default().knowledge()?;
     eprintln!("1/3 training the default model on {}", input.display());
     let pb = spinner("training gbdt");
-    let trained = pipeline::train_file(&input, &model, &TrainParams::default());
+    let trained = pipeline::train_file(&input, &model, &TrainParams::default(), &kn);
     pb.finish_and_clear();
     let trained = trained?;
     eprint_report(&trained.report, Some(&trained.rejects));
@@ -376,7 +556,7 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
         folds_to_run: Some(1),
         ..CvParams::default()
     };
-    let report = eval_with_progress(&input, &params, None)?;
+    let report = eval_with_progress(&input, &params, None, false, &kn)?;
     print!("{}", report.table());
     let json = out.join("eval.json");
     crate::report::write_json(&json, &report)?;
@@ -387,7 +567,7 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
          5 incidents each"
     );
     let loaded = pipeline::load_unlabelled(&input)?;
-    let scored = pipeline::score_loaded(&trained.artifact, loaded, 3)?;
+    let scored = pipeline::score_loaded(&trained.artifact, loaded, 3, &kn)?;
     let mut sizes: std::collections::BTreeMap<TenantId, usize> = Default::default();
     for s in scored.incidents.iter().filter(|s| s.priority >= 50) {
         *sizes.entry(s.key.tenant).or_default() += 1;

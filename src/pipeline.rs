@@ -9,7 +9,7 @@ use crate::ingest::{self, IngestError, IngestReport, IngestValidParams, InputFor
 use crate::matrix::hex;
 use crate::rank::{self, RankInput, ScoredIncident};
 use crate::report;
-use crate::signals::{Attack, SignalsError};
+use crate::signals::{Knowledge, SignalsError};
 use crate::train::{self, cv, Artifact, ArtifactError, DataInfo, TrainError, TrainParams};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -147,6 +147,7 @@ pub fn train_file(
     input: &Path,
     model_out: &Path,
     params: &TrainParams,
+    kn: &Knowledge,
 ) -> Result<TrainOutcome, PipelineError> {
     let valid = params.check()?;
     let loaded = load(input, &IngestValidParams::default())?;
@@ -154,7 +155,6 @@ pub fn train_file(
     create_parent(&rejects)?;
     loaded.report.write_rejects(&rejects)?;
     require_labels(input, &loaded, "nothing to train on")?;
-    let attack = Attack::shipped()?;
     let all: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
     let data = DataInfo {
         file: file_name(input),
@@ -166,7 +166,7 @@ pub fn train_file(
         tenants: 0,
         grades: [0; 3],
     };
-    let artifact = train::fit(&valid, &loaded.evidence, &loaded.corr, &all, &attack, data)?;
+    let artifact = train::fit(&valid, &loaded.evidence, &loaded.corr, &all, kn, data)?;
     artifact.save(model_out)?;
     Ok(TrainOutcome {
         artifact,
@@ -182,18 +182,18 @@ pub fn tune_file(
     model_out: &Path,
     tune: &crate::train::tune::TuneParams,
     params: &TrainParams,
+    kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TrainOutcome, PipelineError> {
     let loaded = load(input, &IngestValidParams::default())?;
     require_labels(input, &loaded, "nothing to tune on")?;
-    let attack = Attack::shipped()?;
     let report = crate::train::tune::tune(
         tune,
         params,
         &file_name(input),
         &loaded.evidence,
         &loaded.corr,
-        &attack,
+        kn,
         progress,
     )?;
     let best = TrainParams {
@@ -204,7 +204,7 @@ pub fn tune_file(
         ..params.clone()
     };
     progress("training the winner");
-    let mut outcome = train_file(input, model_out, &best)?;
+    let mut outcome = train_file(input, model_out, &best, kn)?;
     outcome.artifact.card.tuning = Some(report);
     outcome.artifact.save(model_out)?;
     Ok(outcome)
@@ -224,10 +224,18 @@ pub fn score_loaded(
     artifact: &Artifact,
     loaded: Loaded,
     top_reasons: usize,
+    kn: &Knowledge,
 ) -> Result<Scored, PipelineError> {
-    let attack = Attack::shipped()?;
+    if kn.snapshot.is_none() {
+        // The artifact's own snapshot must have been built under the configured key.
+        artifact
+            .features
+            .global_signals()
+            .check_key(&kn.key)
+            .map_err(SignalsError::from)?;
+    }
     let which: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
-    let pred = artifact.predict(&loaded.evidence, &loaded.corr, &which, &attack)?;
+    let pred = artifact.predict(&loaded.evidence, &loaded.corr, &which, kn)?;
     let contributions = artifact.tp_contributions(&pred.x)?;
     let incidents = rank::build(&RankInput {
         evidence: &loaded.evidence,
@@ -239,7 +247,7 @@ pub fn score_loaded(
         sets: &pred.sets,
         contributions: &contributions,
         schema: &artifact.schema,
-        attack: &attack,
+        knowledge: kn,
         top_reasons,
     });
     Ok(Scored { loaded, incidents })
@@ -269,13 +277,14 @@ pub fn score_file(
     model: &Path,
     input: &Path,
     output: &Path,
+    kn: &Knowledge,
 ) -> Result<ScoreOutcome, PipelineError> {
     let artifact = Artifact::load(model)?;
     let loaded = load_unlabelled(input)?;
     let rejects = ingest::rejects_path_for(output);
     create_parent(&rejects)?;
     loaded.report.write_rejects(&rejects)?;
-    let scored = score_loaded(&artifact, loaded, 1)?;
+    let scored = score_loaded(&artifact, loaded, 1, kn)?;
     let l = &scored.loaded;
     let rows = report::write_scores(output, &l.evidence, &l.corr, &l.report, &scored.incidents)?;
     Ok(ScoreOutcome {
@@ -294,10 +303,11 @@ pub fn queue_file(
     top: usize,
     top_reasons: usize,
     review_only: bool,
+    kn: &Knowledge,
 ) -> Result<(Scored, String), PipelineError> {
     let artifact = Artifact::load(model)?;
     let loaded = load_unlabelled(input)?;
-    let scored = score_loaded(&artifact, loaded, top_reasons)?;
+    let scored = score_loaded(&artifact, loaded, top_reasons, kn)?;
     let text = if review_only {
         let uncertain: Vec<_> = scored
             .incidents
@@ -322,29 +332,75 @@ pub fn eval_file(
     input: &Path,
     params: &cv::CvParams,
     online: Option<&crate::train::online::OnlineSimParams>,
+    ablation: bool,
+    kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<cv::CvReport, PipelineError> {
     let loaded = load(input, &IngestValidParams::default())?;
     require_labels(input, &loaded, "nothing to evaluate")?;
-    let attack = Attack::shipped()?;
     let name = file_name(input);
-    let mut report = cv::run(
-        params,
-        &name,
-        &loaded.evidence,
-        &loaded.corr,
-        &attack,
-        progress,
-    )?;
+    let mut report = cv::run(params, &name, &loaded.evidence, &loaded.corr, kn, progress)?;
     if let Some(sim) = online {
         report.online = Some(crate::train::online::simulate(
             &params.train.check()?,
             sim,
             &loaded.evidence,
             &loaded.corr,
-            &attack,
+            kn,
+            progress,
+        )?);
+    }
+    if ablation {
+        report.ablation = Some(cv::ablation(
+            params,
+            &name,
+            &loaded.evidence,
+            &loaded.corr,
+            kn,
             progress,
         )?);
     }
     Ok(report)
+}
+
+/// Outcome of `threatrank signals build`.
+#[derive(Debug, Clone)]
+pub struct BuiltSignals {
+    /// ingest counts
+    pub report: IngestReport,
+    /// the snapshot written
+    pub snapshot: crate::signals::GlobalSignals,
+}
+
+impl BuiltSignals {
+    /// One line per kind: released keys.
+    pub fn summary(&self) -> String {
+        let kinds: Vec<String> = crate::signals::SignalKind::ALL
+            .iter()
+            .map(|k| format!("{} {}", self.snapshot.released(*k), k.name()))
+            .collect();
+        format!(
+            "released (≥ {} tenants each): {}; key {}",
+            self.snapshot.params().min_tenants,
+            kinds.join(", "),
+            self.snapshot.key_fingerprint()
+        )
+    }
+}
+
+/// `threatrank signals build`: a global-signals snapshot from every incident of `input`.
+pub fn build_signals_file(
+    input: &Path,
+    out: &Path,
+    params: &crate::signals::SignalsParams,
+    key: &crate::signals::PseudonymKey,
+) -> Result<BuiltSignals, PipelineError> {
+    let valid = params.check().map_err(SignalsError::from)?;
+    let loaded = load(input, &IngestValidParams::default())?;
+    let snapshot = crate::features::build_snapshot(&valid, key, &loaded.evidence, &loaded.corr);
+    snapshot.save(out).map_err(SignalsError::from)?;
+    Ok(BuiltSignals {
+        report: loaded.report,
+        snapshot,
+    })
 }

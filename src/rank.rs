@@ -10,7 +10,7 @@ use crate::correlate::{most_frequent, Correlated, Incident};
 use crate::domain::{Evidence, Grade, IncidentKey, TenantId};
 use crate::matrix::{FeatureMatrix, FeatureSchema};
 use crate::models::GradeSet;
-use crate::signals::{tactic_names, Attack};
+use crate::signals::{tactic_names, Knowledge};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -108,7 +108,7 @@ pub struct RankInput<'a> {
     /// the schema of `x`
     pub schema: &'a FeatureSchema,
     /// ATT&CK table for tactic names
-    pub attack: &'a Attack,
+    pub knowledge: &'a Knowledge,
     /// reasons per incident
     pub top_reasons: usize,
 }
@@ -131,7 +131,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
             let mut mask = 0u16;
             for e in &rows {
                 for t in &e.techniques {
-                    mask |= input.attack.tactics_of(t);
+                    mask |= input.knowledge.attack.tactics_of(t);
                 }
             }
             let ctx = Context {

@@ -17,7 +17,7 @@ use threatrank::domain::Evidence;
 use threatrank::features::{self, FeatureParams, FittedFeatures};
 use threatrank::ingest::{read_from, IngestValidParams, InputFormat};
 use threatrank::matrix::FeatureMatrix;
-use threatrank::signals::Attack;
+use threatrank::signals::Knowledge;
 
 /// The shipped GUIDE sample.
 pub const SAMPLE_PATH: &str = concat!(
@@ -177,24 +177,36 @@ impl Dataset {
     }
 }
 
-/// The shipped ATT&CK table.
-pub fn attack() -> Attack {
-    Attack::shipped().expect("shipped ATT&CK table")
+/// The shipped knowledge tables with the development pseudonymization key.
+pub fn knowledge() -> Knowledge {
+    Knowledge::development().expect("shipped knowledge tables")
 }
 
 /// Encoders fitted on every labelled incident of `data` (default feature parameters).
 pub fn fitted_features(data: &Dataset) -> FittedFeatures {
     let params = FeatureParams::default().check().expect("feature params");
-    FittedFeatures::fit(&params, &data.evidence, &data.corr, &data.all()).expect("fit encoders")
+    FittedFeatures::fit(
+        &params,
+        &data.evidence,
+        &data.corr,
+        &data.all(),
+        &knowledge(),
+    )
+    .expect("fit encoders")
 }
 
 /// The sample's out-of-fold training matrix and labels (one row per labelled incident).
 pub fn sample_training_matrix() -> (FeatureMatrix, Vec<u8>) {
     let data = Dataset::new(10_000);
     let params = FeatureParams::default().check().expect("feature params");
-    let (_enc, x, y, _rows) =
-        features::fit_transform(&params, &data.evidence, &data.corr, &data.all(), &attack())
-            .expect("fit_transform on the sample");
+    let (_enc, x, y, _rows) = features::fit_transform(
+        &params,
+        &data.evidence,
+        &data.corr,
+        &data.all(),
+        &knowledge(),
+    )
+    .expect("fit_transform on the sample");
     (x, y)
 }
 

@@ -1,26 +1,23 @@
-//! Target and frequency encodings of identities (detector, title, category, technique, tenant
-//! and tenant × detector/title/category), fitted on labelled training incidents only.
+//! Target encodings of a tenant's own history (tenant, and tenant × detector/title/category/
+//! entity), fitted on labelled training incidents only.
 //!
 //! Counts are per *incident* (an incident with ten rows of one detector counts once). A rate is
 //! smoothed toward its parent by empirical Bayes with pseudo-count `m`:
 //! `rate_c = (n_c + m · parent_c) / (n + m)` (Micci-Barreca 2001, "A preprocessing scheme for
-//! high-cardinality categorical attributes"). Parents: global keys → the global grade prior;
-//! tenant → global prior; tenant × key → the tenant's rate.
+//! high-cardinality categorical attributes"). Parents: tenant → the global grade prior;
+//! tenant × key → the tenant's rate.
 //!
-//! Cross-tenant (global) aggregates are released only when at least `min_tenants` distinct
-//! tenants contribute; below that floor the key is "unknown" (parent rate, count 0), never a
-//! small count that could reveal one tenant.
+//! Cross-tenant aggregates are not here: they live in the global-signals snapshot
+//! (`signals::global`), which enforces the privacy floor.
 
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// Grade counts of one key.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// incidents per grade (TP, BP, FP)
     pub n: [u32; 3],
-    /// distinct tenants that contributed (global keys only; 0 for tenant keys)
-    pub tenants: u32,
 }
 
 impl Counts {
@@ -60,36 +57,14 @@ pub fn smooth(n: &[u32; 3], parent: [f64; 3], m: f64) -> [f64; 3] {
 /// Builds tables from (key, tenant, grade) observations, one per distinct key per incident.
 #[derive(Debug, Default)]
 pub struct TableBuilder {
-    counts: BTreeMap<String, ([u32; 3], BTreeSet<u64>)>,
+    counts: BTreeMap<String, [u32; 3]>,
 }
 
 impl TableBuilder {
     /// Adds one incident's observation of `key`.
-    pub fn add(&mut self, key: &str, tenant: u64, class: u8) {
+    pub fn add(&mut self, key: &str, class: u8) {
         let e = self.counts.entry(key.to_string()).or_default();
-        e.0[class as usize] += 1;
-        e.1.insert(tenant);
-    }
-
-    /// Finishes a *global* table: keys seen by fewer than `min_tenants` tenants are dropped
-    /// (the privacy floor).
-    pub fn build_global(self, min_tenants: usize) -> Table {
-        Table {
-            entries: self
-                .counts
-                .into_iter()
-                .filter(|(_, (_, t))| t.len() >= min_tenants)
-                .map(|(k, (n, t))| {
-                    (
-                        k,
-                        Counts {
-                            n,
-                            tenants: t.len() as u32,
-                        },
-                    )
-                })
-                .collect(),
-        }
+        e[class as usize] += 1;
     }
 
     /// Finishes a *tenant-scoped* table (keys already include the tenant; no floor applies:
@@ -99,7 +74,7 @@ impl TableBuilder {
             entries: self
                 .counts
                 .into_iter()
-                .map(|(k, (n, _))| (k, Counts { n, tenants: 0 }))
+                .map(|(k, n)| (k, Counts { n }))
                 .collect(),
         }
     }
@@ -116,19 +91,5 @@ mod tests {
         assert!((r[0] - 4.0 / 6.0).abs() < 1e-12);
         assert!((r[1] - 1.5 / 6.0).abs() < 1e-12);
         assert!((r[2] - 0.5 / 6.0).abs() < 1e-12);
-    }
-
-    #[test]
-    fn global_floor_drops_rare_keys() {
-        let mut b = TableBuilder::default();
-        for t in 0..5 {
-            b.add("common", t, 0);
-        }
-        b.add("rare", 1, 2);
-        b.add("rare", 1, 2);
-        let t = b.build_global(5);
-        assert!(t.entries.contains_key("common"));
-        assert!(!t.entries.contains_key("rare"));
-        assert_eq!(t.rates("rare", [0.2, 0.3, 0.5], 1.0), ([0.2, 0.3, 0.5], 0));
     }
 }

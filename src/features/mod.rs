@@ -19,13 +19,75 @@ pub use encode::{smooth, Counts, Table, TableBuilder};
 use crate::correlate::{Correlated, Incident};
 use crate::domain::{Evidence, N_ENTITY_COLUMNS};
 use crate::matrix::{FeatureMatrix, FeatureSchema};
-use crate::signals::{Attack, TACTICS};
+use crate::signals::{
+    Attack, GlobalSignals, Knowledge, PseudonymKey, SignalKind, SignalsParams, SnapshotBuilder,
+    TACTICS,
+};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Version of the extractors; part of the schema hash.
-pub const FEATURE_VERSION: u32 = 1;
+pub const FEATURE_VERSION: u32 = 2;
+
+/// A feature family: a group of columns from one extractor, switched on or off together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// evidence, alert and distinct-value counts
+    Size,
+    /// rows per entity type, distinct present entities per column
+    Entities,
+    /// rows per alert category
+    Category,
+    /// ATT&CK tactics, furthest stage, technique counts per key tactic
+    KillChain,
+    /// time of day, weekend, span
+    Time,
+    /// verdict-like evidence attributes (suspicion, last verdict, threat family, severity)
+    Verdicts,
+    /// cross-tenant aggregates from the global-signals snapshot
+    Global,
+    /// the tenant's own past grade mix
+    Tenant,
+}
+
+impl Family {
+    /// All families, in column order.
+    pub const ALL: [Family; 8] = [
+        Family::Size,
+        Family::Entities,
+        Family::Category,
+        Family::KillChain,
+        Family::Time,
+        Family::Verdicts,
+        Family::Global,
+        Family::Tenant,
+    ];
+
+    /// Name as in the schema and the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Size => "size",
+            Family::Entities => "entities",
+            Family::Category => "category",
+            Family::KillChain => "kill_chain",
+            Family::Time => "time",
+            Family::Verdicts => "verdicts",
+            Family::Global => "global",
+            Family::Tenant => "tenant",
+        }
+    }
+
+    /// The family of a name.
+    pub fn from_name(name: &str) -> Option<Family> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
+
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
 
 /// Entity types with their own count column (GUIDE vocabulary); others go to `other`.
 pub const ENTITY_TYPES: [&str; 18] = [
@@ -93,6 +155,9 @@ pub enum FeatureError {
     /// Knowledge tables failed to load.
     #[error(transparent)]
     Signals(#[from] crate::signals::SignalsError),
+    /// Global-signals parameters or key.
+    #[error(transparent)]
+    Global(#[from] crate::signals::GlobalSignalsError),
 }
 
 /// Feature parameters (unchecked).
@@ -101,21 +166,26 @@ pub enum FeatureError {
 pub struct FeatureParams {
     /// Empirical-Bayes pseudo-count `m` of the target encodings. Default 2.0.
     pub smoothing: f64,
-    /// Minimum distinct tenants behind a released cross-tenant aggregate. Default 5.
-    pub min_tenants: usize,
+    /// Privacy rules of the global-signals snapshot built from the training data (floor of
+    /// distinct tenants, default 5; optional Laplace noise).
+    pub signals: SignalsParams,
     /// Folds of the out-of-fold encoding of the training matrix. Default 5.
     pub oof_folds: usize,
     /// Seed of the out-of-fold assignment. Default 7.
     pub seed: u64,
+    /// Families switched off: their columns stay in the schema (so every artifact has the same
+    /// schema) and are written as 0, which no model can split on. Default none.
+    pub disabled: Vec<Family>,
 }
 
 impl Default for FeatureParams {
     fn default() -> Self {
         Self {
             smoothing: 2.0,
-            min_tenants: 5,
+            signals: SignalsParams::default(),
             oof_folds: 5,
             seed: 7,
+            disabled: Vec::new(),
         }
     }
 }
@@ -126,9 +196,22 @@ impl FeatureParams {
         self.smoothing = m;
         self
     }
-    /// Sets [`FeatureParams::min_tenants`] (default 5).
+    /// Sets the privacy floor of the global signals (default 5 tenants).
     pub fn min_tenants(mut self, k: usize) -> Self {
-        self.min_tenants = k;
+        self.signals.min_tenants = k;
+        self
+    }
+    /// Sets [`FeatureParams::signals`].
+    pub fn signals(mut self, s: SignalsParams) -> Self {
+        self.signals = s;
+        self
+    }
+    /// Switches a family off.
+    pub fn disable(mut self, f: Family) -> Self {
+        if !self.disabled.contains(&f) {
+            self.disabled.push(f);
+            self.disabled.sort_unstable();
+        }
         self
     }
     /// Sets [`FeatureParams::oof_folds`] (default 5).
@@ -149,12 +232,7 @@ impl FeatureParams {
                 reason: format!("{} must be a positive number", self.smoothing),
             });
         }
-        if self.min_tenants < 1 {
-            return Err(FeatureError::Param {
-                name: "min_tenants",
-                reason: "must be at least 1".into(),
-            });
-        }
+        self.signals.check()?;
         if !(2..=50).contains(&self.oof_folds) {
             return Err(FeatureError::Param {
                 name: "oof_folds",
@@ -176,7 +254,7 @@ impl FeatureValidParams {
     }
 }
 
-/// Fitted encoders: everything the extractors need besides the evidence.
+/// Fitted encoders: everything the extractors need besides the evidence and the public tables.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedFeatures {
     params: FeatureParams,
@@ -184,14 +262,12 @@ pub struct FittedFeatures {
     prior: [f64; 3],
     /// per entity column, the "not present" code (most frequent code when it covers ≥ 20% rows)
     sentinels: [Option<u64>; N_ENTITY_COLUMNS],
-    /// cross-tenant tables, in [`ENCODED_KINDS`] order (privacy floor applied)
-    global: Vec<Table>,
+    /// cross-tenant aggregates (privacy floor applied, entities pseudonymized)
+    global: GlobalSignals,
     /// tenant grade history, key = tenant id
     tenant: Table,
     /// tenant × detector / title / category, key = `tenant/value`
     tenant_keyed: Vec<Table>,
-    /// cross-tenant entity table, key = `column/code` (privacy floor applied)
-    entity_global: Table,
     /// tenant × entity, key = `tenant/column/code`
     entity_tenant: Table,
 }
@@ -203,10 +279,15 @@ pub fn schema() -> FeatureSchema {
     SCHEMA
         .get_or_init(|| {
             let mut s = NameSink(Vec::new());
-            let dummy = FittedFeatures::empty();
+            let kn = Knowledge {
+                attack: Attack::empty(),
+                key: PseudonymKey::development(),
+                snapshot: None,
+            };
+            let dummy = FittedFeatures::empty(&kn.key);
             let ev = dummy_evidence();
-            // Column names do not depend on the knowledge tables: an empty one will do.
-            dummy.extract(&[&ev], &Attack::empty(), &mut s);
+            // Column names do not depend on the knowledge tables: empty ones will do.
+            dummy.extract(&[&ev], &kn, &mut s);
             FeatureSchema::new(FEATURE_VERSION, s.0)
         })
         .clone()
@@ -239,19 +320,33 @@ fn dummy_evidence() -> Evidence {
 
 /// Receives feature values (and, for the schema, their names) in column order.
 trait Sink {
-    fn put(&mut self, family: &'static str, name: &str, suffix: &str, v: f64);
+    fn put(&mut self, family: Family, name: &str, suffix: &str, v: f64);
+}
+
+/// Writes 0 for the columns of switched-off families.
+struct Masked<'a, S> {
+    inner: &'a mut S,
+    off: u16,
+}
+
+impl<S: Sink> Sink for Masked<'_, S> {
+    #[inline]
+    fn put(&mut self, family: Family, name: &str, suffix: &str, v: f64) {
+        let v = if self.off & family.bit() != 0 { 0.0 } else { v };
+        self.inner.put(family, name, suffix, v);
+    }
 }
 
 struct NameSink(Vec<(String, String)>);
 
 impl Sink for NameSink {
-    fn put(&mut self, family: &'static str, name: &str, suffix: &str, _v: f64) {
+    fn put(&mut self, family: Family, name: &str, suffix: &str, _v: f64) {
         let n = if suffix.is_empty() {
             name.to_string()
         } else {
             format!("{name}:{suffix}")
         };
-        self.0.push((n, family.to_string()));
+        self.0.push((n, family.name().to_string()));
     }
 }
 
@@ -262,7 +357,7 @@ struct RowSink<'a> {
 
 impl Sink for RowSink<'_> {
     #[inline]
-    fn put(&mut self, _family: &'static str, _name: &str, _suffix: &str, v: f64) {
+    fn put(&mut self, _family: Family, _name: &str, _suffix: &str, v: f64) {
         if let Some(slot) = self.out.get_mut(self.i) {
             *slot = if v.is_finite() { v as f32 } else { 0.0 };
         }
@@ -374,30 +469,129 @@ fn identities<'a>(rows: &[&'a Evidence], kind: usize) -> Vec<&'a str> {
     v
 }
 
+/// Distinct threat families named in an incident (sorted).
+fn threat_families<'a>(rows: &[&'a Evidence]) -> Vec<&'a str> {
+    let mut v: Vec<&str> = rows
+        .iter()
+        .filter_map(|e| e.threat_family.as_deref())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// What one incident tells the global signals: each distinct detector, title, category, ATT&CK
+/// technique, threat family and present entity (`column/code`, "not present" codes excluded)
+/// once, with the number of the incident's alerts that carry it; sorted.
+pub fn incident_signals(
+    rows: &[&Evidence],
+    sentinels: &[Option<u64>; N_ENTITY_COLUMNS],
+) -> Vec<(SignalKind, String, u32)> {
+    let mut seen: Vec<(SignalKind, std::borrow::Cow<'_, str>, u64)> = Vec::new();
+    for e in rows {
+        let a = e.alert.0;
+        seen.push((SignalKind::Detector, e.detector.as_str().into(), a));
+        seen.push((SignalKind::Title, e.title.as_str().into(), a));
+        seen.push((SignalKind::Category, e.category.as_str().into(), a));
+        for t in &e.techniques {
+            seen.push((SignalKind::Technique, t.as_str().into(), a));
+        }
+        if let Some(f) = &e.threat_family {
+            seen.push((SignalKind::Family, f.as_str().into(), a));
+        }
+        for k in entity_keys(std::slice::from_ref(e), sentinels) {
+            seen.push((SignalKind::Entity, k.into(), a));
+        }
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < seen.len() {
+        let n = seen[i..]
+            .iter()
+            .take_while(|x| x.0 == seen[i].0 && x.1 == seen[i].1)
+            .count();
+        out.push((seen[i].0, seen[i].1.to_string(), n as u32));
+        i += n;
+    }
+    out
+}
+
+/// Records one incident in a global-signals builder ([`incident_signals`]).
+pub fn observe_incident(
+    b: &mut SnapshotBuilder<'_>,
+    rows: &[&Evidence],
+    sentinels: &[Option<u64>; N_ENTITY_COLUMNS],
+    grade: Option<crate::domain::Grade>,
+) {
+    let Some(first) = rows.first() else { return };
+    for (kind, value, alerts) in incident_signals(rows, sentinels) {
+        b.observe(first.tenant, kind, &value, alerts, grade);
+    }
+}
+
+/// The "not present" code of each entity column in an input (see [`FittedFeatures`]): the
+/// most frequent code of the column when it covers at least 20% of the rows.
+pub fn input_sentinels(
+    evidence: &[Evidence],
+    corr: &Correlated,
+) -> [Option<u64>; N_ENTITY_COLUMNS] {
+    let all: Vec<usize> = (0..corr.incidents.len()).collect();
+    learn_sentinels(evidence, corr, &all)
+}
+
+/// Builds a global-signals snapshot from every incident of an input (graded or not), under the
+/// privacy rules of `params` and the pseudonyms of `key` (`threatrank signals build`).
+pub fn build_snapshot(
+    params: &crate::signals::SignalsValidParams,
+    key: &PseudonymKey,
+    evidence: &[Evidence],
+    corr: &Correlated,
+) -> GlobalSignals {
+    let sentinels = input_sentinels(evidence, corr);
+    let mut b = SnapshotBuilder::new(params, key);
+    for inc in &corr.incidents {
+        let rows: Vec<&Evidence> = inc
+            .evidence
+            .iter()
+            .map(|&r| &evidence[r as usize])
+            .collect();
+        observe_incident(&mut b, &rows, &sentinels, inc.grade);
+    }
+    b.build()
+}
+
 impl FittedFeatures {
-    fn empty() -> Self {
+    fn empty(key: &PseudonymKey) -> Self {
+        let params = FeatureParams::default();
+        let global = match params.signals.check() {
+            Ok(p) => GlobalSignals::empty(&p, key),
+            Err(_) => unreachable!("default signals parameters are valid"),
+        };
         Self {
-            params: FeatureParams::default(),
+            params,
             prior: [1.0 / 3.0; 3],
             sentinels: [None; N_ENTITY_COLUMNS],
-            global: vec![Table::default(); ENCODED_KINDS.len()],
+            global,
             tenant: Table::default(),
             tenant_keyed: vec![Table::default(); 3],
-            entity_global: Table::default(),
             entity_tenant: Table::default(),
         }
     }
 
     /// Fits encoders on the labelled incidents listed in `train` (indices into
-    /// `corr.incidents`).
+    /// `corr.incidents`). The global signals are `kn.snapshot` when given, else a snapshot
+    /// built from these incidents under `kn.key`.
     pub fn fit(
         params: &FeatureValidParams,
         evidence: &[Evidence],
         corr: &Correlated,
         train: &[usize],
+        kn: &Knowledge,
     ) -> Result<Self, FeatureError> {
         let sentinels = learn_sentinels(evidence, corr, train);
-        Self::fit_with_sentinels(params, evidence, corr, train, sentinels)
+        Self::fit_with_sentinels(params, evidence, corr, train, sentinels, kn)
     }
 
     fn fit_with_sentinels(
@@ -406,16 +600,18 @@ impl FittedFeatures {
         corr: &Correlated,
         train: &[usize],
         sentinels: [Option<u64>; N_ENTITY_COLUMNS],
+        kn: &Knowledge,
     ) -> Result<Self, FeatureError> {
         let p = params.get().clone();
-        let mut entity_global = TableBuilder::default();
         let mut entity_tenant = TableBuilder::default();
         let mut prior_n = [0u32; 3];
-        let mut global: Vec<TableBuilder> = (0..ENCODED_KINDS.len())
-            .map(|_| TableBuilder::default())
-            .collect();
         let mut tenant = TableBuilder::default();
         let mut keyed: Vec<TableBuilder> = (0..3).map(|_| TableBuilder::default()).collect();
+        let signals = p.signals.check()?;
+        let mut snapshot = kn
+            .snapshot
+            .is_none()
+            .then(|| SnapshotBuilder::new(&signals, &kn.key));
         for &i in train {
             let inc = &corr.incidents[i];
             let Some(g) = inc.grade else { continue };
@@ -427,17 +623,16 @@ impl FittedFeatures {
                 .iter()
                 .map(|&r| &evidence[r as usize])
                 .collect();
-            for key in entity_keys(&rows, &sentinels) {
-                entity_global.add(&key, t, class);
-                entity_tenant.add(&tenant_key(t, &key), t, class);
+            if let Some(b) = snapshot.as_mut() {
+                observe_incident(b, &rows, &sentinels, Some(g));
             }
-            tenant.add(&t.to_string(), t, class);
-            for (k, b) in global.iter_mut().enumerate() {
+            for key in entity_keys(&rows, &sentinels) {
+                entity_tenant.add(&tenant_key(t, &key), class);
+            }
+            tenant.add(&t.to_string(), class);
+            for (k, b) in keyed.iter_mut().enumerate() {
                 for v in identities(&rows, k) {
-                    b.add(v, t, class);
-                    if k < 3 {
-                        keyed[k].add(&tenant_key(t, v), t, class);
-                    }
+                    b.add(&tenant_key(t, v), class);
                 }
             }
         }
@@ -446,19 +641,30 @@ impl FittedFeatures {
             return Err(FeatureError::NoLabels);
         }
         let prior = [0, 1, 2].map(|c| f64::from(prior_n[c]) / f64::from(total));
+        let global = match (snapshot, &kn.snapshot) {
+            (Some(b), _) => b.build(),
+            (None, Some(external)) => external.clone(),
+            (None, None) => unreachable!("a builder exists when no snapshot is given"),
+        };
         Ok(Self {
             prior,
             sentinels,
-            global: global
-                .into_iter()
-                .map(|b| b.build_global(p.min_tenants))
-                .collect(),
+            global,
             tenant: tenant.build_tenant(),
             tenant_keyed: keyed.into_iter().map(TableBuilder::build_tenant).collect(),
-            entity_global: entity_global.build_global(p.min_tenants),
             entity_tenant: entity_tenant.build_tenant(),
             params: p,
         })
+    }
+
+    /// The global-signals snapshot these encoders use.
+    pub fn global_signals(&self) -> &GlobalSignals {
+        &self.global
+    }
+
+    /// Replaces the global-signals snapshot (e.g. a fresher one at scoring time).
+    pub fn set_global_signals(&mut self, snapshot: GlobalSignals) {
+        self.global = snapshot;
     }
 
     /// The parameters these encoders were fitted with.
@@ -471,18 +677,13 @@ impl FittedFeatures {
         self.prior
     }
 
-    /// Cross-tenant table of a kind in [`ENCODED_KINDS`] (after the privacy floor).
-    pub fn global_table(&self, kind: usize) -> Option<&Table> {
-        self.global.get(kind)
-    }
-
     /// Feature rows for the incidents `which` (indices into `corr.incidents`), in that order.
     pub fn transform(
         &self,
         evidence: &[Evidence],
         corr: &Correlated,
         which: &[usize],
-        attack: &Attack,
+        kn: &Knowledge,
     ) -> FeatureMatrix {
         let width = schema_len();
         let mut data = vec![0f32; which.len() * width];
@@ -496,14 +697,21 @@ impl FittedFeatures {
                     .iter()
                     .map(|&r| &evidence[r as usize])
                     .collect();
-                self.extract(&rows, attack, &mut RowSink { out: row, i: 0 });
+                self.extract(&rows, kn, &mut RowSink { out: row, i: 0 });
             });
         FeatureMatrix::from_vec(which.len(), width, data)
             .unwrap_or_else(|_| FeatureMatrix::with_columns(width))
     }
 
-    /// Writes one incident's features. `rows` is non-empty and from one tenant.
-    fn extract<S: Sink>(&self, rows: &[&Evidence], attack: &Attack, s: &mut S) {
+    /// Writes one incident's features (0 in the columns of switched-off families). `rows` is
+    /// non-empty and from one tenant.
+    fn extract<S: Sink>(&self, rows: &[&Evidence], kn: &Knowledge, s: &mut S) {
+        let off = self.params.disabled.iter().fold(0u16, |m, f| m | f.bit());
+        self.extract_all(rows, kn, &mut Masked { inner: s, off });
+    }
+
+    fn extract_all<S: Sink>(&self, rows: &[&Evidence], kn: &Knowledge, s: &mut S) {
+        let attack = &kn.attack;
         let n = rows.len().max(1);
         let nf = n as f64;
         let tenant = rows.first().map(|e| e.tenant.0).unwrap_or(0);
@@ -518,34 +726,34 @@ impl FittedFeatures {
             v.dedup();
             v.len()
         };
-        s.put("size", "log_evidence", "", ln1p(rows.len()));
-        s.put("size", "log_alerts", "", ln1p(alerts.len()));
+        s.put(Family::Size, "log_evidence", "", ln1p(rows.len()));
+        s.put(Family::Size, "log_alerts", "", ln1p(alerts.len()));
         s.put(
-            "size",
+            Family::Size,
             "distinct_entity_types",
             "",
             distinct(&|e| &e.entity_type) as f64,
         );
         s.put(
-            "size",
+            Family::Size,
             "distinct_detectors",
             "",
             distinct(&|e| &e.detector) as f64,
         );
         s.put(
-            "size",
+            Family::Size,
             "distinct_titles",
             "",
             distinct(&|e| &e.title) as f64,
         );
         s.put(
-            "size",
+            Family::Size,
             "distinct_categories",
             "",
             distinct(&|e| &e.category) as f64,
         );
         let impacted = rows.iter().filter(|e| e.impacted).count();
-        s.put("size", "share_impacted", "", impacted as f64 / nf);
+        s.put(Family::Size, "share_impacted", "", impacted as f64 / nf);
 
         // --- entities: rows per entity type, distinct present codes per entity column
         let mut type_counts = [0usize; ENTITY_TYPES.len() + 1];
@@ -557,7 +765,12 @@ impl FittedFeatures {
             type_counts[k] += 1;
         }
         for (k, name) in ENTITY_TYPES.iter().chain(["other"].iter()).enumerate() {
-            s.put("entities", "entity_type_rows", name, ln1p(type_counts[k]));
+            s.put(
+                Family::Entities,
+                "entity_type_rows",
+                name,
+                ln1p(type_counts[k]),
+            );
         }
         let mut codes: Vec<u64> = Vec::with_capacity(rows.len());
         for (c, col) in crate::domain::ENTITY_COLUMNS.iter().enumerate() {
@@ -569,7 +782,7 @@ impl FittedFeatures {
             );
             codes.sort_unstable();
             codes.dedup();
-            s.put("entities", "distinct_present", col, ln1p(codes.len()));
+            s.put(Family::Entities, "distinct_present", col, ln1p(codes.len()));
         }
 
         // --- category mix
@@ -582,7 +795,7 @@ impl FittedFeatures {
             cat_counts[k] += 1;
         }
         for (k, name) in CATEGORIES.iter().chain(["other"].iter()).enumerate() {
-            s.put("category", "category_rows", name, ln1p(cat_counts[k]));
+            s.put(Family::Category, "category_rows", name, ln1p(cat_counts[k]));
         }
 
         // --- kill chain (ATT&CK techniques ∪ category tactic)
@@ -598,14 +811,14 @@ impl FittedFeatures {
         }
         for (b, name) in TACTICS.iter().enumerate() {
             s.put(
-                "kill_chain",
+                Family::KillChain,
                 "tactic",
                 name,
                 f64::from(u8::from(mask & (1 << b) != 0)),
             );
         }
         s.put(
-            "kill_chain",
+            Family::KillChain,
             "tactics_covered",
             "",
             f64::from(mask.count_ones()),
@@ -614,11 +827,37 @@ impl FittedFeatures {
             .rev()
             .find(|b| mask & (1 << b) != 0)
             .map_or(0, |b| b + 1);
-        s.put("kill_chain", "furthest_stage", "", furthest as f64);
-        s.put("kill_chain", "log_techniques", "", ln1p(techniques.len()));
+        s.put(Family::KillChain, "furthest_stage", "", furthest as f64);
+        for tactic in [
+            "credential-access",
+            "lateral-movement",
+            "exfiltration",
+            "impact",
+        ] {
+            let b = TACTICS.iter().position(|t| *t == tactic).unwrap_or(0);
+            let n = techniques
+                .iter()
+                .filter(|t| attack.tactics_of(t) & (1 << b) != 0)
+                .count();
+            s.put(Family::KillChain, "techniques_in", tactic, n as f64);
+        }
+        let ransomware = rows.iter().any(|e| e.category == "Ransomware")
+            || techniques.iter().any(|t| t.starts_with("T1486"));
+        s.put(
+            Family::KillChain,
+            "ransomware",
+            "",
+            f64::from(u8::from(ransomware)),
+        );
+        s.put(
+            Family::KillChain,
+            "log_techniques",
+            "",
+            ln1p(techniques.len()),
+        );
         let with_tech = rows.iter().filter(|e| !e.techniques.is_empty()).count();
         s.put(
-            "kill_chain",
+            Family::KillChain,
             "share_rows_with_techniques",
             "",
             with_tech as f64 / nf,
@@ -628,74 +867,84 @@ impl FittedFeatures {
         let first = rows.iter().map(|e| e.timestamp).min().unwrap_or(0);
         let last = rows.iter().map(|e| e.timestamp).max().unwrap_or(0);
         s.put(
-            "time",
+            Family::Time,
             "log_span_seconds",
             "",
             ((last - first).max(0) as f64).ln_1p(),
         );
         let hour = (first.rem_euclid(86_400) as f64) / 3600.0;
         let angle = hour / 24.0 * std::f64::consts::TAU;
-        s.put("time", "hour_sin", "", angle.sin());
-        s.put("time", "hour_cos", "", angle.cos());
+        s.put(Family::Time, "hour_sin", "", angle.sin());
+        s.put(Family::Time, "hour_cos", "", angle.cos());
         // 1970-01-01 was a Thursday: day 0 → weekday 3 (Mon = 0).
         let weekday = (first.div_euclid(86_400) + 3).rem_euclid(7);
-        s.put("time", "weekend", "", f64::from(u8::from(weekday >= 5)));
+        s.put(
+            Family::Time,
+            "weekend",
+            "",
+            f64::from(u8::from(weekday >= 5)),
+        );
 
         // --- verdict-like evidence attributes
         let share =
             |f: &dyn Fn(&Evidence) -> bool| rows.iter().filter(|e| f(e)).count() as f64 / nf;
         s.put(
-            "verdicts",
+            Family::Verdicts,
             "share_suspicion_level",
             "",
             share(&|e| e.suspicion_level.is_some()),
         );
         for v in ["Malicious", "Suspicious", "NoThreatsFound"] {
             s.put(
-                "verdicts",
+                Family::Verdicts,
                 "share_last_verdict",
                 v,
                 share(&|e| e.last_verdict.as_deref() == Some(v)),
             );
         }
         s.put(
-            "verdicts",
+            Family::Verdicts,
             "share_threat_family",
             "",
             share(&|e| e.threat_family.is_some()),
         );
         for v in ["Inbound", "Intraorg", "Outbound"] {
             s.put(
-                "verdicts",
+                Family::Verdicts,
                 "share_antispam",
                 v,
                 share(&|e| e.antispam_direction.as_deref() == Some(v)),
             );
         }
-        s.put("verdicts", "share_roles", "", share(&|e| e.roles.is_some()));
+        s.put(
+            Family::Verdicts,
+            "share_roles",
+            "",
+            share(&|e| e.roles.is_some()),
+        );
         let sev = rows
             .iter()
             .filter_map(|e| e.severity)
             .map(|v| f64::from(v.rank()) + 1.0)
             .fold(0.0, f64::max);
-        s.put("verdicts", "max_severity", "", sev);
+        s.put(Family::Verdicts, "max_severity", "", sev);
 
-        // --- cross-tenant encodings (privacy floor applied at fit time)
+        // --- global signals (privacy floor applied when the snapshot was built)
         let ids: Vec<Vec<&str>> = (0..3).map(|k| identities(rows, k)).collect();
-        for (k, kind) in ENCODED_KINDS.iter().enumerate() {
-            let values = if k == 3 { &techniques } else { &ids[k] };
-            self.put_encoding(s, "global", kind, &self.global[k], values, self.prior);
-        }
         let entities = entity_keys(rows, &self.sentinels);
         let entity_refs: Vec<&str> = entities.iter().map(String::as_str).collect();
-        self.put_encoding(
-            s,
-            "global",
-            "entity",
-            &self.entity_global,
-            &entity_refs,
-            self.prior,
-        );
+        let families = threat_families(rows);
+        for kind in SignalKind::ALL {
+            let values: &[&str] = match kind {
+                SignalKind::Detector => &ids[0],
+                SignalKind::Title => &ids[1],
+                SignalKind::Category => &ids[2],
+                SignalKind::Technique => &techniques,
+                SignalKind::Family => &families,
+                SignalKind::Entity => &entity_refs,
+            };
+            self.put_global(s, kind, values, kn);
+        }
 
         // --- the tenant's own history (smoothed toward the global prior, and tenant × key
         // toward the tenant's own rates)
@@ -703,9 +952,14 @@ impl FittedFeatures {
             self.tenant
                 .rates(&tenant.to_string(), self.prior, self.params.smoothing);
         for (c, g) in RATE_NAMES.iter().enumerate() {
-            s.put("tenant", "tenant", g, t_rates[c]);
+            s.put(Family::Tenant, "tenant", g, t_rates[c]);
         }
-        s.put("tenant", "tenant", "log_support", ln1p(t_support as usize));
+        s.put(
+            Family::Tenant,
+            "tenant",
+            "log_support",
+            ln1p(t_support as usize),
+        );
         let keyed = [
             ("tenant_detector", &ids[0]),
             ("tenant_title", &ids[1]),
@@ -714,62 +968,91 @@ impl FittedFeatures {
         for (k, (name, values)) in keyed.into_iter().enumerate() {
             let keys: Vec<String> = values.iter().map(|v| tenant_key(tenant, v)).collect();
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            self.put_encoding(s, "tenant", name, &self.tenant_keyed[k], &keys, t_rates);
+            self.put_encoding(s, name, &self.tenant_keyed[k], &keys, t_rates);
         }
         let keys: Vec<String> = entities.iter().map(|v| tenant_key(tenant, v)).collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.put_encoding(
-            s,
-            "tenant",
-            "tenant_entity",
-            &self.entity_tenant,
-            &keys,
-            t_rates,
-        );
+        self.put_encoding(s, "tenant_entity", &self.entity_tenant, &keys, t_rates);
     }
 
-    /// Writes one target encoding: the three smoothed rates, log support, then for the `global`
-    /// family log tenants and the share of values released, for the `tenant` family the share
-    /// seen before.
+    /// Writes one tenant-history encoding: the three smoothed rates, log support and the share
+    /// of values seen before.
     fn put_encoding<S: Sink>(
         &self,
         s: &mut S,
-        family: &'static str,
         name: &str,
         table: &Table,
         values: &[&str],
         parent: [f64; 3],
     ) {
-        let global = family == "global";
-        let (rates, support, tenants, known) =
-            self.mean_rates(table, values, parent, self.params.smoothing);
+        let (rates, support, known) = self.mean_rates(table, values, parent, self.params.smoothing);
         for (c, g) in RATE_NAMES.iter().enumerate() {
-            s.put(family, name, g, rates[c]);
+            s.put(Family::Tenant, name, g, rates[c]);
         }
-        s.put(family, name, "log_support", support);
-        if global {
-            s.put(family, name, "log_tenants", tenants);
-            s.put(family, name, "share_released", known);
-        } else {
-            s.put(family, name, "share_seen", known);
-        }
+        s.put(Family::Tenant, name, "log_support", support);
+        s.put(Family::Tenant, name, "share_seen", known);
     }
 
-    /// Mean smoothed rates over `values`, log1p of summed support, log1p of max tenants and the
-    /// share of values found in the table. No value → parent, 0, 0, 0.
+    /// Writes one kind of global signal over an incident's distinct `values`: the mean
+    /// smoothed TP/BP/FP rates, the largest TP and FP rates, log1p of the summed incidents,
+    /// log1p of the most tenants, and the share of values released. Unknown values (below the
+    /// floor, or never seen) count as the global prior.
+    fn put_global<S: Sink>(&self, s: &mut S, kind: SignalKind, values: &[&str], kn: &Knowledge) {
+        // An external snapshot, when given, replaces the one fitted with these encoders.
+        let global = kn.snapshot.as_ref().unwrap_or(&self.global);
+        let m = self.params.smoothing;
+        let mut acc = [0.0; 3];
+        let (mut max_tp, mut max_fp) = (0.0f64, 0.0f64);
+        let (mut support, mut tenants, mut known) = (0.0, 0.0f64, 0usize);
+        for v in values {
+            let rates = match global.lookup(kind, v, &kn.key) {
+                Some(r) => {
+                    support += r.incidents;
+                    tenants = tenants.max(r.tenants);
+                    known += 1;
+                    r.rates(self.prior, m)
+                }
+                None => self.prior,
+            };
+            for c in 0..3 {
+                acc[c] += rates[c];
+            }
+            max_tp = max_tp.max(rates[0]);
+            max_fp = max_fp.max(rates[2]);
+        }
+        let (rates, share) = if values.is_empty() {
+            max_tp = self.prior[0];
+            max_fp = self.prior[2];
+            (self.prior, 0.0)
+        } else {
+            let k = values.len() as f64;
+            (acc.map(|a| a / k), known as f64 / k)
+        };
+        let name = kind.name();
+        for (c, g) in RATE_NAMES.iter().enumerate() {
+            s.put(Family::Global, name, g, rates[c]);
+        }
+        s.put(Family::Global, name, "max_tp_rate", max_tp);
+        s.put(Family::Global, name, "max_fp_rate", max_fp);
+        s.put(Family::Global, name, "log_support", f64::ln_1p(support));
+        s.put(Family::Global, name, "log_tenants", tenants.ln_1p());
+        s.put(Family::Global, name, "share_released", share);
+    }
+
+    /// Mean smoothed rates over `values`, log1p of summed support and the share of values
+    /// found in the table. No value → parent, 0, 0.
     fn mean_rates(
         &self,
         table: &Table,
         values: &[&str],
         parent: [f64; 3],
         m: f64,
-    ) -> ([f64; 3], f64, f64, f64) {
+    ) -> ([f64; 3], f64, f64) {
         if values.is_empty() {
-            return (parent, 0.0, 0.0, 0.0);
+            return (parent, 0.0, 0.0);
         }
         let mut acc = [0.0; 3];
         let mut support = 0u64;
-        let mut tenants = 0u32;
         let mut known = 0usize;
         for v in values {
             let (r, n) = table.rates(v, parent, m);
@@ -777,16 +1060,12 @@ impl FittedFeatures {
                 acc[c] += r[c];
             }
             support += u64::from(n);
-            if n > 0 {
-                known += 1;
-                tenants = tenants.max(table.entries.get(*v).map_or(0, |c| c.tenants));
-            }
+            known += usize::from(n > 0);
         }
         let k = values.len() as f64;
         (
             acc.map(|a| a / k),
             (support as f64).ln_1p(),
-            f64::from(tenants).ln_1p(),
             known as f64 / k,
         )
     }
@@ -795,7 +1074,7 @@ impl FittedFeatures {
 /// Suffixes of the three grade-rate columns of an encoding.
 const RATE_NAMES: [&str; 3] = ["tp_rate", "bp_rate", "fp_rate"];
 
-/// Width of the v1 schema.
+/// Width of the schema.
 pub fn schema_len() -> usize {
     static LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *LEN.get_or_init(|| schema().len())
@@ -819,7 +1098,7 @@ pub fn fit_transform(
     evidence: &[Evidence],
     corr: &Correlated,
     train: &[usize],
-    attack: &Attack,
+    kn: &Knowledge,
 ) -> Result<(FittedFeatures, FeatureMatrix, Vec<u8>, Vec<usize>), FeatureError> {
     let p = params.get();
     let labelled: Vec<usize> = train
@@ -830,7 +1109,7 @@ pub fn fit_transform(
     if labelled.is_empty() {
         return Err(FeatureError::NoLabels);
     }
-    let full = FittedFeatures::fit(params, evidence, corr, &labelled)?;
+    let full = FittedFeatures::fit(params, evidence, corr, &labelled, kn)?;
     let width = schema_len();
     let mut x = FeatureMatrix::from_vec(labelled.len(), width, vec![0.0; labelled.len() * width])
         .unwrap_or_else(|_| FeatureMatrix::with_columns(width));
@@ -850,17 +1129,18 @@ pub fn fit_transform(
             continue;
         }
         let enc = if fit_on.is_empty() {
-            let mut e = FittedFeatures::empty();
+            let mut e = FittedFeatures::empty(&kn.key);
             e.params = p.clone();
+            e.global = full.global.clone();
             e.prior = full.prior;
             e.sentinels = full.sentinels;
             e
         } else {
             // Sentinels describe the export format, not labels: use the full-data ones.
-            FittedFeatures::fit_with_sentinels(params, evidence, corr, &fit_on, full.sentinels)?
+            FittedFeatures::fit_with_sentinels(params, evidence, corr, &fit_on, full.sentinels, kn)?
         };
         let which: Vec<usize> = pos.iter().map(|&j| labelled[j]).collect();
-        let part = enc.transform(evidence, corr, &which, attack);
+        let part = enc.transform(evidence, corr, &which, kn);
         for (r, &j) in pos.iter().enumerate() {
             x.row_mut(j).copy_from_slice(part.row(r));
         }

@@ -47,6 +47,9 @@ pub enum SignalsError {
         /// what is wrong
         reason: String,
     },
+    /// Global signals: parameters, key or snapshot file.
+    #[error(transparent)]
+    Global(#[from] GlobalSignalsError),
 }
 
 /// ATT&CK technique → tactic bitmask (bit i = [`TACTICS`]`[i]`).
@@ -139,6 +142,43 @@ impl Attack {
     /// True when the table is empty.
     pub fn is_empty(&self) -> bool {
         self.tactics.is_empty()
+    }
+}
+
+/// Everything the extractors know besides the evidence: the public tables, the operator's
+/// pseudonymization key and, optionally, a global-signals snapshot built elsewhere (other
+/// tenants, an earlier period) to use instead of one built from the training data.
+#[derive(Debug, Clone)]
+pub struct Knowledge {
+    /// ATT&CK technique → tactics
+    pub attack: Attack,
+    /// key of the entity pseudonyms in global signals
+    pub key: PseudonymKey,
+    /// an external snapshot: training uses it for the `global` family (instead of building one,
+    /// out-of-fold, from the training incidents), scoring uses it instead of the artifact's
+    pub snapshot: Option<GlobalSignals>,
+}
+
+impl Knowledge {
+    /// The shipped public tables with `key` and no external snapshot.
+    pub fn shipped(key: PseudonymKey) -> Result<Knowledge, SignalsError> {
+        Ok(Knowledge {
+            attack: Attack::shipped()?,
+            key,
+            snapshot: None,
+        })
+    }
+
+    /// The shipped tables with the public development key (demos, tests).
+    pub fn development() -> Result<Knowledge, SignalsError> {
+        Self::shipped(PseudonymKey::development())
+    }
+
+    /// Uses an external snapshot (checked against the key).
+    pub fn with_snapshot(mut self, snapshot: GlobalSignals) -> Result<Knowledge, SignalsError> {
+        snapshot.check_key(&self.key)?;
+        self.snapshot = Some(snapshot);
+        Ok(self)
     }
 }
 

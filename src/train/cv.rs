@@ -14,7 +14,7 @@ use crate::eval::{self, ClassMetrics};
 use crate::models::calibrate::{class_reliability_curve, curve_ece, ReliabilityBin};
 use crate::models::conformal::ConformalReport;
 use crate::models::{Algorithm, GradeSet, N_CLASSES};
-use crate::signals::Attack;
+use crate::signals::Knowledge;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -237,6 +237,90 @@ pub struct CvReport {
     /// online-update simulation (`threatrank eval --online`)
     #[serde(default)]
     pub online: Option<super::online::OnlineReport>,
+    /// macro-F1 of the default model with each feature family switched off
+    /// (`threatrank eval --ablation`)
+    #[serde(default)]
+    pub ablation: Option<Vec<AblationRow>>,
+}
+
+/// One row of the ablation table: the default model's pooled macro-F1 with one feature family
+/// switched off (`removed = None`: all families on).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AblationRow {
+    /// the family switched off
+    pub removed: Option<String>,
+    /// split kind
+    pub split: SplitKind,
+    /// macro-F1 over rows
+    pub macro_f1_rows: f64,
+    /// macro-F1 over incidents
+    pub macro_f1_incidents: f64,
+    /// macro-F1 over incidents minus the all-families figure (negative: the family helps)
+    pub delta_incidents: f64,
+}
+
+/// Runs the CV of `params.train.algorithm` once per feature family with that family switched
+/// off (plus once with all on), without the ranker comparison; one row per run and split.
+pub fn ablation(
+    params: &CvParams,
+    input: &str,
+    evidence: &[Evidence],
+    corr: &Correlated,
+    kn: &Knowledge,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Vec<AblationRow>, TrainError> {
+    let mut runs: Vec<Option<crate::features::Family>> = vec![None];
+    runs.extend(crate::features::Family::ALL.into_iter().map(Some));
+    let mut rows: Vec<AblationRow> = Vec::new();
+    let mut base: Vec<(SplitKind, f64)> = Vec::new();
+    for off in runs {
+        let mut p = params.clone();
+        p.algorithms = vec![params.train.algorithm];
+        p.baseline = false;
+        p.compare_ranker = false;
+        if let Some(f) = off {
+            p.train.features = p.train.features.clone().disable(f);
+        }
+        let report = run(&p, input, evidence, corr, kn, progress)?;
+        for sp in &report.splits {
+            let Some(m) = sp.models.first() else { continue };
+            let f1 = m.metrics.macro_f1_incidents;
+            if off.is_none() {
+                base.push((sp.split, f1));
+            }
+            let b = base
+                .iter()
+                .find(|(k, _)| *k == sp.split)
+                .map_or(f1, |(_, v)| *v);
+            rows.push(AblationRow {
+                removed: off.map(|f| f.name().to_string()),
+                split: sp.split,
+                macro_f1_rows: m.metrics.macro_f1_rows,
+                macro_f1_incidents: f1,
+                delta_incidents: f1 - b,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Plain-text ablation table.
+pub fn ablation_table(rows: &[AblationRow]) -> String {
+    let mut s = format!(
+        "\n{:<18} {:<14} {:>8} {:>8} {:>9}   (default model, one feature family off)\n",
+        "split", "family off", "F1(row)", "F1(inc)", "Δ F1(inc)"
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "{:<18} {:<14} {:>8.3} {:>8.3} {:>+9.3}\n",
+            r.split.name(),
+            r.removed.as_deref().unwrap_or("(none)"),
+            r.macro_f1_rows,
+            r.macro_f1_incidents,
+            r.delta_incidents
+        ));
+    }
+    s
 }
 
 impl CvReport {
@@ -392,6 +476,9 @@ impl CvReport {
             s.push('\n');
             s.push_str(&o.table());
         }
+        if let Some(a) = &self.ablation {
+            s.push_str(&ablation_table(a));
+        }
         s
     }
 }
@@ -402,7 +489,7 @@ pub fn run(
     input: &str,
     evidence: &[Evidence],
     corr: &Correlated,
-    attack: &Attack,
+    kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<CvReport, TrainError> {
     let labelled: Vec<usize> = corr.labelled().map(|(i, _, _)| i).collect();
@@ -487,8 +574,8 @@ pub fn run(
                 ));
                 let train: Vec<usize> = fold.train.iter().map(|&j| labelled[j]).collect();
                 let test: Vec<usize> = fold.test.iter().map(|&j| labelled[j]).collect();
-                let art = fit(&tp, evidence, corr, &train, attack, empty_info(input))?;
-                let pred = art.predict(evidence, corr, &test, attack)?;
+                let art = fit(&tp, evidence, corr, &train, kn, empty_info(input))?;
+                let pred = art.predict(evidence, corr, &test, kn)?;
                 target_coverage = art.conformal.as_ref().map(|c| 1.0 - c.alpha());
                 for (r, &j) in fold.test.iter().enumerate() {
                     let (dst, src) = (j * N_CLASSES..(j + 1) * N_CLASSES, r * N_CLASSES);
@@ -556,6 +643,7 @@ pub fn run(
         tenants: tenants.len(),
         splits,
         online: None,
+        ablation: None,
     })
 }
 

@@ -40,7 +40,7 @@ use crate::models::conformal::{ConformalMode, ConformalParams, GradeSet};
 use crate::models::{
     Algorithm, ModelError, ModelParams, ProbabilityCalibrator, RankerParams, Scorer, N_CLASSES,
 };
-use crate::signals::Attack;
+use crate::signals::Knowledge;
 use serde::{Deserialize, Serialize};
 
 /// Errors of training and prediction.
@@ -225,9 +225,9 @@ impl Artifact {
         evidence: &[Evidence],
         corr: &Correlated,
         which: &[usize],
-        attack: &Attack,
+        kn: &Knowledge,
     ) -> Result<Predictions, TrainError> {
-        let x = self.features.transform(evidence, corr, which, attack);
+        let x = self.features.transform(evidence, corr, which, kn);
         let mut probs = vec![0.0; x.n_rows() * N_CLASSES];
         self.model.score_into(&x, &mut probs)?;
         let raw = probs.clone();
@@ -285,11 +285,11 @@ pub fn fit(
     evidence: &[Evidence],
     corr: &Correlated,
     train: &[usize],
-    attack: &Attack,
+    kn: &Knowledge,
     data: DataInfo,
 ) -> Result<Artifact, TrainError> {
     let (encoders, x, y, rows) =
-        features::fit_transform(&params.features, evidence, corr, train, attack)?;
+        features::fit_transform(&params.features, evidence, corr, train, kn)?;
     let tenant_of_row: Vec<u64> = rows
         .iter()
         .map(|&i| corr.incidents[i].key.tenant.0)

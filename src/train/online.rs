@@ -25,7 +25,7 @@ use crate::eval;
 use crate::features::{self, FittedFeatures};
 use crate::matrix::FeatureMatrix;
 use crate::models::{GbdtParams, ModelParams, OnlineGbdt, N_CLASSES};
-use crate::signals::Attack;
+use crate::signals::Knowledge;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -131,7 +131,7 @@ pub fn simulate(
     sim: &OnlineSimParams,
     evidence: &[Evidence],
     corr: &Correlated,
-    attack: &Attack,
+    kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<OnlineReport, TrainError> {
     if !(sim.initial_share > 0.0 && sim.initial_share < 1.0) {
@@ -178,7 +178,7 @@ pub fn simulate(
 
     progress("starting model");
     let (frozen_enc, x0, y0, _) =
-        features::fit_transform(&params.features, evidence, corr, &initial, attack)?;
+        features::fit_transform(&params.features, evidence, corr, &initial, kn)?;
     let rounds = gbdt
         .check()?
         .fit_grouped(&x0, &y0, &row_ids(x0.n_rows()))?
@@ -216,9 +216,9 @@ pub fn simulate(
             retrained = OnlineGbdt::train(&gbdt, rounds, &held_x, &held_y)?;
             retrain_seconds = t.elapsed().as_secs_f64();
         }
-        let history = FittedFeatures::fit(&params.features, evidence, corr, &seen)?;
-        let x_frozen = frozen_enc.transform(evidence, corr, incs, attack);
-        let x_now = history.transform(evidence, corr, incs, attack);
+        let history = FittedFeatures::fit(&params.features, evidence, corr, &seen, kn)?;
+        let x_frozen = frozen_enc.transform(evidence, corr, incs, kn);
+        let x_now = history.transform(evidence, corr, incs, kn);
         let y: Vec<u8> = incs.iter().map(|&i| grade(i)).collect();
         let mut variants = [VariantMetrics {
             macro_f1: 0.0,

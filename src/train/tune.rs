@@ -15,7 +15,7 @@ use crate::correlate::Correlated;
 use crate::domain::Evidence;
 use crate::models::{Algorithm, GbdtParams, ModelParams};
 use crate::rng::SplitMix64;
-use crate::signals::Attack;
+use crate::signals::Knowledge;
 use serde::{Deserialize, Serialize};
 
 /// What a candidate is scored on.
@@ -199,7 +199,7 @@ pub fn tune(
     input: &str,
     evidence: &[Evidence],
     corr: &Correlated,
-    attack: &Attack,
+    kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<TuneReport, TrainError> {
     if params.trials == 0 || !(2..=20).contains(&params.folds) {
@@ -234,7 +234,7 @@ pub fn tune(
             },
             compare_ranker: false,
         };
-        let report = cv::run(&cv_params, input, evidence, corr, attack, &mut |_| {})?;
+        let report = cv::run(&cv_params, input, evidence, corr, kn, &mut |_| {})?;
         let f1 = |kind: SplitKind| {
             report
                 .splits

@@ -167,7 +167,7 @@ pub fn shared_model() -> &'static PathBuf {
         let params = TrainParams::default()
             .algorithm(Algorithm::Logistic)
             .seed(42);
-        let out = pipeline::train_file(train_csv(), &m, &params).expect("train shared model");
+        let out = pipeline::train_file(train_csv(), &m, &params, kn()).expect("train shared model");
         assert!(out.report.rejected.is_empty());
         m
     })
@@ -211,4 +211,10 @@ pub fn read_csv(path: &Path) -> (Vec<String>, Vec<Vec<String>>) {
         .map(|rec| rec.unwrap().iter().map(str::to_string).collect())
         .collect();
     (header, rows)
+}
+
+/// The shipped knowledge tables with the development key (shared by every test).
+pub fn kn() -> &'static threatrank::signals::Knowledge {
+    static KN: std::sync::OnceLock<threatrank::signals::Knowledge> = std::sync::OnceLock::new();
+    KN.get_or_init(|| threatrank::signals::Knowledge::development().expect("shipped tables"))
 }

@@ -12,3 +12,4 @@ mod native_e2e;
 mod native_input;
 mod online;
 mod properties;
+mod signals;

@@ -42,7 +42,7 @@ fn native_alerts_score_one_row_per_record_in_order() {
     let input = dir.path().join("alerts.jsonl");
     std::fs::write(&input, jsonl(&lines)).unwrap();
     let out = dir.path().join("scores.csv");
-    let res = pipeline::score_file(shared_model(), &input, &out).unwrap();
+    let res = pipeline::score_file(shared_model(), &input, &out, kn()).unwrap();
     assert_eq!(res.report.records, 4);
     assert_eq!(res.report.accepted, 4);
     assert!(res.report.rejected.is_empty());
@@ -131,8 +131,8 @@ fn native_scores_do_not_depend_on_line_order() {
     std::fs::write(&a, jsonl(&lines)).unwrap();
     std::fs::write(&b, jsonl(&rev)).unwrap();
     let (oa, ob) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
-    pipeline::score_file(shared_model(), &a, &oa).unwrap();
-    pipeline::score_file(shared_model(), &b, &ob).unwrap();
+    pipeline::score_file(shared_model(), &a, &oa, kn()).unwrap();
+    pipeline::score_file(shared_model(), &b, &ob, kn()).unwrap();
     let (_, ra) = read_csv(&oa);
     let (_, mut rb) = read_csv(&ob);
     rb.reverse();

@@ -12,7 +12,7 @@ fn online_simulation_is_past_only_and_consistent() {
     let path = dir.path().join("head.csv");
     std::fs::write(&path, sample_head(3000)).unwrap();
     let loaded = threatrank::pipeline::load(&path, &Default::default()).unwrap();
-    let attack = threatrank::signals::Attack::shipped().unwrap();
+    let attack = threatrank::signals::Knowledge::development().unwrap();
     let params = TrainParams::default().check().unwrap();
     let sim = OnlineSimParams {
         initial_share: 0.6,

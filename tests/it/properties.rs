@@ -223,7 +223,7 @@ fn queues_of_real_scores_never_mix_tenants() {
     let (h, lines) = crate::common::sample();
     std::fs::write(&input, format!("{h}\n{}\n", lines[2000..2600].join("\n"))).unwrap();
     let loaded = pipeline::load_unlabelled(&input).unwrap();
-    let scored = pipeline::score_loaded(&model, loaded, 2).unwrap();
+    let scored = pipeline::score_loaded(&model, loaded, 2, crate::common::kn()).unwrap();
     assert!(!scored.incidents.is_empty());
     for s in &scored.incidents {
         assert!((s.probs.iter().sum::<f32>() - 1.0).abs() < 1e-4);

@@ -1,0 +1,242 @@
+//! Global signals on the shipped sample: the snapshot holds no tenant id, and an attacker who
+//! adds or removes one tenant learns nothing below the floor and never sees one tenant's count.
+
+use crate::common::sample_path;
+use std::collections::{BTreeMap, BTreeSet};
+use threatrank::correlate::{group_incidents, Correlated};
+use threatrank::domain::{Evidence, TenantId};
+use threatrank::features::{build_snapshot, incident_signals, input_sentinels};
+use threatrank::ingest::IngestValidParams;
+use threatrank::pipeline;
+use threatrank::signals::{
+    GlobalSignals, PseudonymKey, SignalKind, SignalsParams, SignalsValidParams,
+};
+
+fn loaded() -> &'static pipeline::Loaded {
+    static L: std::sync::OnceLock<pipeline::Loaded> = std::sync::OnceLock::new();
+    L.get_or_init(|| pipeline::load(&sample_path(), &IngestValidParams::default()).unwrap())
+}
+
+fn key() -> PseudonymKey {
+    PseudonymKey::new(b"integration-test secret, 32 bytes").unwrap()
+}
+
+fn params(k: usize, eps: Option<f64>) -> SignalsValidParams {
+    SignalsParams::default()
+        .min_tenants(k)
+        .epsilon(eps)
+        .check()
+        .unwrap()
+}
+
+fn regroup(evidence: Vec<Evidence>) -> (Vec<Evidence>, Correlated) {
+    let corr = group_incidents(&evidence);
+    (evidence, corr)
+}
+
+/// Per (kind, stored key), each tenant's private counts: incidents, alerts, TP/BP/FP — computed
+/// here from the evidence, independently of the snapshot builder's aggregation.
+type Private = BTreeMap<(SignalKind, String), BTreeMap<u64, [u32; 5]>>;
+
+fn private_counts(evidence: &[Evidence], corr: &Correlated, key: &PseudonymKey) -> Private {
+    let sentinels = input_sentinels(evidence, corr);
+    let mut out: Private = BTreeMap::new();
+    for inc in &corr.incidents {
+        let rows: Vec<&Evidence> = inc
+            .evidence
+            .iter()
+            .map(|&r| &evidence[r as usize])
+            .collect();
+        for (kind, value, alerts) in incident_signals(&rows, &sentinels) {
+            let stored = if kind.is_tenant_side() {
+                key.pseudonym(kind, &value)
+            } else {
+                value
+            };
+            let c = out
+                .entry((kind, stored))
+                .or_default()
+                .entry(inc.key.tenant.0)
+                .or_default();
+            c[0] += 1;
+            c[1] += alerts;
+            if let Some(g) = inc.grade {
+                c[2 + g.class_id() as usize] += 1;
+            }
+        }
+    }
+    out
+}
+
+fn released_values(s: &GlobalSignals, kind: SignalKind, stored: &str) -> Option<[Option<f64>; 5]> {
+    s.get(kind, stored).map(|r| {
+        [
+            Some(r.incidents),
+            Some(r.alerts),
+            r.grades[0],
+            r.grades[1],
+            r.grades[2],
+        ]
+    })
+}
+
+/// Checks one snapshot against the private counts of the data it was built from.
+fn check_floor_and_no_single_tenant_value(s: &GlobalSignals, private: &Private, k: usize) {
+    let mut released = 0;
+    for ((kind, stored), by_tenant) in private {
+        let Some(vals) = released_values(s, *kind, stored) else {
+            continue;
+        };
+        released += 1;
+        assert!(
+            by_tenant.len() >= k,
+            "{kind:?} {stored} released with {} tenants",
+            by_tenant.len()
+        );
+        for (stat, v) in vals.iter().enumerate() {
+            let Some(v) = v else { continue };
+            let givers = by_tenant.values().filter(|c| c[stat] > 0).count();
+            assert!(
+                givers >= k,
+                "{kind:?} {stored} stat {stat}: {givers} tenants"
+            );
+            for (t, c) in by_tenant {
+                assert_ne!(
+                    *v,
+                    f64::from(c[stat]),
+                    "{kind:?} {stored} stat {stat} equals tenant {t}'s own count"
+                );
+            }
+        }
+    }
+    // Nothing released that the data does not hold at the floor.
+    let total: usize = SignalKind::ALL.iter().map(|k| s.released(*k)).sum();
+    assert_eq!(total, released, "released keys unaccounted for");
+    assert!(
+        released > 50,
+        "the sample should release something: {released}"
+    );
+}
+
+#[test]
+fn snapshot_of_the_shipped_sample_holds_no_tenant_id() {
+    let l = loaded();
+    let p = params(5, None);
+    let a = build_snapshot(&p, &key(), &l.evidence, &l.corr);
+    // Change every tenant id: a snapshot that stored tenant ids (or anything derived from them)
+    // would change; ours must be byte-identical.
+    let moved: Vec<Evidence> = l
+        .evidence
+        .iter()
+        .cloned()
+        .map(|mut e| {
+            e.tenant = TenantId(e.tenant.0.wrapping_mul(7919).wrapping_add(1_000_003));
+            e
+        })
+        .collect();
+    let (ev, corr) = regroup(moved);
+    let b = build_snapshot(&p, &key(), &ev, &corr);
+    let ja = serde_json::to_string(&a).unwrap();
+    assert_eq!(ja, serde_json::to_string(&b).unwrap());
+    assert!(
+        !ja.contains("\"tenant\"") && !ja.contains("org"),
+        "tenant field in snapshot"
+    );
+    // Entities are stored only as 128-bit pseudonyms.
+    let v: serde_json::Value = serde_json::from_str(&ja).unwrap();
+    let entities = v["tables"]["entity"]
+        .as_object()
+        .expect("entities released");
+    assert!(!entities.is_empty());
+    for k in entities.keys() {
+        assert!(
+            k.len() == 32 && k.chars().all(|c| c.is_ascii_hexdigit()),
+            "{k}"
+        );
+    }
+}
+
+#[test]
+fn attacker_adding_or_removing_one_tenant() {
+    let l = loaded();
+    let k = 5;
+    let full_private = private_counts(&l.evidence, &l.corr, &key());
+    let full = build_snapshot(&params(k, None), &key(), &l.evidence, &l.corr);
+    check_floor_and_no_single_tenant_value(&full, &full_private, k);
+
+    // Tenants to remove: the five largest and five that sit on keys exactly at the floor.
+    let mut sizes: BTreeMap<u64, usize> = BTreeMap::new();
+    for e in &l.evidence {
+        *sizes.entry(e.tenant.0).or_default() += 1;
+    }
+    let mut by_size: Vec<(u64, usize)> = sizes.into_iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut victims: BTreeSet<u64> = by_size.iter().take(5).map(|x| x.0).collect();
+    for by_tenant in full_private.values().filter(|t| t.len() == k) {
+        if victims.len() >= 10 {
+            break;
+        }
+        victims.extend(by_tenant.keys().next());
+    }
+    for victim in victims {
+        let without: Vec<Evidence> = l
+            .evidence
+            .iter()
+            .filter(|e| e.tenant.0 != victim)
+            .cloned()
+            .collect();
+        let (ev, corr) = regroup(without);
+        let private = private_counts(&ev, &corr, &key());
+        let s = build_snapshot(&params(k, None), &key(), &ev, &corr);
+        check_floor_and_no_single_tenant_value(&s, &private, k);
+        for ((kind, stored), by_tenant) in &full_private {
+            let with_n = by_tenant.len();
+            let without_n = with_n - usize::from(by_tenant.contains_key(&victim));
+            let (a, b) = (full.get(*kind, stored), s.get(*kind, stored));
+            if with_n < k || without_n < k {
+                // Below the floor on one side: that side says "unknown", whatever the victim did.
+                assert_eq!(a.is_some(), with_n >= k);
+                assert_eq!(b.is_some(), without_n >= k);
+            }
+            if !by_tenant.contains_key(&victim) {
+                // Keys the victim never touched do not move at all.
+                assert_eq!(a, b, "{kind:?} {stored}");
+            }
+        }
+    }
+}
+
+#[test]
+fn noisy_snapshot_releases_no_exact_count() {
+    let l = loaded();
+    let s = build_snapshot(&params(5, Some(1.0)), &key(), &l.evidence, &l.corr);
+    let private = private_counts(&l.evidence, &l.corr, &key());
+    let mut checked = 0;
+    for ((kind, stored), by_tenant) in &private {
+        let Some(vals) = released_values(&s, *kind, stored) else {
+            continue;
+        };
+        for (stat, v) in vals.iter().enumerate() {
+            let Some(v) = v else { continue };
+            checked += 1;
+            for c in by_tenant.values().filter(|c| c[stat] > 0) {
+                assert_ne!(*v, f64::from(c[stat]));
+            }
+        }
+    }
+    assert!(checked > 100, "{checked}");
+    // Rebuilding gives the same noise (keyed), another key another noise.
+    assert_eq!(
+        s,
+        build_snapshot(&params(5, Some(1.0)), &key(), &l.evidence, &l.corr)
+    );
+}
+
+#[test]
+fn scoring_with_another_key_is_an_error() {
+    let l = loaded();
+    let s = build_snapshot(&params(5, None), &key(), &l.evidence, &l.corr);
+    let kn = threatrank::signals::Knowledge::development().unwrap();
+    let e = kn.with_snapshot(s).unwrap_err().to_string();
+    assert!(e.contains("key"), "{e}");
+}
