@@ -1,10 +1,18 @@
-//! Signals: public knowledge (MITRE ATT&CK) and, later, anonymized cross-tenant aggregates.
+//! Signals: public knowledge (MITRE ATT&CK, Sigma) and, later, anonymized cross-tenant aggregates.
 //!
-//! Feeds `features`. The ATT&CK technique → tactics table (v18.1, shipped in
-//! `datasets/attack/technique_tactics.csv`, © The MITRE Corporation, ATT&CK terms of use) is
-//! compiled into the binary so that a model artifact scores anywhere without the datasets folder.
+//! Feeds `features`. The public tables are compiled into the binary so that a model artifact
+//! scores anywhere without the datasets folder:
+//!
+//! * the ATT&CK technique → tactics table ([`Attack`]; v18.1, `datasets/attack/technique_tactics.csv`,
+//!   © The MITRE Corporation, ATT&CK terms of use);
+//! * Sigma severity priors per technique ([`Sigma`], module [`sigma`]; SigmaHQ rule index,
+//!   Detection Rule License 1.1);
 
 use std::collections::BTreeMap;
+
+pub mod sigma;
+
+pub use sigma::{Sigma, SigmaPrior};
 
 /// Enterprise ATT&CK tactics in kill-chain order (reconnaissance first, impact last).
 pub const TACTICS: [&str; 14] = [
@@ -134,6 +142,35 @@ impl Attack {
     }
 }
 
+/// Numeric code of an ATT&CK technique id: `T1059` → 1_059_000, `T1059.001` → 1_059_001 (`T` +
+/// 4 digits, optionally `.` + 3 digits other than 000; sub-technique numbers start at 001, so the parent's code
+/// is the code of the family). `None` for anything else.
+pub(crate) fn technique_code(t: &str) -> Option<u32> {
+    let b = t.as_bytes();
+    let num = |s: &[u8]| {
+        s.iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    match b.len() {
+        5 if b[0] == b'T' => Some(num(&b[1..5])? * 1000),
+        9 if b[0] == b'T' && b[5] == b'.' => {
+            let sub = num(&b[6..9])?;
+            (sub > 0).then_some(num(&b[1..5])? * 1000 + sub)
+        }
+        _ => None,
+    }
+}
+
+/// The technique id of a [`technique_code`].
+#[cfg(test)]
+pub(crate) fn technique_id(code: u32) -> String {
+    match code % 1000 {
+        0 => format!("T{:04}", code / 1000),
+        sub => format!("T{:04}.{sub:03}", code / 1000),
+    }
+}
+
 /// Names of the tactics set in a bitmask, in kill-chain order.
 pub fn tactic_names(mask: u16) -> Vec<&'static str> {
     TACTICS
@@ -157,6 +194,31 @@ mod tests {
         assert!(names.contains(&"initial-access"), "{names:?}");
         assert_eq!(a.tactics_of("T1078.999"), a.tactics_of("T1078"));
         assert_eq!(a.tactics_of("T9999"), 0);
+    }
+
+    #[test]
+    fn technique_codes_round_trip() {
+        for (id, code) in [
+            ("T1059", 1_059_000),
+            ("T1059.001", 1_059_001),
+            ("T0001", 1_000),
+        ] {
+            assert_eq!(technique_code(id), Some(code), "{id}");
+            assert_eq!(technique_id(code), id);
+        }
+        for bad in [
+            "",
+            "T105",
+            "t1059",
+            "T1059.",
+            "T1059.01",
+            "T1059;001",
+            "TA0001",
+            "T10a9",
+            "T1059.000",
+        ] {
+            assert_eq!(technique_code(bad), None, "{bad}");
+        }
     }
 
     #[test]
