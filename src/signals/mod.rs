@@ -1,17 +1,21 @@
 //! Signals: public knowledge (MITRE ATT&CK, Sigma) and, later, anonymized cross-tenant aggregates.
 //!
-//! Feeds `features`. The public tables are compiled into the binary so that a model artifact
+//! Feeds `features`. Three public tables are compiled into the binary so that a model artifact
 //! scores anywhere without the datasets folder:
 //!
 //! * the ATT&CK technique → tactics table ([`Attack`]; v18.1, `datasets/attack/technique_tactics.csv`,
 //!   © The MITRE Corporation, ATT&CK terms of use);
 //! * Sigma severity priors per technique ([`Sigma`], module [`sigma`]; SigmaHQ rule index,
 //!   Detection Rule License 1.1);
+//! * ATT&CK threat groups and the techniques they use ([`Groups`], module [`groups`]), to rank
+//!   known actors for an incident's techniques.
 
 use std::collections::BTreeMap;
 
+pub mod groups;
 pub mod sigma;
 
+pub use groups::{GroupHit, GroupMatch, GroupScratch, Groups, GroupsParams, GroupsValidParams};
 pub use sigma::{Sigma, SigmaPrior};
 
 /// Enterprise ATT&CK tactics in kill-chain order (reconnaissance first, impact last).
@@ -44,6 +48,14 @@ pub enum SignalsError {
         table: &'static str,
         /// 1-based line
         line: usize,
+        /// what is wrong
+        reason: String,
+    },
+    /// A parameter is out of its range.
+    #[error("parameter {name}: {reason}")]
+    Param {
+        /// parameter name
+        name: &'static str,
         /// what is wrong
         reason: String,
     },
@@ -163,7 +175,6 @@ pub(crate) fn technique_code(t: &str) -> Option<u32> {
 }
 
 /// The technique id of a [`technique_code`].
-#[cfg(test)]
 pub(crate) fn technique_id(code: u32) -> String {
     match code % 1000 {
         0 => format!("T{:04}", code / 1000),
