@@ -1,9 +1,15 @@
-//! Signals: public knowledge (MITRE ATT&CK) and anonymized cross-tenant aggregates
-//! ([`global`]).
+//! Signals: public knowledge (MITRE ATT&CK tactics and groups, Sigma rule levels) and
+//! anonymized cross-tenant aggregates ([`global`]).
 //!
-//! Feeds `features`. The ATT&CK technique → tactics table (v18.1, shipped in
-//! `datasets/attack/technique_tactics.csv`, © The MITRE Corporation, ATT&CK terms of use) is
-//! compiled into the binary so that a model artifact scores anywhere without the datasets folder.
+//! Feeds `features`. Three public tables are compiled into the binary so that a model artifact
+//! scores anywhere without the datasets folder:
+//!
+//! * the ATT&CK technique → tactics table ([`Attack`]; v18.1, `datasets/attack/technique_tactics.csv`,
+//!   © The MITRE Corporation, ATT&CK terms of use);
+//! * Sigma severity priors per technique ([`Sigma`], module [`sigma`]; SigmaHQ rule index,
+//!   Detection Rule License 1.1);
+//! * ATT&CK threat groups and the techniques they use ([`Groups`], module [`groups`]), to rank
+//!   known actors for an incident's techniques.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +19,11 @@ pub use global::{
     GlobalSignals, GlobalSignalsError, PseudonymKey, Released, SignalKind, SignalsParams,
     SignalsValidParams, SnapshotBuilder,
 };
+pub mod groups;
+pub mod sigma;
+
+pub use groups::{GroupHit, GroupMatch, GroupScratch, Groups, GroupsParams, GroupsValidParams};
+pub use sigma::{Sigma, SigmaPrior};
 
 /// Enterprise ATT&CK tactics in kill-chain order (reconnaissance first, impact last).
 pub const TACTICS: [&str; 14] = [
@@ -50,6 +61,14 @@ pub enum SignalsError {
     /// Global signals: parameters, key or snapshot file.
     #[error(transparent)]
     Global(#[from] GlobalSignalsError),
+    /// A parameter is out of its range.
+    #[error("parameter {name}: {reason}")]
+    Param {
+        /// parameter name
+        name: &'static str,
+        /// what is wrong
+        reason: String,
+    },
 }
 
 /// ATT&CK technique → tactic bitmask (bit i = [`TACTICS`]`[i]`).
@@ -182,6 +201,34 @@ impl Knowledge {
     }
 }
 
+/// Numeric code of an ATT&CK technique id: `T1059` → 1_059_000, `T1059.001` → 1_059_001 (`T` +
+/// 4 digits, optionally `.` + 3 digits other than 000; sub-technique numbers start at 001, so the parent's code
+/// is the code of the family). `None` for anything else.
+pub(crate) fn technique_code(t: &str) -> Option<u32> {
+    let b = t.as_bytes();
+    let num = |s: &[u8]| {
+        s.iter().try_fold(0u32, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + u32::from(c - b'0'))
+        })
+    };
+    match b.len() {
+        5 if b[0] == b'T' => Some(num(&b[1..5])? * 1000),
+        9 if b[0] == b'T' && b[5] == b'.' => {
+            let sub = num(&b[6..9])?;
+            (sub > 0).then_some(num(&b[1..5])? * 1000 + sub)
+        }
+        _ => None,
+    }
+}
+
+/// The technique id of a [`technique_code`].
+pub(crate) fn technique_id(code: u32) -> String {
+    match code % 1000 {
+        0 => format!("T{:04}", code / 1000),
+        sub => format!("T{:04}.{sub:03}", code / 1000),
+    }
+}
+
 /// Names of the tactics set in a bitmask, in kill-chain order.
 pub fn tactic_names(mask: u16) -> Vec<&'static str> {
     TACTICS
@@ -205,6 +252,31 @@ mod tests {
         assert!(names.contains(&"initial-access"), "{names:?}");
         assert_eq!(a.tactics_of("T1078.999"), a.tactics_of("T1078"));
         assert_eq!(a.tactics_of("T9999"), 0);
+    }
+
+    #[test]
+    fn technique_codes_round_trip() {
+        for (id, code) in [
+            ("T1059", 1_059_000),
+            ("T1059.001", 1_059_001),
+            ("T0001", 1_000),
+        ] {
+            assert_eq!(technique_code(id), Some(code), "{id}");
+            assert_eq!(technique_id(code), id);
+        }
+        for bad in [
+            "",
+            "T105",
+            "t1059",
+            "T1059.",
+            "T1059.01",
+            "T1059;001",
+            "TA0001",
+            "T10a9",
+            "T1059.000",
+        ] {
+            assert_eq!(technique_code(bad), None, "{bad}");
+        }
     }
 
     #[test]
