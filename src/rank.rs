@@ -38,6 +38,26 @@ pub struct FamilyContribution {
     pub contribution: f32,
 }
 
+/// The known ATT&CK group whose documented techniques best match an incident's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Actor {
+    /// ATT&CK group id, e.g. `G0016`
+    pub id: String,
+    /// group name, e.g. `APT29`
+    pub name: String,
+    /// similarity (see `signals::groups`), 0–1
+    pub score: f32,
+    /// the incident's techniques the group is documented to use
+    pub shared: Vec<String>,
+}
+
+impl Actor {
+    /// `APT29 (G0016): T1078, T1021.001`
+    pub fn describe(&self) -> String {
+        format!("{} ({}): {}", self.name, self.id, self.shared.join(", "))
+    }
+}
+
 /// A scored candidate threat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredIncident {
@@ -62,6 +82,9 @@ pub struct ScoredIncident {
     pub last_seen: i64,
     /// ATT&CK tactics covered by its techniques, kill-chain order
     pub tactics: Vec<String>,
+    /// the most similar known ATT&CK group, when its techniques share any
+    #[serde(default)]
+    pub actor: Option<Actor>,
     /// most frequent detector
     pub detector: String,
     /// most frequent alert title
@@ -129,15 +152,32 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
                 .collect();
             let p = &input.probs[r * 3..r * 3 + 3];
             let mut mask = 0u16;
+            let mut techniques: Vec<&str> = Vec::new();
             for e in &rows {
                 for t in &e.techniques {
                     mask |= input.knowledge.attack.tactics_of(t);
+                    techniques.push(t);
                 }
             }
+            techniques.sort_unstable();
+            techniques.dedup();
+            let actor = input
+                .knowledge
+                .groups
+                .top(&techniques, 1)
+                .into_iter()
+                .next()
+                .map(|g| Actor {
+                    id: g.id,
+                    name: g.name,
+                    score: g.score,
+                    shared: g.shared,
+                });
             let ctx = Context {
                 detector: most_frequent(rows.iter().map(|e| e.detector.as_str())),
                 title: most_frequent(rows.iter().map(|e| e.title.as_str())),
                 category: most_frequent(rows.iter().map(|e| e.category.as_str())),
+                actor: actor.as_ref().map(Actor::describe),
             };
             let contrib = &input.contributions[r * (width + 1)..r * (width + 1) + width];
             let reasons = top_reasons(
@@ -158,6 +198,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
                 first_seen: inc.first_seen,
                 last_seen: inc.last_seen,
                 tactics: tactic_names(mask).into_iter().map(str::to_string).collect(),
+                actor,
                 detector: ctx.detector,
                 title: ctx.title,
                 category: ctx.category,
@@ -210,6 +251,8 @@ pub struct Context {
     pub title: String,
     /// most frequent category
     pub category: String,
+    /// the most similar known group, in words ([`Actor::describe`])
+    pub actor: Option<String>,
 }
 
 /// The `k` features that moved the TP score most, up (positive contribution) or down
@@ -317,6 +360,11 @@ pub fn describe(name: &str, v: f32, ctx: &Context) -> String {
         },
         ("entity", s) => match s {
             "log_support" => format!("its entities: {} graded incidents across tenants", count()),
+            "max_tp_rate" | "max_fp_rate" => format!(
+                "one of its entities was graded {} in {} of incidents across tenants",
+                grade_word(&s[4..]),
+                pct(v)
+            ),
             "log_tenants" => format!("its entities seen in {} tenants", count()),
             "share_released" if v == 0.0 => {
                 "its entities: too few tenants for a cross-tenant signal".to_string()
@@ -331,11 +379,12 @@ pub fn describe(name: &str, v: f32, ctx: &Context) -> String {
                 pct(v)
             ),
         },
-        ("detector" | "title" | "category" | "technique", s) => {
+        ("detector" | "title" | "category" | "technique" | "family", s) => {
             let (what, id) = match base {
                 "detector" => ("detector", ctx.detector.as_str()),
                 "title" => ("alert title", ctx.title.as_str()),
                 "category" => ("category", ctx.category.as_str()),
+                "family" => ("its threat family", ""),
                 _ => ("its ATT&CK techniques", ""),
             };
             let subject = if id.is_empty() {
@@ -350,6 +399,11 @@ pub fn describe(name: &str, v: f32, ctx: &Context) -> String {
                     format!("{subject}: too few tenants for a cross-tenant signal")
                 }
                 "share_released" => format!("{subject} has a cross-tenant track record"),
+                "max_tp_rate" | "max_fp_rate" => format!(
+                    "{subject}: up to {} graded {} across tenants",
+                    pct(v),
+                    grade_word(&s[4..])
+                ),
                 r => format!(
                     "{subject} was graded {} in {} of incidents across tenants",
                     grade_word(r),
@@ -360,6 +414,33 @@ pub fn describe(name: &str, v: f32, ctx: &Context) -> String {
         ("tactic", t) if v > 0.0 => format!("ATT&CK tactic {t} present"),
         ("tactic", t) => format!("no ATT&CK {t} activity"),
         ("tactics_covered", _) => format!("{v:.0} ATT&CK tactics covered"),
+        ("techniques_in", t) => format!("{v:.0} {t} techniques"),
+        ("ransomware", _) if v > 0.0 => "ransomware activity (category or T1486)".to_string(),
+        ("ransomware", _) => "no ransomware activity".to_string(),
+        ("sigma_max_level", _) => match v as usize {
+            0 => "no Sigma rule covers its techniques".to_string(),
+            l => format!(
+                "Sigma rules rate its techniques up to {}",
+                crate::signals::sigma::LEVELS
+                    .get(l - 1)
+                    .copied()
+                    .unwrap_or("critical")
+            ),
+        },
+        ("sigma_mean_level", _) if v == 0.0 => "no Sigma rule covers its techniques".to_string(),
+        ("sigma_mean_level", _) => format!(
+            "Sigma rules on its techniques average {:.1} (1 informational … 5 critical)",
+            v
+        ),
+        ("actor_top_score", _) => match &ctx.actor {
+            Some(a) => format!("techniques overlap {a} (similarity {v:.2})"),
+            None => "its techniques match no known ATT&CK group".to_string(),
+        },
+        ("actor_top_shared", _) => match &ctx.actor {
+            Some(a) => format!("{v:.0} techniques shared with {a}"),
+            None => "no technique shared with a known ATT&CK group".to_string(),
+        },
+        ("actor_margin", _) => format!("attribution margin {v:.2} over the next group"),
         ("furthest_stage", _) => format!("furthest kill-chain stage {v:.0} of 14"),
         ("log_evidence", _) => format!("{} evidence rows", count()),
         ("log_alerts", _) => format!("{} alerts", count()),
@@ -410,7 +491,37 @@ mod tests {
             detector: "217".into(),
             title: "9".into(),
             category: "Execution".into(),
+            actor: Some("APT29 (G0016): T1078, T1021.001".into()),
         }
+    }
+
+    #[test]
+    fn actor_and_sigma_reasons_read_as_words() {
+        let c = ctx();
+        assert_eq!(
+            describe("actor_top_score", 0.74, &c),
+            "techniques overlap APT29 (G0016): T1078, T1021.001 (similarity 0.74)"
+        );
+        assert_eq!(
+            describe("sigma_max_level", 4.0, &c),
+            "Sigma rules rate its techniques up to high"
+        );
+        assert_eq!(
+            describe("sigma_max_level", 0.0, &c),
+            "no Sigma rule covers its techniques"
+        );
+        assert_eq!(
+            describe("techniques_in:lateral-movement", 2.0, &c),
+            "2 lateral-movement techniques"
+        );
+        let none = Context {
+            actor: None,
+            ..ctx()
+        };
+        assert_eq!(
+            describe("actor_top_score", 0.0, &none),
+            "its techniques match no known ATT&CK group"
+        );
     }
 
     #[test]

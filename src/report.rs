@@ -171,6 +171,14 @@ pub fn queue_table(incidents: &[ScoredIncident], tenant: Option<TenantId>, top: 
             if !s.tactics.is_empty() {
                 let _ = writeln!(out, "        tactics: {}", s.tactics.join(", "));
             }
+            if let Some(a) = &s.actor {
+                let _ = writeln!(
+                    out,
+                    "        techniques overlap {} (similarity {:.2})",
+                    a.describe(),
+                    a.score
+                );
+            }
             for r in &s.reasons {
                 let _ = writeln!(
                     out,

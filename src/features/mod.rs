@@ -42,6 +42,10 @@ pub enum Family {
     Category,
     /// ATT&CK tactics, furthest stage, technique counts per key tactic
     KillChain,
+    /// expert severity of the techniques from the Sigma rule levels
+    Sigma,
+    /// similarity of the technique set to known ATT&CK groups
+    Actor,
     /// time of day, weekend, span
     Time,
     /// verdict-like evidence attributes (suspicion, last verdict, threat family, severity)
@@ -54,11 +58,13 @@ pub enum Family {
 
 impl Family {
     /// All families, in column order.
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 10] = [
         Family::Size,
         Family::Entities,
         Family::Category,
         Family::KillChain,
+        Family::Sigma,
+        Family::Actor,
         Family::Time,
         Family::Verdicts,
         Family::Global,
@@ -72,6 +78,8 @@ impl Family {
             Family::Entities => "entities",
             Family::Category => "category",
             Family::KillChain => "kill_chain",
+            Family::Sigma => "sigma",
+            Family::Actor => "actor",
             Family::Time => "time",
             Family::Verdicts => "verdicts",
             Family::Global => "global",
@@ -281,6 +289,8 @@ pub fn schema() -> FeatureSchema {
             let mut s = NameSink(Vec::new());
             let kn = Knowledge {
                 attack: Attack::empty(),
+                sigma: crate::signals::Sigma::empty(),
+                groups: crate::signals::Groups::empty(),
                 key: PseudonymKey::development(),
                 snapshot: None,
             };
@@ -861,6 +871,57 @@ impl FittedFeatures {
             "share_rows_with_techniques",
             "",
             with_tech as f64 / nf,
+        );
+
+        // --- Sigma: expert severity of the techniques (levels 0 informational … 4 critical;
+        // written +1 so that 0 means "no Sigma rule")
+        let (mut max_level, mut sum_mean, mut known, mut rules) = (0u8, 0.0f64, 0usize, 0u32);
+        for t in &techniques {
+            if let Some(p) = kn.sigma.prior(t) {
+                max_level = max_level.max(p.max_level + 1);
+                sum_mean += f64::from(p.mean_level) + 1.0;
+                known += 1;
+                rules += p.rules;
+            }
+        }
+        s.put(Family::Sigma, "sigma_max_level", "", f64::from(max_level));
+        s.put(
+            Family::Sigma,
+            "sigma_mean_level",
+            "",
+            if known == 0 {
+                0.0
+            } else {
+                sum_mean / known as f64
+            },
+        );
+        s.put(
+            Family::Sigma,
+            "sigma_share_known",
+            "",
+            if techniques.is_empty() {
+                0.0
+            } else {
+                known as f64 / techniques.len() as f64
+            },
+        );
+        s.put(
+            Family::Sigma,
+            "sigma_log_rules",
+            "",
+            f64::from(rules).ln_1p(),
+        );
+
+        // --- actor: similarity of the technique set to known ATT&CK groups
+        let hits = kn.groups.top(&techniques, 2);
+        let score = |i: usize| hits.get(i).map_or(0.0, |h| f64::from(h.score));
+        s.put(Family::Actor, "actor_top_score", "", score(0));
+        s.put(Family::Actor, "actor_margin", "", score(0) - score(1));
+        s.put(
+            Family::Actor,
+            "actor_top_shared",
+            "",
+            hits.first().map_or(0.0, |h| h.shared.len() as f64),
         );
 
         // --- time

@@ -275,6 +275,17 @@ impl Groups {
         Self::parse(GROUP_TECHNIQUES_CSV, &GroupsValidParams::default())
     }
 
+    /// A table that knows no group (`top` is always empty).
+    pub fn empty() -> Groups {
+        match Self::parse(
+            "group_id,name,aliases,techniques\n",
+            &GroupsValidParams::default(),
+        ) {
+            Ok(g) => g,
+            Err(_) => unreachable!("a header-only table parses"),
+        }
+    }
+
     /// The shipped groups with other parameters.
     pub fn shipped_with(params: &GroupsValidParams) -> Result<Groups, SignalsError> {
         Self::parse(GROUP_TECHNIQUES_CSV, params)
@@ -578,6 +589,13 @@ mod tests {
                    G0002,Twin,,T1001;T1002\n\
                    G0004,Sub,,T1078.004;T1059\n";
         Groups::parse(csv, &params.check().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn empty_table_matches_nothing() {
+        let g = Groups::empty();
+        assert!(g.is_empty());
+        assert!(g.top(&["T1078", "T1021.001"], 3).is_empty());
     }
 
     #[test]

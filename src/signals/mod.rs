@@ -171,6 +171,10 @@ impl Attack {
 pub struct Knowledge {
     /// ATT&CK technique → tactics
     pub attack: Attack,
+    /// Sigma severity priors per technique
+    pub sigma: Sigma,
+    /// ATT&CK groups, for actor attribution
+    pub groups: Groups,
     /// key of the entity pseudonyms in global signals
     pub key: PseudonymKey,
     /// an external snapshot: training uses it for the `global` family (instead of building one,
@@ -183,6 +187,8 @@ impl Knowledge {
     pub fn shipped(key: PseudonymKey) -> Result<Knowledge, SignalsError> {
         Ok(Knowledge {
             attack: Attack::shipped()?,
+            sigma: Sigma::shipped()?,
+            groups: Groups::shipped()?,
             key,
             snapshot: None,
         })

@@ -68,6 +68,15 @@ struct Acc {
 }
 
 impl Sigma {
+    /// A table that knows no rule (every prior `None`).
+    pub fn empty() -> Sigma {
+        Sigma {
+            priors: BTreeMap::new(),
+            rules: 0,
+            skipped: 0,
+        }
+    }
+
     /// The shipped SigmaHQ index (3,952 rules).
     ///
     /// ```
