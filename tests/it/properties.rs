@@ -15,6 +15,7 @@ fn evidence(rows: &[(u64, u64, u64, i64, Option<u8>)]) -> Vec<Evidence> {
             id: i as u64,
             tenant: TenantId(t),
             incident: IncidentId(inc),
+            incident_given: true,
             alert: AlertId(al),
             timestamp: ts,
             detector: format!("d{}", al % 3),
