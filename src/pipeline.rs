@@ -225,12 +225,19 @@ pub struct Scored {
     pub incidents: Vec<ScoredIncident>,
 }
 
-/// Scores every incident of an input with an artifact. Labels are never read.
+/// Scores every incident of an input with an artifact. Labels are never read. Alerts without a
+/// given incident id are first correlated into candidate threats with the artifact's
+/// [`Linker`] (artifacts without one leave each such alert its own incident).
 pub fn score_loaded(
     artifact: &Artifact,
-    loaded: Loaded,
+    mut loaded: Loaded,
     top_reasons: usize,
 ) -> Result<Scored, PipelineError> {
+    if let Some(linker) = &artifact.correlation {
+        if loaded.evidence.iter().any(|e| !e.incident_given) {
+            loaded.corr = linker.correlate(&loaded.evidence)?;
+        }
+    }
     let attack = Attack::shipped()?;
     let which: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
     let pred = artifact.predict(&loaded.evidence, &loaded.corr, &which, &attack)?;
