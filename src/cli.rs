@@ -3,6 +3,7 @@
 //! The binary `src/bin/threatrank.rs` only parses and maps errors to exit codes. Messages go to
 //! stderr, results to stdout or files.
 
+use crate::correlate::CorrelateParams;
 use crate::domain::TenantId;
 use crate::models::Algorithm;
 use crate::pipeline::{self, PipelineError};
@@ -212,6 +213,29 @@ pub enum Command {
     /// Global signals: cross-tenant aggregates behind a privacy floor.
     #[command(subcommand)]
     Signals(SignalsCommand),
+    /// Correlate alerts without an incident id into candidate threats, and measure it.
+    ///
+    /// Learns the stoplist of too-common entities on LEARN_ON (default: the input itself) and
+    /// prints the candidate threats formed. With --ignore-incident-ids every given incident id
+    /// is ignored, all alerts are correlated from scratch and compared with the given ids:
+    /// pairwise precision and recall over pairs of alerts.
+    Correlate {
+        /// GUIDE CSV or native JSONL.
+        #[arg(long)]
+        input: PathBuf,
+        /// Learn the stoplist on this file instead of the input.
+        #[arg(long)]
+        learn_on: Option<PathBuf>,
+        /// Largest gap (seconds) between two sightings of an entity that still links them.
+        #[arg(long, default_value_t = CorrelateParams::default().window_seconds)]
+        window_seconds: i64,
+        /// Entities on more than this many learning alerts never link.
+        #[arg(long, default_value_t = CorrelateParams::default().max_alerts_per_entity)]
+        max_alerts_per_entity: u64,
+        /// Ignore given incident ids; report agreement with them.
+        #[arg(long)]
+        ignore_incident_ids: bool,
+    },
     /// Train on the shipped GUIDE sample, evaluate, and print the top of the queue.
     Demo {
         /// Shipped sample (default: datasets/guide/guide_sample.csv).
@@ -465,6 +489,63 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             eprint_report(&built.report, None);
             eprintln!("{}", built.summary());
             println!("{}", out.display());
+            Ok(())
+        }
+        Command::Correlate {
+            input,
+            learn_on,
+            window_seconds,
+            max_alerts_per_entity,
+            ignore_incident_ids,
+        } => {
+            let params = CorrelateParams::default()
+                .window_seconds(window_seconds)
+                .max_alerts_per_entity(max_alerts_per_entity);
+            let out = pipeline::correlate_file(
+                &input,
+                learn_on.as_deref(),
+                &params,
+                ignore_incident_ids,
+            )?;
+            eprint_report(&out.report, None);
+            let l = &out.linker;
+            println!(
+                "window {} s, max alerts per entity {}, stoplist {} entities (learnt on {} rows)",
+                l.window_seconds(),
+                l.max_alerts_per_entity(),
+                l.stoplist().len(),
+                l.learnt_rows()
+            );
+            let correlated = out
+                .incidents
+                .incidents
+                .iter()
+                .filter(|i| i.key.incident.is_correlated());
+            let (threats, multi) = correlated.fold((0, 0), |(n, m), i| {
+                (n + 1, m + usize::from(i.alerts.len() > 1))
+            });
+            println!(
+                "{} evidence rows to correlate -> {threats} candidate threats ({multi} with more \
+                 than one alert); {} incidents in all",
+                out.free_rows,
+                out.incidents.incidents.len()
+            );
+            if let Some(a) = out.agreement {
+                let f = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
+                println!(
+                    "pairwise vs given incident ids: precision {} recall {} ({} agreed of {} \
+                     predicted and {} true pairs; {} alerts, {} given incidents, {} candidate \
+                     threats)",
+                    f(a.precision()),
+                    f(a.recall()),
+                    a.agreed_pairs,
+                    a.predicted_pairs,
+                    a.true_pairs,
+                    a.alerts,
+                    a.true_groups,
+                    a.predicted_groups
+                );
+            }
             Ok(())
         }
         Command::Demo { input, out } => demo(input, &out),

@@ -27,9 +27,31 @@ id_newtype!(
     TenantId
 );
 id_newtype!(
-    /// An incident id, unique only within its tenant (GUIDE `IncidentId`).
+    /// An incident id, unique only within its tenant (GUIDE `IncidentId`). Ids with
+    /// [`CORRELATED_INCIDENT_BIT`] set name candidate threats built by `correlate` from alerts
+    /// that came without one.
     IncidentId
 );
+
+/// The top bit of an [`IncidentId`]: set on the candidate threats that `correlate` builds from
+/// alerts without a given incident id (the id is this bit | the group's smallest alert id), and
+/// never on a given id (native ingest rejects `incident_id` ≥ 2^63, and `alert_id` ≥ 2^63 on
+/// alerts without one; GUIDE ids are far below). Correlated and given ids therefore never
+/// collide.
+pub const CORRELATED_INCIDENT_BIT: u64 = 1 << 63;
+
+impl IncidentId {
+    /// Whether this id names a candidate threat built by `correlate` (top bit set).
+    ///
+    /// ```
+    /// use threatrank::domain::{IncidentId, CORRELATED_INCIDENT_BIT};
+    /// assert!(IncidentId(CORRELATED_INCIDENT_BIT | 7).is_correlated());
+    /// assert!(!IncidentId(7).is_correlated());
+    /// ```
+    pub fn is_correlated(self) -> bool {
+        self.0 & CORRELATED_INCIDENT_BIT != 0
+    }
+}
 id_newtype!(
     /// An alert id (GUIDE `AlertId`).
     AlertId
@@ -187,8 +209,13 @@ pub struct Evidence {
     pub id: u64,
     /// tenant
     pub tenant: TenantId,
-    /// incident within tenant
+    /// incident within tenant. When the input gave none ([`Evidence::incident_given`] false),
+    /// the alert id stands in until `correlate` assigns a candidate threat.
     pub incident: IncidentId,
+    /// Whether the input gave `incident` (GUIDE CSV always does; native JSONL when the line
+    /// carries `incident_id`). `correlate::Linker` links the alerts that lack one.
+    #[serde(default = "given")]
+    pub incident_given: bool,
     /// alert
     pub alert: AlertId,
     /// seconds since the Unix epoch (UTC)
@@ -223,8 +250,15 @@ pub struct Evidence {
     pub severity: Option<Severity>,
 }
 
+/// Serde default of [`Evidence::incident_given`]: evidence serialized before the field existed
+/// carried its incident id.
+fn given() -> bool {
+    true
+}
+
 impl Evidence {
-    /// The incident this evidence belongs to.
+    /// The incident this evidence belongs to as given by the input (for evidence without a
+    /// given incident: the alert id standing in, see [`Evidence::incident`]).
     pub fn incident_key(&self) -> IncidentKey {
         IncidentKey {
             tenant: self.tenant,

@@ -3,7 +3,10 @@
 //! `ingest → correlate → features → models → rank → report`, as functions over files and
 //! in-memory data. Nothing here prints: callers pass a `progress` callback for long work.
 
-use crate::correlate::{group_incidents, Correlated};
+use crate::correlate::{
+    group_incidents, pairwise_agreement, CorrelateError, CorrelateParams, Correlated, Linker,
+    PairwiseAgreement,
+};
 use crate::domain::{Evidence, TenantId};
 use crate::ingest::{self, IngestError, IngestReport, IngestValidParams, InputFormat};
 use crate::matrix::hex;
@@ -30,6 +33,9 @@ pub enum PipelineError {
     /// knowledge tables
     #[error(transparent)]
     Signals(#[from] SignalsError),
+    /// correlation parameters or ids
+    #[error(transparent)]
+    Correlate(#[from] CorrelateError),
     /// writing outputs
     #[error(transparent)]
     Report(#[from] report::ReportError),
@@ -219,10 +225,12 @@ pub struct Scored {
     pub incidents: Vec<ScoredIncident>,
 }
 
-/// Scores every incident of an input with an artifact. Labels are never read.
+/// Scores every incident of an input with an artifact. Labels are never read. Alerts without a
+/// given incident id are first correlated into candidate threats with the artifact's
+/// [`Linker`] (artifacts without one leave each such alert its own incident).
 pub fn score_loaded(
     artifact: &Artifact,
-    loaded: Loaded,
+    mut loaded: Loaded,
     top_reasons: usize,
     kn: &Knowledge,
 ) -> Result<Scored, PipelineError> {
@@ -233,6 +241,11 @@ pub fn score_loaded(
             .global_signals()
             .check_key(&kn.key)
             .map_err(SignalsError::from)?;
+    }
+    if let Some(linker) = &artifact.correlation {
+        if loaded.evidence.iter().any(|e| !e.incident_given) {
+            loaded.corr = linker.correlate(&loaded.evidence)?;
+        }
     }
     let which: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
     let pred = artifact.predict(&loaded.evidence, &loaded.corr, &which, kn)?;
@@ -402,5 +415,56 @@ pub fn build_signals_file(
     Ok(BuiltSignals {
         report: loaded.report,
         snapshot,
+    })
+}
+
+/// Outcome of `threatrank correlate`.
+#[derive(Debug, Clone)]
+pub struct CorrelationOutcome {
+    /// the linker learnt (on `learn_on`, else on the input)
+    pub linker: Linker,
+    /// ingest counts of the input
+    pub report: IngestReport,
+    /// the input's evidence rows without a given incident id (all of them when ignoring ids)
+    pub free_rows: usize,
+    /// the candidate threats (incidents) after correlation
+    pub incidents: Correlated,
+    /// pairwise agreement with the input's given incident ids (only when they were ignored)
+    pub agreement: Option<PairwiseAgreement>,
+}
+
+/// `threatrank correlate`: learns a [`Linker`] on `learn_on` (default: the input itself, so
+/// the stoplist is then in-sample) and correlates the input. With `ignore_given`, every given
+/// incident id is ignored and the candidate threats are compared with them pair by pair.
+pub fn correlate_file(
+    input: &Path,
+    learn_on: Option<&Path>,
+    params: &CorrelateParams,
+    ignore_given: bool,
+) -> Result<CorrelationOutcome, PipelineError> {
+    let valid = params.check()?;
+    let loaded = load_unlabelled(input)?;
+    let linker = match learn_on {
+        Some(p) => Linker::learn(&load_unlabelled(p)?.evidence, &valid),
+        None => Linker::learn(&loaded.evidence, &valid),
+    };
+    let (incidents, agreement) = if ignore_given {
+        let c = linker.correlate_ignoring_given(&loaded.evidence)?;
+        let a = pairwise_agreement(&loaded.evidence, &c);
+        (c, Some(a))
+    } else {
+        (linker.correlate(&loaded.evidence)?, None)
+    };
+    let free_rows = if ignore_given {
+        loaded.evidence.len()
+    } else {
+        loaded.evidence.iter().filter(|e| !e.incident_given).count()
+    };
+    Ok(CorrelationOutcome {
+        linker,
+        report: loaded.report,
+        free_rows,
+        incidents,
+        agreement,
     })
 }

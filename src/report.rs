@@ -82,7 +82,8 @@ pub fn write_scores(
                 w.write_record([
                     e.id.to_string(),
                     e.tenant.to_string(),
-                    e.incident.to_string(),
+                    // the candidate threat: the given id, or the correlated one (≥ 2^63)
+                    s.key.incident.to_string(),
                     e.alert.to_string(),
                     s.predicted.name().to_string(),
                     format!("{:.6}", s.probs[0]),

@@ -309,6 +309,7 @@ fn dummy_evidence() -> Evidence {
         id: 0,
         tenant: crate::domain::TenantId(0),
         incident: crate::domain::IncidentId(0),
+        incident_given: true,
         alert: crate::domain::AlertId(0),
         timestamp: 0,
         detector: String::new(),

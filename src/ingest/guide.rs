@@ -356,6 +356,7 @@ impl<R: Read> GuideReader<R> {
             id,
             tenant,
             incident,
+            incident_given: true,
             alert,
             timestamp,
             detector,

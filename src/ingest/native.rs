@@ -9,8 +9,8 @@
 //!  "grade": "TruePositive", "id": 123}
 //! ```
 //! (shown wrapped; in a file each alert is on one line). Required: `tenant`, `alert_id`,
-//! `timestamp`, `detector`, `title`, `category`. Optional: `incident_id` (absent: the alert is
-//! its own candidate threat), `techniques`, `severity` (informational|low|medium|high|critical),
+//! `timestamp`, `detector`, `title`, `category`. Optional: `incident_id` (absent: `correlate`
+//! links the alert with others sharing a strong entity; ids ≥ 2^63 are reserved), `techniques`, `severity` (informational|low|medium|high|critical),
 //! `entities` (`type`, `role` Impacted|Related, `value` string or integer), `grade` (read only
 //! when labels are read), `id` (echoed in score output; default the line number). Unknown fields
 //! are rejected so that a typo never goes unnoticed. Each entity becomes one [`Evidence`] (an
@@ -22,7 +22,8 @@ use super::guide::{parse_techniques, truncate};
 use super::time::parse_rfc3339;
 use super::{IngestError, IngestValidParams, RecordResult, RecordSource, Rejection};
 use crate::domain::{
-    AlertId, Entities, Evidence, Grade, IncidentId, Severity, TenantId, ENTITY_COLUMNS,
+    AlertId, Entities, Evidence, Grade, IncidentId, Severity, TenantId, CORRELATED_INCIDENT_BIT,
+    ENTITY_COLUMNS,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read};
@@ -185,6 +186,20 @@ impl<R: Read> NativeReader<R> {
 
     fn parse(&self, text: &str) -> Result<Vec<Evidence>, Rejection> {
         let a = self.decode(text)?;
+        // The top half of the id space names correlated candidate threats (domain docs).
+        let reserved = "ids from 2^63 up are reserved for correlated candidate threats";
+        match a.incident_id {
+            Some(i) if i & CORRELATED_INCIDENT_BIT != 0 => {
+                return Err(self.reject(Some("incident_id"), reserved.into()))
+            }
+            None if a.alert_id & CORRELATED_INCIDENT_BIT != 0 => {
+                return Err(self.reject(
+                    Some("alert_id"),
+                    format!("{reserved} (on an alert without incident_id)"),
+                ))
+            }
+            _ => {}
+        }
         let timestamp =
             parse_rfc3339(&a.timestamp).map_err(|e| self.reject(Some("timestamp"), e))?;
         for (name, v) in [
@@ -212,6 +227,7 @@ impl<R: Read> NativeReader<R> {
             id: a.id.unwrap_or(self.line),
             tenant: TenantId(a.tenant),
             incident: IncidentId(a.incident_id.unwrap_or(a.alert_id)),
+            incident_given: a.incident_id.is_some(),
             alert: AlertId(a.alert_id),
             timestamp,
             detector: a.detector.trim().to_string(),

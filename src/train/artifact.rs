@@ -144,6 +144,12 @@ pub struct Artifact {
     pub ranker: Option<crate::models::FittedRanker>,
     /// model card
     pub card: ModelCard,
+    /// correlation of alerts without a given incident id (window, stoplist learnt from the
+    /// training evidence); `None` in artifacts written before it existed: such alerts then stay
+    /// one incident each (absent from the JSON when `None`, so those artifacts re-save
+    /// byte for byte)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation: Option<crate::correlate::Linker>,
 }
 
 impl ArtifactError {

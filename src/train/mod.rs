@@ -30,7 +30,7 @@ pub use decide::{DecisionRule, DecisionRules};
 
 pub use artifact::{Artifact, ArtifactError, CardMetrics, DataInfo, ModelCard, FORMAT_VERSION};
 
-use crate::correlate::Correlated;
+use crate::correlate::{CorrelateParams, CorrelateValidParams, Correlated, Linker};
 use crate::domain::Evidence;
 use crate::eval;
 use crate::features::{self, FeatureError, FeatureParams};
@@ -57,6 +57,9 @@ pub enum TrainError {
     /// Feature fitting failed.
     #[error(transparent)]
     Features(#[from] FeatureError),
+    /// Correlation parameters.
+    #[error(transparent)]
+    Correlate(#[from] crate::correlate::CorrelateError),
     /// Model fitting or scoring failed.
     #[error(transparent)]
     Model(#[from] ModelError),
@@ -97,6 +100,9 @@ pub struct TrainParams {
     /// first evidence, relevance = 1 for a true positive); `threatrank eval` compares its
     /// order with the classifier's P(TP). Default `None` (not trained).
     pub ranker: Option<RankerParams>,
+    /// Correlation of alerts without an incident id: the stoplist is learnt from the training
+    /// evidence and stored in the artifact. Default [`CorrelateParams::default`].
+    pub correlate: CorrelateParams,
 }
 
 impl Default for TrainParams {
@@ -110,6 +116,7 @@ impl Default for TrainParams {
             calibration: CalibrationParams::default(),
             conformal: ConformalParams::default().mode(ConformalMode::ClassConditional),
             ranker: None,
+            correlate: CorrelateParams::default(),
         }
     }
 }
@@ -167,6 +174,7 @@ impl TrainParams {
             .as_ref()
             .map(|r| r.clone().seeded(self.seed).check())
             .transpose()?;
+        let correlate = self.correlate.check()?;
         Ok(TrainValidParams {
             model,
             features,
@@ -175,6 +183,7 @@ impl TrainParams {
             calibration,
             conformal,
             ranker,
+            correlate,
         })
     }
 }
@@ -189,6 +198,7 @@ pub struct TrainValidParams {
     calibration: crate::models::calibrate::CalibrationValidParams,
     conformal: crate::models::conformal::ConformalValidParams,
     ranker: Option<crate::models::gbdt::RankerValidParams>,
+    correlate: CorrelateValidParams,
 }
 
 impl TrainValidParams {
@@ -323,6 +333,13 @@ pub fn fit(
         }
         None => None,
     };
+    let correlation = Linker::learn(
+        train
+            .iter()
+            .flat_map(|&i| corr.incidents[i].evidence.iter())
+            .map(|&r| &evidence[r as usize]),
+        &params.correlate,
+    );
     let mut grades = [0u64; 3];
     for &c in &y {
         grades[c as usize] += 1;
@@ -363,6 +380,7 @@ pub fn fit(
         conformal,
         decision,
         ranker,
+        correlation: Some(correlation),
     })
 }
 

@@ -455,7 +455,7 @@ fn queue_prints_only_the_tenant_asked_for_at_most_top_with_reasons() {
 
 #[test]
 fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
-    let cases: [(&str, &[&str]); 5] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("train", &["--input", "--model", "--algorithm", "--seed"]),
         ("score", &["--model", "--input", "--output"]),
         (
@@ -467,6 +467,16 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
             &["--input", "--folds", "--seed", "--algorithm", "--json"],
         ),
         ("demo", &["--input", "--out"]),
+        (
+            "correlate",
+            &[
+                "--input",
+                "--learn-on",
+                "--window-seconds",
+                "--max-alerts-per-entity",
+                "--ignore-incident-ids",
+            ],
+        ),
     ];
     for (sub, flags) in cases {
         let o = run(&[sub, "--help"]);
@@ -860,4 +870,32 @@ fn queue_review_lists_exactly_the_uncertain_incidents() {
         }
     }
     assert_eq!(listed, uncertain);
+}
+
+#[test]
+fn correlate_from_scratch_reports_pairwise_agreement_and_checks_its_params() {
+    let sample = sample_path();
+    let s = sample.to_str().unwrap();
+    let o = run(&["correlate", "--input", s, "--ignore-incident-ids"]);
+    assert_ok(&o);
+    let text = stdout(&o);
+    assert!(text.contains("window 21600 s"), "{text}");
+    assert!(
+        text.contains("pairwise vs given incident ids: precision 0."),
+        "{text}"
+    );
+    // Without ignoring them, GUIDE ids are all given: nothing to correlate.
+    let o = run(&["correlate", "--input", s]);
+    assert_ok(&o);
+    assert!(
+        stdout(&o).contains("0 evidence rows to correlate"),
+        "{}",
+        stdout(&o)
+    );
+    let o = run(&["correlate", "--input", s, "--window-seconds=-5"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("window_seconds"),
+        "{o:?}"
+    );
 }

@@ -7,6 +7,7 @@
 mod artifact;
 mod cli;
 mod common;
+mod correlation;
 mod guide_input;
 mod native_e2e;
 mod native_input;

@@ -54,7 +54,8 @@ fn native_alerts_score_one_row_per_record_in_order() {
     let want = [
         ("123", "46", "2165", "7001"),
         ("2", "46", "2165", "7002"),
-        ("5", "358", "7003", "7003"),
+        // No incident id: a candidate threat of its own, named 2^63 | its alert id.
+        ("5", "358", "9223372036854782811", "7003"),
         ("77", "999999", "1", "7004"),
     ];
     assert_eq!(rows.len(), want.len());
@@ -140,4 +141,39 @@ fn native_scores_do_not_depend_on_line_order() {
         // Id differs only for the alert whose id is its line number.
         assert_eq!(x[1..10], y[1..10], "{x:?} vs {y:?}");
     }
+}
+
+/// Alerts without an incident id that share a device within the artifact's window (6 h) form
+/// one candidate threat; a later sighting and another tenant's do not join it.
+#[test]
+fn native_alerts_without_incident_id_are_correlated_by_the_artifact() {
+    let model = threatrank::train::Artifact::load(shared_model()).unwrap();
+    let linker = model.correlation.as_ref().expect("trained with a linker");
+    assert_eq!(linker.window_seconds(), 21_600);
+    let alert = |tenant: u64, id: u64, ts: &str, host: &str| {
+        json!({"tenant": tenant, "alert_id": id, "timestamp": ts, "detector": "217",
+               "title": "194", "category": "Execution",
+               "entities": [{"type": "Machine", "role": "Impacted", "value": host},
+                            {"type": "Ip", "value": format!("10.0.0.{id}")}]})
+        .to_string()
+    };
+    let lines = [
+        alert(46, 9002, "2024-06-06T10:00:00Z", "host-9"),
+        alert(46, 9001, "2024-06-06T14:00:00Z", "host-9"),
+        alert(46, 9003, "2024-06-09T10:00:00Z", "host-9"),
+        alert(47, 9004, "2024-06-06T10:30:00Z", "host-9"),
+    ];
+    let dir = tmp();
+    let input = dir.path().join("free.jsonl");
+    std::fs::write(&input, jsonl(&lines)).unwrap();
+    let out = dir.path().join("scores.csv");
+    let res = pipeline::score_file(shared_model(), &input, &out, kn()).unwrap();
+    assert_eq!(res.incidents, 3);
+    let (_, rows) = read_csv(&out);
+    let top = 1u64 << 63;
+    let ids: Vec<&str> = rows.iter().map(|r| r[2].as_str()).collect();
+    let want = [top | 9001, top | 9001, top | 9003, top | 9004].map(|v| v.to_string());
+    assert_eq!(ids, want);
+    // One candidate threat, one score.
+    assert_eq!(rows[0][4..9], rows[1][4..9]);
 }

@@ -106,6 +106,8 @@ fn valid_alerts_become_one_evidence_per_entity() {
     // evidence of type None.
     let last = &ing.evidence[6];
     assert_eq!((last.incident.0, last.alert.0, last.id), (7003, 7003, 4));
+    assert!(!last.incident_given);
+    assert!(ing.evidence[..6].iter().all(|e| e.incident_given));
     assert_eq!(last.entity_type, "None");
     assert_eq!(last.grade, None);
 }
@@ -245,6 +247,26 @@ fn non_integer_ids_are_rejected() {
         assert!(r.reason.starts_with("invalid value: invalid "), "{r}");
         assert!(r.reason.contains("expected u64"), "{r}");
     }
+}
+
+/// Ids from 2^63 up name correlated candidate threats: a given `incident_id` there, or the
+/// `alert_id` of an alert without one, is rejected; a large alert id with an incident is fine.
+#[test]
+fn ids_in_the_correlated_namespace_are_rejected() {
+    let top = 1u64 << 63;
+    let r = one_rejection(&five_with_field(1, "incident_id", Some(json!(top + 5))));
+    assert_eq!(r.column.as_deref(), Some("incident_id"), "{r}");
+    assert!(r.reason.contains("reserved"), "{r}");
+    let mut a = alert(3);
+    a.as_object_mut().unwrap().remove("incident_id");
+    a["alert_id"] = json!(top);
+    let r = one_rejection(&five_with(3, a.to_string().as_bytes()));
+    assert_eq!((r.line, r.column.as_deref()), (4, Some("alert_id")), "{r}");
+    let mut a = alert(2);
+    a["alert_id"] = json!(u64::MAX);
+    let bytes = five_with(2, a.to_string().as_bytes());
+    let ing = read_native(&bytes, "ok.jsonl").unwrap();
+    assert_counts(&ing, 5, 5, 0);
 }
 
 /// The issue asks for the column of every rejection: JSONL type errors name their field.

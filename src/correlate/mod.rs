@@ -3,6 +3,21 @@
 //! Second stage of the pipeline. A GUIDE incident is `(OrgId, IncidentId)`; the key always
 //! includes the tenant, so no candidate threat ever spans two tenants. Grouping uses ordered maps:
 //! the incidents (and their order) do not depend on the order of the input rows.
+//!
+//! Two entry points:
+//! - [`group_incidents`]: by the given `(tenant, incident id)`; an alert without a given id is
+//!   its own incident (keyed by its alert id). Training uses this.
+//! - [`Linker`] (module [`link`]): learnt from training evidence (window, too-common entities),
+//!   then applied unchanged to any batch; alerts without a given incident id that share a strong
+//!   entity within the time window join one candidate threat (single linkage, union-find).
+//!   Scoring uses it when the artifact carries one.
+
+pub mod link;
+
+pub use link::{
+    pairwise_agreement, CorrelateError, CorrelateParams, CorrelateValidParams, Linker,
+    PairwiseAgreement, StopEntity, StopReason, STRONG_COLUMNS,
+};
 
 use crate::domain::{AlertId, Evidence, Grade, IncidentKey};
 use std::collections::BTreeMap;
@@ -81,6 +96,12 @@ pub fn group_incidents(evidence: &[Evidence]) -> Correlated {
     for (i, e) in evidence.iter().enumerate() {
         groups.entry(e.incident_key()).or_default().push(i as u32);
     }
+    build(evidence, groups)
+}
+
+/// Incidents from groups of evidence rows (each row in exactly one group, rows ascending within
+/// a group): alerts, first/last seen and grade per group, in key order.
+fn build(evidence: &[Evidence], groups: BTreeMap<IncidentKey, Vec<u32>>) -> Correlated {
     let mut incident_of = vec![0u32; evidence.len()];
     let incidents = groups
         .into_iter()
