@@ -49,12 +49,18 @@ pub struct Actor {
     pub score: f32,
     /// the incident's techniques the group is documented to use
     pub shared: Vec<String>,
+    /// the incident's techniques whose parent or sibling the group uses (half credit)
+    #[serde(default)]
+    pub related: Vec<String>,
 }
 
 impl Actor {
-    /// `APT29 (G0016): T1078, T1021.001`
+    /// `APT29 (G0016): T1078, T1021.001`, with related techniques after `~`
+    /// (`APT28 (G0007): T1110 ~T1110.003`)
     pub fn describe(&self) -> String {
-        format!("{} ({}): {}", self.name, self.id, self.shared.join(", "))
+        let mut parts: Vec<String> = self.shared.clone();
+        parts.extend(self.related.iter().map(|t| format!("~{t}")));
+        format!("{} ({}): {}", self.name, self.id, parts.join(", "))
     }
 }
 
@@ -172,6 +178,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
                     name: g.name,
                     score: g.score,
                     shared: g.shared,
+                    related: g.related,
                 });
             let ctx = Context {
                 detector: most_frequent(rows.iter().map(|e| e.detector.as_str())),
@@ -304,10 +311,19 @@ fn grade_word(rate: &str) -> &'static str {
 ///
 /// ```
 /// use threatrank::rank::{describe, Context};
-/// let ctx = Context { detector: "217".into(), title: "9".into(), category: "Execution".into() };
+/// let ctx = Context {
+///     detector: "217".into(),
+///     title: "9".into(),
+///     category: "Execution".into(),
+///     actor: Some("APT29 (G0016): T1078, T1021.001".into()),
+/// };
 /// assert_eq!(
 ///     describe("tenant_detector:tp_rate", 0.64, &ctx),
 ///     "this tenant graded detector 217 TP in 64% of past incidents"
+/// );
+/// assert_eq!(
+///     describe("actor_top_shared", 2.0, &ctx),
+///     "2 techniques shared with APT29 (G0016): T1078, T1021.001"
 /// );
 /// ```
 pub fn describe(name: &str, v: f32, ctx: &Context) -> String {

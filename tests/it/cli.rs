@@ -455,17 +455,36 @@ fn queue_prints_only_the_tenant_asked_for_at_most_top_with_reasons() {
 
 #[test]
 fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
-    let cases: [(&str, &[&str]); 6] = [
-        ("train", &["--input", "--model", "--algorithm", "--seed"]),
-        ("score", &["--model", "--input", "--output"]),
+    let cases: [(&str, &[&str]); 7] = [
+        (
+            "train",
+            &[
+                "--input",
+                "--model",
+                "--algorithm",
+                "--seed",
+                "--disable",
+                "--signals-key",
+                "--signals",
+            ],
+        ),
+        ("score", &["--model", "--input", "--output", "--signals"]),
         (
             "queue",
             &["--model", "--input", "--tenant", "--top", "--reasons"],
         ),
         (
             "eval",
-            &["--input", "--folds", "--seed", "--algorithm", "--json"],
+            &[
+                "--input",
+                "--folds",
+                "--seed",
+                "--algorithm",
+                "--json",
+                "--ablation",
+            ],
         ),
+        ("signals", &["build"]),
         ("demo", &["--input", "--out"]),
         (
             "correlate",

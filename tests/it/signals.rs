@@ -240,3 +240,133 @@ fn scoring_with_another_key_is_an_error() {
     let e = kn.with_snapshot(s).unwrap_err().to_string();
     assert!(e.contains("key"), "{e}");
 }
+
+#[test]
+fn switched_off_family_writes_zeros_and_others_do_not() {
+    use threatrank::features::{fit_transform, schema, Family, FeatureParams};
+    let l = loaded();
+    let kn = crate::common::kn();
+    let train: Vec<usize> = (0..l.corr.incidents.len()).step_by(5).collect();
+    let names = schema();
+    let cols = |f: Family| -> Vec<usize> {
+        (0..names.len())
+            .filter(|&j| names.families()[j] == f.name())
+            .collect()
+    };
+    let on = FeatureParams::default().check().unwrap();
+    let (_, x_on, _, _) = fit_transform(&on, &l.evidence, &l.corr, &train, kn).unwrap();
+    for f in [Family::Global, Family::Actor, Family::Sigma, Family::Tenant] {
+        let off = FeatureParams::default().disable(f).check().unwrap();
+        let (_, x_off, _, _) = fit_transform(&off, &l.evidence, &l.corr, &train, kn).unwrap();
+        let c = cols(f);
+        assert!(!c.is_empty(), "{f:?} has columns");
+        let live = |x: &threatrank::matrix::FeatureMatrix| {
+            (0..x.n_rows()).any(|r| c.iter().any(|&j| x.row(r)[j] != 0.0))
+        };
+        assert!(live(&x_on), "{f:?} is all zero when on");
+        assert!(!live(&x_off), "{f:?} not zero when off");
+        // the other families are untouched
+        for r in 0..x_on.n_rows() {
+            for j in (0..names.len()).filter(|j| !c.contains(j)) {
+                assert_eq!(x_on.row(r)[j], x_off.row(r)[j], "{f:?} moved column {j}");
+            }
+        }
+    }
+}
+
+#[test]
+fn signals_build_then_score_with_the_snapshot_and_keys() {
+    use crate::common::{run_os, stderr, tmp, train_csv};
+    let dir = tmp();
+    let key = dir.path().join("key");
+    std::fs::write(&key, "a test secret of more than sixteen bytes\n").unwrap();
+    let snap = dir.path().join("snap.json.gz");
+    let o = run_os(&[
+        "signals".as_ref(),
+        "build".as_ref(),
+        "--input".as_ref(),
+        sample_path().as_os_str(),
+        "--out".as_ref(),
+        snap.as_os_str(),
+        "--signals-key".as_ref(),
+        key.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("released (≥ 5 tenants each)"),
+        "{}",
+        stderr(&o)
+    );
+    let s = GlobalSignals::load(&snap).unwrap();
+    assert!(s.released(SignalKind::Detector) > 10);
+    // A model trained with the external snapshot under the same key scores with it …
+    let model = dir.path().join("m.json");
+    let o = run_os(&[
+        "train".as_ref(),
+        "--input".as_ref(),
+        train_csv().as_os_str(),
+        "--model".as_ref(),
+        model.as_os_str(),
+        "--algorithm".as_ref(),
+        "logistic".as_ref(),
+        "--signals".as_ref(),
+        snap.as_os_str(),
+        "--signals-key".as_ref(),
+        key.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = dir.path().join("s.csv");
+    let score = |extra: &[&std::ffi::OsStr]| {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "score".as_ref(),
+            "--model".as_ref(),
+            model.as_os_str(),
+            "--input".as_ref(),
+            train_csv().as_os_str(),
+            "--output".as_ref(),
+            out.as_os_str(),
+        ];
+        args.extend_from_slice(extra);
+        run_os(&args)
+    };
+    let o = score(&["--signals-key".as_ref(), key.as_os_str()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // … and refuses the development key, naming both fingerprints.
+    let o = score(&[]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("built with key") && e.contains(s.key_fingerprint()),
+        "{e}"
+    );
+    // A secret that is too short is an error, not a weak key.
+    std::fs::write(&key, "short").unwrap();
+    let o = score(&["--signals-key".as_ref(), key.as_os_str()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("at least 16"), "{}", stderr(&o));
+}
+
+#[test]
+fn queue_names_the_most_similar_actor() {
+    use threatrank::pipeline::score_loaded;
+    let l = pipeline::load_unlabelled(crate::common::train_csv()).unwrap();
+    let model = threatrank::train::Artifact::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json.gz"),
+    )
+    .unwrap();
+    let scored = score_loaded(&model, l, 3, crate::common::kn()).unwrap();
+    let with_actor: Vec<_> = scored
+        .incidents
+        .iter()
+        .filter(|s| s.actor.is_some())
+        .collect();
+    assert!(with_actor.len() > 20, "{}", with_actor.len());
+    for s in &with_actor {
+        let a = s.actor.as_ref().unwrap();
+        assert!(a.id.starts_with('G') && a.score > 0.0);
+        assert!(!(a.shared.is_empty() && a.related.is_empty()), "{a:?}");
+    }
+    let text =
+        threatrank::report::queue_table(&scored.incidents, Some(with_actor[0].key.tenant), 50);
+    assert!(text.contains("techniques overlap"), "{text}");
+}
