@@ -491,7 +491,7 @@ impl Linker {
             let root = uf.find(n);
             smallest[root] = smallest[root].min(n as u32);
         }
-        let mut groups: BTreeMap<IncidentKey, Vec<u32>> = BTreeMap::new();
+        let mut keyed: Vec<(IncidentKey, u32)> = Vec::with_capacity(evidence.len());
         for (r, e) in evidence.iter().enumerate() {
             let key = if free(e) {
                 let root = uf.find(node_of_row[r] as usize);
@@ -503,9 +503,9 @@ impl Linker {
             } else {
                 e.incident_key()
             };
-            groups.entry(key).or_default().push(r as u32);
+            keyed.push((key, r as u32));
         }
-        Ok(build(evidence, groups))
+        Ok(build(evidence, keyed))
     }
 }
 

@@ -92,16 +92,26 @@ pub fn most_frequent<'a>(values: impl Iterator<Item = &'a str>) -> String {
 /// assert!(incidents.incidents.is_empty());
 /// ```
 pub fn group_incidents(evidence: &[Evidence]) -> Correlated {
-    let mut groups: BTreeMap<IncidentKey, Vec<u32>> = BTreeMap::new();
-    for (i, e) in evidence.iter().enumerate() {
-        groups.entry(e.incident_key()).or_default().push(i as u32);
-    }
-    build(evidence, groups)
+    let keyed: Vec<(IncidentKey, u32)> = evidence
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.incident_key(), i as u32))
+        .collect();
+    build(evidence, keyed)
 }
 
-/// Incidents from groups of evidence rows (each row in exactly one group, rows ascending within
-/// a group): alerts, first/last seen and grade per group, in key order.
-fn build(evidence: &[Evidence], groups: BTreeMap<IncidentKey, Vec<u32>>) -> Correlated {
+/// Incidents from `(key, evidence row)` pairs, one per row: alerts, first/last seen and grade
+/// per key, in key order. One sort of the pairs (rows ascending within a key) instead of a map
+/// of vectors: flat memory, cache-friendly at millions of rows.
+fn build(evidence: &[Evidence], mut keyed: Vec<(IncidentKey, u32)>) -> Correlated {
+    keyed.sort_unstable();
+    let mut groups: Vec<(IncidentKey, Vec<u32>)> = Vec::new();
+    for (key, row) in keyed {
+        match groups.last_mut() {
+            Some((k, rows)) if *k == key => rows.push(row),
+            _ => groups.push((key, vec![row])),
+        }
+    }
     let mut incident_of = vec![0u32; evidence.len()];
     let incidents = groups
         .into_iter()
