@@ -75,12 +75,7 @@ fn synthetic_alerts(n: usize, seed: u64) -> Vec<Evidence> {
                 entity_type: String::new(),
                 impacted: true,
                 entities,
-                suspicion_level: None,
-                last_verdict: None,
-                threat_family: None,
-                antispam_direction: None,
-                roles: None,
-                severity: None,
+                ..Default::default()
             }
         })
         .collect()

@@ -10,7 +10,7 @@ use std::fmt;
 macro_rules! id_newtype {
     ($(#[$m:meta])* $name:ident) => {
         $(#[$m])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(transparent)]
         pub struct $name(pub u64);
 
@@ -248,6 +248,36 @@ pub struct Evidence {
     pub roles: Option<String>,
     /// native severity
     pub severity: Option<Severity>,
+}
+
+/// Empty evidence of tenant 0, incident 0 (given), alert 0 at time 0: a base for test and bench
+/// builders (`Evidence { tenant, alert, ..Default::default() }`).
+impl Default for Evidence {
+    fn default() -> Self {
+        Evidence {
+            record: 0,
+            id: 0,
+            tenant: TenantId(0),
+            incident: IncidentId(0),
+            incident_given: true,
+            alert: AlertId(0),
+            timestamp: 0,
+            detector: String::new(),
+            title: String::new(),
+            category: String::new(),
+            techniques: Vec::new(),
+            grade: None,
+            entity_type: String::new(),
+            impacted: false,
+            entities: Entities::default(),
+            suspicion_level: None,
+            last_verdict: None,
+            threat_family: None,
+            antispam_direction: None,
+            roles: None,
+            severity: None,
+        }
+    }
 }
 
 /// Serde default of [`Evidence::incident_given`]: evidence serialized before the field existed

@@ -647,12 +647,7 @@ mod tests {
             entity_type: "Machine".into(),
             impacted: true,
             entities,
-            suspicion_level: None,
-            last_verdict: None,
-            threat_family: None,
-            antispam_direction: None,
-            roles: None,
-            severity: None,
+            ..Default::default()
         }
     }
 

@@ -304,29 +304,7 @@ pub fn schema() -> FeatureSchema {
 }
 
 fn dummy_evidence() -> Evidence {
-    Evidence {
-        record: 0,
-        id: 0,
-        tenant: crate::domain::TenantId(0),
-        incident: crate::domain::IncidentId(0),
-        incident_given: true,
-        alert: crate::domain::AlertId(0),
-        timestamp: 0,
-        detector: String::new(),
-        title: String::new(),
-        category: String::new(),
-        techniques: Vec::new(),
-        grade: None,
-        entity_type: String::new(),
-        impacted: false,
-        entities: Default::default(),
-        suspicion_level: None,
-        last_verdict: None,
-        threat_family: None,
-        antispam_direction: None,
-        roles: None,
-        severity: None,
-    }
+    Evidence::default()
 }
 
 /// Receives feature values (and, for the schema, their names) in column order.

@@ -56,12 +56,7 @@ fn evidence(rows: &[Row]) -> Vec<Evidence> {
                 entity_type: "Ip".into(),
                 impacted: false,
                 entities,
-                suspicion_level: None,
-                last_verdict: None,
-                threat_family: None,
-                antispam_direction: None,
-                roles: None,
-                severity: None,
+                ..Default::default()
             }
         })
         .collect()

@@ -26,12 +26,7 @@ fn evidence(rows: &[(u64, u64, u64, i64, Option<u8>)]) -> Vec<Evidence> {
             entity_type: "Ip".into(),
             impacted: i % 2 == 0,
             entities: Entities::default(),
-            suspicion_level: None,
-            last_verdict: None,
-            threat_family: None,
-            antispam_direction: None,
-            roles: None,
-            severity: None,
+            ..Default::default()
         })
         .collect()
 }
