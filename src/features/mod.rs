@@ -181,6 +181,13 @@ pub struct FeatureParams {
     pub oof_folds: usize,
     /// Seed of the out-of-fold assignment. Default 7.
     pub seed: u64,
+    /// Out-of-fold global signals of a training incident leave out its whole tenant (folds by
+    /// tenant), so that the model learns them as they are for a tenant never seen; its own
+    /// history (`tenant` family) still comes from its other incidents. With `false` the global
+    /// signals are out-of-fold by incident like the rest. Default true (grouped 5-fold CV:
+    /// tenant-disjoint macro-F1 0.548/0.483 rows/incidents vs 0.527/0.462, incident-disjoint
+    /// 0.879/0.846 vs 0.881/0.848).
+    pub global_leave_tenant_out: bool,
     /// Families switched off: their columns stay in the schema (so every artifact has the same
     /// schema) and are written as 0, which no model can split on. Default none.
     pub disabled: Vec<Family>,
@@ -193,6 +200,7 @@ impl Default for FeatureParams {
             signals: SignalsParams::default(),
             oof_folds: 5,
             seed: 7,
+            global_leave_tenant_out: true,
             disabled: Vec::new(),
         }
     }
@@ -539,14 +547,28 @@ pub fn build_snapshot(
     corr: &Correlated,
 ) -> GlobalSignals {
     let sentinels = input_sentinels(evidence, corr);
+    let all: Vec<usize> = (0..corr.incidents.len()).collect();
+    snapshot_of(params, key, evidence, corr, &all, &sentinels)
+}
+
+/// A snapshot of the incidents `which` (indices into `corr.incidents`).
+fn snapshot_of(
+    params: &crate::signals::SignalsValidParams,
+    key: &PseudonymKey,
+    evidence: &[Evidence],
+    corr: &Correlated,
+    which: &[usize],
+    sentinels: &[Option<u64>; N_ENTITY_COLUMNS],
+) -> GlobalSignals {
     let mut b = SnapshotBuilder::new(params, key);
-    for inc in &corr.incidents {
+    for &i in which {
+        let inc = &corr.incidents[i];
         let rows: Vec<&Evidence> = inc
             .evidence
             .iter()
             .map(|&r| &evidence[r as usize])
             .collect();
-        observe_incident(&mut b, &rows, &sentinels, inc.grade);
+        observe_incident(&mut b, &rows, sentinels, inc.grade);
     }
     b.build()
 }
@@ -1157,6 +1179,33 @@ pub fn fit_transform(
         .iter()
         .map(|&i| oof_fold(&corr.incidents[i], p))
         .collect();
+    let tenant_fold: Vec<usize> = labelled
+        .iter()
+        .map(|&i| {
+            let t = corr.incidents[i].key.tenant.0;
+            // "tenant" in ASCII: a different stream from the incident folds
+            let z = crate::rng::mix64(p.seed ^ 0x7465_6e61_6e74 ^ crate::rng::mix64(t));
+            (z % p.oof_folds as u64) as usize
+        })
+        .collect();
+    let tenant_snapshots: Option<Vec<GlobalSignals>> =
+        (kn.snapshot.is_none() && p.global_leave_tenant_out).then(|| {
+            let signals = p.signals.check();
+            (0..p.oof_folds)
+                .map(|g| {
+                    let on: Vec<usize> = labelled
+                        .iter()
+                        .zip(&tenant_fold)
+                        .filter(|(_, &k)| k != g)
+                        .map(|(&i, _)| i)
+                        .collect();
+                    match &signals {
+                        Ok(sp) => snapshot_of(sp, &kn.key, evidence, corr, &on, &full.sentinels),
+                        Err(_) => full.global.clone(),
+                    }
+                })
+                .collect()
+        });
     for f in 0..p.oof_folds {
         let fit_on: Vec<usize> = labelled
             .iter()
@@ -1179,6 +1228,28 @@ pub fn fit_transform(
             // Sentinels describe the export format, not labels: use the full-data ones.
             FittedFeatures::fit_with_sentinels(params, evidence, corr, &fit_on, full.sentinels, kn)?
         };
+        if let Some(by_tenant) = &tenant_snapshots {
+            // Global signals of a training incident leave its whole tenant out, as they will
+            // for a tenant never seen; the tenant's own history comes from the other folds.
+            for (g, snap) in by_tenant.iter().enumerate() {
+                let sub: Vec<usize> = pos
+                    .iter()
+                    .copied()
+                    .filter(|&j| tenant_fold[j] == g)
+                    .collect();
+                if sub.is_empty() {
+                    continue;
+                }
+                let mut e = enc.clone();
+                e.global = snap.clone();
+                let which: Vec<usize> = sub.iter().map(|&j| labelled[j]).collect();
+                let part = e.transform(evidence, corr, &which, kn);
+                for (r, &j) in sub.iter().enumerate() {
+                    x.row_mut(j).copy_from_slice(part.row(r));
+                }
+            }
+            continue;
+        }
         let which: Vec<usize> = pos.iter().map(|&j| labelled[j]).collect();
         let part = enc.transform(evidence, corr, &which, kn);
         for (r, &j) in pos.iter().enumerate() {
