@@ -370,3 +370,67 @@ fn queue_names_the_most_similar_actor() {
         threatrank::report::queue_table(&scored.incidents, Some(with_actor[0].key.tenant), 50);
     assert!(text.contains("techniques overlap"), "{text}");
 }
+
+#[test]
+fn training_global_signals_leave_the_incident_own_tenant_out() {
+    use threatrank::domain::IncidentId;
+    use threatrank::features::{fit_transform, schema, FeatureParams};
+    let l = loaded();
+    let kn = crate::common::kn();
+    // The tenant with the most incidents, and copies of its incidents under new ids.
+    let mut per: BTreeMap<u64, usize> = BTreeMap::new();
+    for inc in &l.corr.incidents {
+        *per.entry(inc.key.tenant.0).or_default() += 1;
+    }
+    let (&t, _) = per
+        .iter()
+        .max_by_key(|(t, n)| (**n, std::cmp::Reverse(**t)))
+        .unwrap();
+    let mut more = l.evidence.clone();
+    more.extend(l.evidence.iter().filter(|e| e.tenant.0 == t).map(|e| {
+        let mut c = e.clone();
+        c.incident = IncidentId(e.incident.0 + (1 << 40));
+        c
+    }));
+    let (ev2, corr2) = regroup(more);
+    let names = schema();
+    let cols: Vec<usize> = (0..names.len())
+        .filter(|&j| {
+            names.families()[j] == "global"
+                && ["log_support", "log_tenants", "share_released"]
+                    .iter()
+                    .any(|s| names.names()[j].ends_with(s))
+        })
+        .collect();
+    // rows of tenant t's original incidents, in both inputs
+    let rows_of = |corr: &Correlated, labelled: &[usize]| -> BTreeMap<u64, usize> {
+        labelled
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| corr.incidents[i].key.tenant.0 == t)
+            .filter(|(_, &i)| corr.incidents[i].key.incident.0 < (1 << 40))
+            .map(|(r, &i)| (corr.incidents[i].key.incident.0, r))
+            .collect()
+    };
+    let moved = |leave_out: bool| -> usize {
+        let mut fp = FeatureParams::default();
+        fp.global_leave_tenant_out = leave_out;
+        let p = fp.check().unwrap();
+        let all1: Vec<usize> = (0..l.corr.incidents.len()).collect();
+        let all2: Vec<usize> = (0..corr2.incidents.len()).collect();
+        let (_, x1, _, lab1) = fit_transform(&p, &l.evidence, &l.corr, &all1, kn).unwrap();
+        let (_, x2, _, lab2) = fit_transform(&p, &ev2, &corr2, &all2, kn).unwrap();
+        let (r1, r2) = (rows_of(&l.corr, &lab1), rows_of(&corr2, &lab2));
+        assert_eq!(r1.len(), r2.len());
+        r1.iter()
+            .filter(|(id, &a)| {
+                let b = r2[id];
+                cols.iter().any(|&j| x1.row(a)[j] != x2.row(b)[j])
+            })
+            .count()
+    };
+    // Left out: the tenant's own incidents never reach its global columns.
+    assert_eq!(moved(true), 0);
+    // Control: out-of-fold by incident, the copies do reach them.
+    assert!(moved(false) > 0);
+}
