@@ -413,9 +413,12 @@ fn training_global_signals_leave_the_incident_own_tenant_out() {
             .collect()
     };
     let moved = |leave_out: bool| -> usize {
-        let mut fp = FeatureParams::default();
-        fp.global_leave_tenant_out = leave_out;
-        let p = fp.check().unwrap();
+        let p = FeatureParams {
+            global_leave_tenant_out: leave_out,
+            ..Default::default()
+        }
+        .check()
+        .unwrap();
         let all1: Vec<usize> = (0..l.corr.incidents.len()).collect();
         let all2: Vec<usize> = (0..corr2.incidents.len()).collect();
         let (_, x1, _, lab1) = fit_transform(&p, &l.evidence, &l.corr, &all1, kn).unwrap();
