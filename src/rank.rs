@@ -38,7 +38,24 @@ pub struct FamilyContribution {
     pub contribution: f32,
 }
 
-/// The known ATT&CK group whose documented techniques best match an incident's.
+/// Fewest distinct technique families (`T1078` and `T1078.004` are one) of an incident that a
+/// group must match to be named as its likely actor.
+pub const MIN_ACTOR_TECHNIQUES: usize = 2;
+
+/// Distinct technique families (parent ids) among matched techniques.
+fn matched_families(shared: &[String], related: &[String]) -> usize {
+    let mut fams: Vec<&str> = shared
+        .iter()
+        .chain(related)
+        .map(|t| t.split('.').next().unwrap_or(t))
+        .collect();
+    fams.sort_unstable();
+    fams.dedup();
+    fams.len()
+}
+
+/// The known ATT&CK group whose documented techniques best match an incident's (named only when
+/// at least [`MIN_ACTOR_TECHNIQUES`] of them match).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Actor {
     /// ATT&CK group id, e.g. `G0016`
@@ -88,7 +105,8 @@ pub struct ScoredIncident {
     pub last_seen: i64,
     /// ATT&CK tactics covered by its techniques, kill-chain order
     pub tactics: Vec<String>,
-    /// the most similar known ATT&CK group, when its techniques share any
+    /// the most similar known ATT&CK group, when it matches at least
+    /// [`MIN_ACTOR_TECHNIQUES`] of the incident's techniques
     #[serde(default)]
     pub actor: Option<Actor>,
     /// most frequent detector
@@ -173,6 +191,10 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
                 .top(&techniques, 1)
                 .into_iter()
                 .next()
+                // One behaviour (often a common one such as T1566, or T1078 with its
+                // sub-technique T1078.004) matches many thinly documented groups: name an actor
+                // only when techniques of two or more distinct families match.
+                .filter(|g| matched_families(&g.shared, &g.related) >= MIN_ACTOR_TECHNIQUES)
                 .map(|g| Actor {
                     id: g.id,
                     name: g.name,

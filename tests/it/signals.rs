@@ -360,11 +360,19 @@ fn queue_names_the_most_similar_actor() {
         .iter()
         .filter(|s| s.actor.is_some())
         .collect();
-    assert!(with_actor.len() > 20, "{}", with_actor.len());
+    assert!(with_actor.len() > 5, "{}", with_actor.len());
     for s in &with_actor {
         let a = s.actor.as_ref().unwrap();
         assert!(a.id.starts_with('G') && a.score > 0.0);
-        assert!(!(a.shared.is_empty() && a.related.is_empty()), "{a:?}");
+        let mut fams: Vec<&str> = a
+            .shared
+            .iter()
+            .chain(&a.related)
+            .map(|t| t.split('.').next().unwrap())
+            .collect();
+        fams.sort_unstable();
+        fams.dedup();
+        assert!(fams.len() >= 2, "{a:?}");
     }
     let text =
         threatrank::report::queue_table(&scored.incidents, Some(with_actor[0].key.tenant), 50);
