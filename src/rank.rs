@@ -169,11 +169,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
         .enumerate()
         .map(|(r, &i)| {
             let inc: &Incident = &input.corr.incidents[i];
-            let rows: Vec<&Evidence> = inc
-                .evidence
-                .iter()
-                .map(|&e| &input.evidence[e as usize])
-                .collect();
+            let rows: Vec<&Evidence> = inc.rows(input.evidence);
             let p = &input.probs[r * 3..r * 3 + 3];
             let mut mask = 0u16;
             let mut techniques: Vec<&str> = Vec::new();

@@ -42,6 +42,16 @@ pub struct Incident {
     pub grade_conflicts: u32,
 }
 
+impl Incident {
+    /// Its evidence rows, borrowed from the evidence slice it was correlated from.
+    pub fn rows<'a>(&self, evidence: &'a [Evidence]) -> Vec<&'a Evidence> {
+        self.evidence
+            .iter()
+            .map(|&r| &evidence[r as usize])
+            .collect()
+    }
+}
+
 /// Incidents of one input, sorted by key, with the incident of every evidence row.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Correlated {

@@ -563,11 +563,7 @@ fn snapshot_of(
     let mut b = SnapshotBuilder::new(params, key);
     for &i in which {
         let inc = &corr.incidents[i];
-        let rows: Vec<&Evidence> = inc
-            .evidence
-            .iter()
-            .map(|&r| &evidence[r as usize])
-            .collect();
+        let rows: Vec<&Evidence> = inc.rows(evidence);
         observe_incident(&mut b, &rows, sentinels, inc.grade);
     }
     b.build()
@@ -629,11 +625,7 @@ impl FittedFeatures {
             let class = g.class_id();
             let t = inc.key.tenant.0;
             prior_n[class as usize] += 1;
-            let rows: Vec<&Evidence> = inc
-                .evidence
-                .iter()
-                .map(|&r| &evidence[r as usize])
-                .collect();
+            let rows: Vec<&Evidence> = inc.rows(evidence);
             if let Some(b) = snapshot.as_mut() {
                 observe_incident(b, &rows, &sentinels, Some(g));
             }
@@ -703,11 +695,7 @@ impl FittedFeatures {
             .with_min_len(64)
             .for_each(|(row, &i)| {
                 let inc = &corr.incidents[i];
-                let rows: Vec<&Evidence> = inc
-                    .evidence
-                    .iter()
-                    .map(|&r| &evidence[r as usize])
-                    .collect();
+                let rows: Vec<&Evidence> = inc.rows(evidence);
                 self.extract(&rows, kn, &mut RowSink { out: row, i: 0 });
             });
         FeatureMatrix::from_vec(which.len(), width, data)

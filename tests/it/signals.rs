@@ -42,11 +42,7 @@ fn private_counts(evidence: &[Evidence], corr: &Correlated, key: &PseudonymKey) 
     let sentinels = input_sentinels(evidence, corr);
     let mut out: Private = BTreeMap::new();
     for inc in &corr.incidents {
-        let rows: Vec<&Evidence> = inc
-            .evidence
-            .iter()
-            .map(|&r| &evidence[r as usize])
-            .collect();
+        let rows: Vec<&Evidence> = inc.rows(evidence);
         for (kind, value, alerts) in incident_signals(&rows, &sentinels) {
             let stored = if kind.is_tenant_side() {
                 key.pseudonym(kind, &value)
