@@ -598,7 +598,15 @@ impl FittedFeatures {
         kn: &Knowledge,
     ) -> Result<Self, FeatureError> {
         let sentinels = learn_sentinels(evidence, corr, train);
-        Self::fit_with_sentinels(params, evidence, corr, train, sentinels, kn)
+        Self::fit_with_sentinels(
+            params,
+            evidence,
+            corr,
+            train,
+            sentinels,
+            &kn.key,
+            kn.snapshot.as_ref(),
+        )
     }
 
     fn fit_with_sentinels(
@@ -607,7 +615,8 @@ impl FittedFeatures {
         corr: &Correlated,
         train: &[usize],
         sentinels: [Option<u64>; N_ENTITY_COLUMNS],
-        kn: &Knowledge,
+        key: &PseudonymKey,
+        given: Option<&GlobalSignals>,
     ) -> Result<Self, FeatureError> {
         let p = params.get().clone();
         let mut entity_tenant = TableBuilder::default();
@@ -615,10 +624,7 @@ impl FittedFeatures {
         let mut tenant = TableBuilder::default();
         let mut keyed: Vec<TableBuilder> = (0..3).map(|_| TableBuilder::default()).collect();
         let signals = p.signals.check()?;
-        let mut snapshot = kn
-            .snapshot
-            .is_none()
-            .then(|| SnapshotBuilder::new(&signals, &kn.key));
+        let mut snapshot = given.is_none().then(|| SnapshotBuilder::new(&signals, key));
         for &i in train {
             let inc = &corr.incidents[i];
             let Some(g) = inc.grade else { continue };
@@ -644,9 +650,9 @@ impl FittedFeatures {
             return Err(FeatureError::NoLabels);
         }
         let prior = [0, 1, 2].map(|c| f64::from(prior_n[c]) / f64::from(total));
-        let global = match (snapshot, &kn.snapshot) {
+        let global = match (snapshot, given) {
             (Some(b), _) => b.build(),
-            (None, Some(external)) => external.clone(),
+            (None, Some(g)) => g.clone(),
             (None, None) => unreachable!("a builder exists when no snapshot is given"),
         };
         Ok(Self {
@@ -1213,8 +1219,21 @@ pub fn fit_transform(
             e.sentinels = full.sentinels;
             e
         } else {
-            // Sentinels describe the export format, not labels: use the full-data ones.
-            FittedFeatures::fit_with_sentinels(params, evidence, corr, &fit_on, full.sentinels, kn)?
+            // Sentinels describe the export format, not labels: use the full-data ones. With
+            // tenant folds the global signals are replaced below: do not build them here.
+            let given = match &tenant_snapshots {
+                Some(_) => Some(&full.global),
+                None => kn.snapshot.as_ref(),
+            };
+            FittedFeatures::fit_with_sentinels(
+                params,
+                evidence,
+                corr,
+                &fit_on,
+                full.sentinels,
+                &kn.key,
+                given,
+            )?
         };
         if let Some(by_tenant) = &tenant_snapshots {
             // Global signals of a training incident leave its whole tenant out, as they will
