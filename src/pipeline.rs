@@ -13,6 +13,7 @@ use crate::matrix::hex;
 use crate::rank::{self, RankInput, ScoredIncident};
 use crate::report;
 use crate::signals::{Knowledge, SignalsError};
+use crate::stream;
 use crate::train::{self, cv, Artifact, ArtifactError, DataInfo, TrainError, TrainParams};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -39,6 +40,9 @@ pub enum PipelineError {
     /// writing outputs
     #[error(transparent)]
     Report(#[from] report::ReportError),
+    /// streaming score
+    #[error(transparent)]
+    Stream(#[from] stream::StreamError),
     /// nothing usable in the input
     #[error("{file}: {reason}")]
     Input {
@@ -275,8 +279,9 @@ pub fn load_unlabelled(input: &Path) -> Result<Loaded, PipelineError> {
 /// Outcome of `threatrank score`.
 #[derive(Debug, Clone)]
 pub struct ScoreOutcome {
-    /// ingest counts
-    pub report: IngestReport,
+    /// counts, the first rejections, incidents scored and explained, rows written
+    /// (= records read), partitions used
+    pub report: stream::StreamOutcome,
     /// incidents scored
     pub incidents: usize,
     /// output rows written (= records read)
@@ -285,25 +290,78 @@ pub struct ScoreOutcome {
     pub rejects: PathBuf,
 }
 
-/// `threatrank score`: one output row per input record, in input order.
+/// `threatrank score` with default streaming parameters (the first 10 incidents of each
+/// tenant's queue explained; see [`score_file_with`]).
 pub fn score_file(
     model: &Path,
     input: &Path,
     output: &Path,
     kn: &Knowledge,
 ) -> Result<ScoreOutcome, PipelineError> {
+    let params = stream::StreamParams::default()
+        .check()
+        .map_err(PipelineError::from)?;
+    score_file_with(model, input, output, kn, &params)
+}
+
+/// `threatrank score`: one output row per input record, in input order, streamed with
+/// memory bounded by `params` ([`crate::stream`]). Labels are never read.
+pub fn score_file_with(
+    model: &Path,
+    input: &Path,
+    output: &Path,
+    kn: &Knowledge,
+    params: &stream::StreamValidParams,
+) -> Result<ScoreOutcome, PipelineError> {
     let artifact = Artifact::load(model)?;
-    let loaded = load_unlabelled(input)?;
+    if kn.snapshot.is_none() {
+        artifact
+            .features
+            .global_signals()
+            .check_key(&kn.key)
+            .map_err(SignalsError::from)?;
+    }
     let rejects = ingest::rejects_path_for(output);
     create_parent(&rejects)?;
-    loaded.report.write_rejects(&rejects)?;
-    let scored = score_loaded(&artifact, loaded, 1, kn)?;
-    let l = &scored.loaded;
-    let rows = report::write_scores(output, &l.evidence, &l.corr, &l.report, &scored.incidents)?;
+    let name = input.display().to_string();
+    let io = |source| IngestError::Io {
+        file: name.clone(),
+        source,
+    };
+    let file = std::fs::File::open(input).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader = std::io::BufReader::with_capacity(
+        1 << 16,
+        stream::CountingReader::new(file, counter.clone()),
+    );
+    let ip = ingest::IngestParams::default().read_labels(false).check()?;
+    let out = match InputFormat::from_path(input) {
+        InputFormat::GuideCsv => stream::score(
+            &artifact,
+            ingest::GuideReader::new(reader, &name, &ip)?,
+            len,
+            &counter,
+            output,
+            &rejects,
+            params,
+            kn,
+        ),
+        InputFormat::NativeJsonl => stream::score(
+            &artifact,
+            ingest::NativeReader::new(reader, &name, &ip)?,
+            len,
+            &counter,
+            output,
+            &rejects,
+            params,
+            kn,
+        ),
+    }?;
     Ok(ScoreOutcome {
-        incidents: scored.incidents.len(),
-        report: scored.loaded.report,
-        rows,
+        incidents: out.incidents as usize,
+        rows: out.rows,
+        report: out,
         rejects,
     })
 }

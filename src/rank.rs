@@ -160,6 +160,26 @@ pub struct RankInput<'a> {
     pub top_reasons: usize,
 }
 
+/// The most similar known ATT&CK group for a sorted, deduplicated technique set, when
+/// techniques of at least [`MIN_ACTOR_TECHNIQUES`] distinct families match.
+pub fn likely_actor(kn: &Knowledge, techniques: &[&str]) -> Option<Actor> {
+    kn.groups
+        .top(techniques, 1)
+        .into_iter()
+        .next()
+        // One behaviour (often a common one such as T1566, or T1078 with its sub-technique
+        // T1078.004) matches many thinly documented groups: name an actor only when techniques
+        // of two or more distinct families match.
+        .filter(|g| matched_families(&g.shared, &g.related) >= MIN_ACTOR_TECHNIQUES)
+        .map(|g| Actor {
+            id: g.id,
+            name: g.name,
+            score: g.score,
+            shared: g.shared,
+            related: g.related,
+        })
+}
+
 /// Builds scored incidents (input order kept).
 pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
     let width = input.x.n_cols();
@@ -181,23 +201,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
             }
             techniques.sort_unstable();
             techniques.dedup();
-            let actor = input
-                .knowledge
-                .groups
-                .top(&techniques, 1)
-                .into_iter()
-                .next()
-                // One behaviour (often a common one such as T1566, or T1078 with its
-                // sub-technique T1078.004) matches many thinly documented groups: name an actor
-                // only when techniques of two or more distinct families match.
-                .filter(|g| matched_families(&g.shared, &g.related) >= MIN_ACTOR_TECHNIQUES)
-                .map(|g| Actor {
-                    id: g.id,
-                    name: g.name,
-                    score: g.score,
-                    shared: g.shared,
-                    related: g.related,
-                });
+            let actor = likely_actor(input.knowledge, &techniques);
             let ctx = Context {
                 detector: most_frequent(rows.iter().map(|e| e.detector.as_str())),
                 title: most_frequent(rows.iter().map(|e| e.title.as_str())),

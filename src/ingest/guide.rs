@@ -8,6 +8,7 @@ use crate::domain::{
     AlertId, Entities, Evidence, Grade, IncidentId, TenantId, ENTITY_COLUMNS, N_ENTITY_COLUMNS,
 };
 use csv::ByteRecord;
+use rayon::prelude::*;
 use std::io::Read;
 
 /// All 46 columns of `GUIDE_Test.csv`, in file order (`GUIDE_Train.csv` lacks `Usage`).
@@ -99,16 +100,23 @@ struct Columns {
 
 /// Streaming GUIDE reader: yields one item per data row.
 pub struct GuideReader<R: Read> {
-    file: String,
     inner: csv::Reader<Tracked<R>>,
     events: Events,
     lines_before: u64,
+    parser: GuideParser,
+    record: ByteRecord,
+    /// reused record buffers of [`GuideReader::next_batch`]
+    pool: Vec<ByteRecord>,
+    index: u32,
+    done: bool,
+}
+
+/// What turns one raw record into evidence: no reader state, so records parse in parallel.
+struct GuideParser {
+    file: String,
     header: Vec<String>,
     cols: Columns,
     max_field: usize,
-    record: ByteRecord,
-    index: u32,
-    done: bool,
 }
 
 impl<R: Read> GuideReader<R> {
@@ -200,14 +208,17 @@ impl<R: Read> GuideReader<R> {
             roles: find("Roles"),
         };
         Ok(Self {
-            file: file.to_string(),
             inner,
             events,
             lines_before: 0,
-            header,
-            cols,
-            max_field: p.max_field_bytes,
+            parser: GuideParser {
+                file: file.to_string(),
+                header,
+                cols,
+                max_field: p.max_field_bytes,
+            },
             record: ByteRecord::new(),
+            pool: Vec::new(),
             index: 0,
             done: false,
         })
@@ -215,21 +226,46 @@ impl<R: Read> GuideReader<R> {
 
     /// Header names as read.
     pub fn header(&self) -> &[String] {
-        &self.header
+        &self.parser.header
     }
 
-    fn reject(&self, line: u64, column: Option<usize>, reason: String) -> Rejection {
+    /// Reads up to `max` records and parses them in parallel (rayon), in input order; the
+    /// same items [`Iterator::next`] would give. Empty at the end of the input.
+    pub fn next_batch(&mut self, max: usize) -> Vec<RecordResult> {
+        let mut pool = std::mem::take(&mut self.pool);
+        pool.resize_with(max, ByteRecord::new);
+        let mut meta: Vec<(u32, Result<u64, Rejection>)> = Vec::with_capacity(max);
+        for rec in pool.iter_mut() {
+            match self.read_raw(rec) {
+                Some(m) => meta.push(m),
+                None => break,
+            }
+        }
+        let parser = &self.parser;
+        let out = meta
+            .into_par_iter()
+            .zip(pool.par_iter())
+            .map(|((index, r), rec)| {
+                r.and_then(|line| parser.parse(rec, line, index).map(|e| vec![e]))
+            })
+            .collect();
+        self.pool = pool;
+        out
+    }
+}
+
+impl GuideParser {
+    fn reject(&self, index: u32, line: u64, column: Option<usize>, reason: String) -> Rejection {
         Rejection {
             file: self.file.clone(),
             line,
-            record: self.index,
+            record: index,
             column: column.map(|c| self.header[c].clone()),
             reason,
         }
     }
 
-    fn parse(&self, line: u64) -> Result<Evidence, Rejection> {
-        let rec = &self.record;
+    fn parse(&self, rec: &ByteRecord, line: u64, index: u32) -> Result<Evidence, Rejection> {
         if rec.len() != self.header.len() {
             let hint = if rec.len() < self.header.len() {
                 " (truncated or malformed row)"
@@ -237,6 +273,7 @@ impl<R: Read> GuideReader<R> {
                 " (unquoted separator or malformed row)"
             };
             return Err(self.reject(
+                index,
                 line,
                 None,
                 format!(
@@ -250,6 +287,7 @@ impl<R: Read> GuideReader<R> {
         for (i, f) in rec.iter().enumerate() {
             if f.len() > self.max_field {
                 return Err(self.reject(
+                    index,
                     line,
                     Some(i),
                     format!(
@@ -261,6 +299,7 @@ impl<R: Read> GuideReader<R> {
             }
             if let Err(e) = std::str::from_utf8(f) {
                 return Err(self.reject(
+                    index,
                     line,
                     Some(i),
                     format!("invalid UTF-8 at byte {}", e.valid_up_to()),
@@ -280,10 +319,16 @@ impl<R: Read> GuideReader<R> {
         let int = |i: usize| -> Result<u64, Rejection> {
             let s = text(i);
             if s.is_empty() {
-                return Err(self.reject(line, Some(i), "empty value (integer required)".into()));
+                return Err(self.reject(
+                    index,
+                    line,
+                    Some(i),
+                    "empty value (integer required)".into(),
+                ));
             }
             parse_code(s).ok_or_else(|| {
                 self.reject(
+                    index,
                     line,
                     Some(i),
                     format!("not a non-negative integer: {:?}", truncate(s, 40)),
@@ -293,7 +338,7 @@ impl<R: Read> GuideReader<R> {
         let nonempty = |i: usize| -> Result<String, Rejection> {
             let s = text(i);
             if s.is_empty() {
-                Err(self.reject(line, Some(i), "empty value".into()))
+                Err(self.reject(index, line, Some(i), "empty value".into()))
             } else {
                 Ok(s.to_string())
             }
@@ -304,7 +349,7 @@ impl<R: Read> GuideReader<R> {
         let incident = IncidentId(int(c.incident)?);
         let alert = AlertId(int(c.alert)?);
         let timestamp = parse_rfc3339(text(c.timestamp))
-            .map_err(|e| self.reject(line, Some(c.timestamp), e))?;
+            .map_err(|e| self.reject(index, line, Some(c.timestamp), e))?;
         let detector = nonempty(c.detector)?;
         let title = nonempty(c.title)?;
         let category = nonempty(c.category)?;
@@ -314,6 +359,7 @@ impl<R: Read> GuideReader<R> {
             "Related" => false,
             other => {
                 return Err(self.reject(
+                    index,
                     line,
                     Some(c.role),
                     format!(
@@ -324,7 +370,9 @@ impl<R: Read> GuideReader<R> {
             }
         };
         let techniques = match c.techniques {
-            Some(i) => parse_techniques(text(i)).map_err(|e| self.reject(line, Some(i), e))?,
+            Some(i) => {
+                parse_techniques(text(i)).map_err(|e| self.reject(index, line, Some(i), e))?
+            }
             None => Vec::new(),
         };
         let grade = match c.grade {
@@ -332,6 +380,7 @@ impl<R: Read> GuideReader<R> {
                 "" => None,
                 s => Some(Grade::parse(s).ok_or_else(|| {
                     self.reject(
+                        index,
                         line,
                         Some(i),
                         format!(
@@ -352,7 +401,7 @@ impl<R: Read> GuideReader<R> {
             }
         }
         Ok(Evidence {
-            record: self.index,
+            record: index,
             id,
             tenant,
             incident,
@@ -428,16 +477,17 @@ pub(crate) fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-impl<R: Read> Iterator for GuideReader<R> {
-    type Item = RecordResult;
-
-    fn next(&mut self) -> Option<RecordResult> {
+impl<R: Read> GuideReader<R> {
+    /// Reads the next record's raw fields into `rec`: its index and either its line (to be
+    /// parsed) or a rejection decided while reading (unterminated quote, I/O error). `None` at
+    /// the end of the input. Blank lines are skipped.
+    fn read_raw(&mut self, rec: &mut ByteRecord) -> Option<(u32, Result<u64, Rejection>)> {
         if self.done {
             return None;
         }
         loop {
-            let res = self.inner.read_byte_record(&mut self.record);
-            let start = self.record.position().map_or(0, |p| p.byte());
+            let res = self.inner.read_byte_record(rec);
+            let start = rec.position().map_or(0, |p| p.byte());
             let end = self.inner.position().byte();
             let span = self.events.take_span(start, end);
             self.lines_before += span.lines_before;
@@ -445,6 +495,7 @@ impl<R: Read> Iterator for GuideReader<R> {
             // at all.
             let line = self.lines_before + 1;
             self.lines_before += span.lines_inside;
+            let index = self.index;
             let item = match res {
                 Ok(false) => {
                     self.done = true;
@@ -452,13 +503,14 @@ impl<R: Read> Iterator for GuideReader<R> {
                 }
                 Ok(true) => {
                     // A blank line inside the file is not a record.
-                    if self.record.len() == 1 && self.record.get(0).is_some_and(|f| f.is_empty()) {
+                    if rec.len() == 1 && rec.get(0).is_some_and(|f| f.is_empty()) {
                         continue;
                     }
                     if span.quotes % 2 == 1 && self.events.at_eof(end) {
                         // csv accepts end of file inside a quoted field; we do not.
                         let swallowed = span.lines_inside.saturating_sub(1);
-                        Err(self.reject(
+                        Err(self.parser.reject(
+                            index,
                             line,
                             None,
                             format!(
@@ -471,18 +523,33 @@ impl<R: Read> Iterator for GuideReader<R> {
                             ),
                         ))
                     } else {
-                        self.parse(line).map(|e| vec![e])
+                        Ok(line)
                     }
                 }
                 Err(e) => {
                     // I/O failure mid-file: report it as this record's rejection and stop.
                     self.done = true;
-                    Err(self.reject(line, None, format!("read error: {e}")))
+                    Err(self
+                        .parser
+                        .reject(index, line, None, format!("read error: {e}")))
                 }
             };
             self.index += 1;
-            return Some(item);
+            return Some((index, item));
         }
+    }
+}
+
+impl<R: Read> Iterator for GuideReader<R> {
+    type Item = RecordResult;
+
+    fn next(&mut self) -> Option<RecordResult> {
+        let mut rec = std::mem::take(&mut self.record);
+        let out = self.read_raw(&mut rec).map(|(index, r)| {
+            r.and_then(|line| self.parser.parse(&rec, line, index).map(|e| vec![e]))
+        });
+        self.record = rec;
+        out
     }
 }
 
@@ -577,7 +644,11 @@ impl<R: Read> Read for Tracked<R> {
 
 impl<R: Read> RecordSource for GuideReader<R> {
     fn file_name(&self) -> &str {
-        &self.file
+        &self.parser.file
+    }
+
+    fn next_batch(&mut self, max: usize) -> Vec<RecordResult> {
+        GuideReader::next_batch(self, max)
     }
 }
 

@@ -270,7 +270,19 @@ pub type RecordResult = Result<Vec<Evidence>, Rejection>;
 pub trait RecordSource: Iterator<Item = RecordResult> {
     /// Input name used in messages.
     fn file_name(&self) -> &str;
+
+    /// Up to `max` items, in order (empty at the end). Readers that can parse records in
+    /// parallel override it.
+    fn next_batch(&mut self, max: usize) -> Vec<RecordResult>
+    where
+        Self: Sized,
+    {
+        self.by_ref().take(max).collect()
+    }
 }
+
+/// Records per [`RecordSource::next_batch`] when draining a reader.
+pub const BATCH_RECORDS: usize = 8192;
 
 /// Drains a streaming reader into memory, counting as it goes.
 pub fn collect<S: RecordSource>(source: S) -> Result<Ingested, IngestError> {
@@ -281,14 +293,21 @@ pub fn collect<S: RecordSource>(source: S) -> Result<Ingested, IngestError> {
         },
         ..Default::default()
     };
-    for item in source {
-        out.report.records += 1;
-        match item {
-            Ok(ev) => {
-                out.report.accepted += 1;
-                out.evidence.extend(ev);
+    let mut source = source;
+    loop {
+        let batch = source.next_batch(BATCH_RECORDS);
+        if batch.is_empty() {
+            break;
+        }
+        for item in batch {
+            out.report.records += 1;
+            match item {
+                Ok(ev) => {
+                    out.report.accepted += 1;
+                    out.evidence.extend(ev);
+                }
+                Err(rej) => out.report.rejected.push(rej),
             }
-            Err(rej) => out.report.rejected.push(rej),
         }
     }
     Ok(out)

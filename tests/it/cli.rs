@@ -249,10 +249,8 @@ fn score_writes_one_row_per_input_row_in_input_order() {
         .map(|r| (r[col("OrgId")].as_str(), r[col("IncidentId")].as_str()))
         .collect();
     assert!(
-        e.contains(&format!(
-            "scored {} incidents; wrote 800 rows",
-            incidents.len()
-        )),
+        e.contains(&format!("scored {} incidents (", incidents.len()))
+            && e.contains("1 partition); wrote 800 rows"),
         "{e}"
     );
     assert_eq!(

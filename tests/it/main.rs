@@ -14,3 +14,4 @@ mod native_input;
 mod online;
 mod properties;
 mod signals;
+mod stream;
