@@ -29,6 +29,7 @@ import csv
 import os
 import platform
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -135,7 +136,12 @@ def read_guide(path: str, need_label: bool) -> pd.DataFrame:
     if missing:
         raise InputError(f"{where(path, 1)}: missing GUIDE column(s) {', '.join(missing)}")
     try:
-        df = pd.read_csv(path)
+        with warnings.catch_warnings():
+            # Columns that are empty in one of read_csv's internal chunks (ActionGrouped,
+            # ActionGranular, ResourceType on GUIDE) come back as object columns mixing NaN and
+            # str; encode() treats both alike, so pandas' DtypeWarning about them is noise.
+            warnings.simplefilter("ignore", pd.errors.DtypeWarning)
+            df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise InputError(f"{path}: pandas.read_csv failed: {e}")
     for col in KEY:
