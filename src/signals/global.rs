@@ -205,7 +205,9 @@ impl SignalsValidParams {
 /// its fingerprint.
 #[derive(Clone)]
 pub struct PseudonymKey {
-    secret: Vec<u8>,
+    /// HMAC state with the secret already absorbed (cloned per message: saves hashing the key
+    /// pads on every pseudonym)
+    keyed: Hmac<Sha256>,
     development: bool,
 }
 
@@ -213,6 +215,13 @@ impl std::fmt::Debug for PseudonymKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PseudonymKey({})", self.fingerprint())
     }
+}
+
+/// HMAC-SHA256 state keyed with `secret`.
+fn keyed(secret: &[u8]) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length: `new_from_slice` cannot fail for HMAC.
+    <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"))
 }
 
 /// The development key's secret: public, for demos and tests only.
@@ -232,7 +241,7 @@ impl PseudonymKey {
             )));
         }
         Ok(Self {
-            secret: secret.to_vec(),
+            keyed: keyed(secret),
             development: false,
         })
     }
@@ -249,7 +258,7 @@ impl PseudonymKey {
     /// The public development key, for demos and tests: pseudonyms under it protect nothing.
     pub fn development() -> Self {
         Self {
-            secret: DEVELOPMENT_SECRET.to_vec(),
+            keyed: keyed(DEVELOPMENT_SECRET),
             development: true,
         }
     }
@@ -260,9 +269,7 @@ impl PseudonymKey {
     }
 
     fn mac(&self, domain: &str, value: &[u8]) -> [u8; 32] {
-        // HMAC accepts keys of any length: `new_from_slice` cannot fail for HMAC.
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(&self.secret)
-            .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
+        let mut m = self.keyed.clone();
         m.update(domain.as_bytes());
         m.update(&[0]);
         m.update(value);
