@@ -20,4 +20,5 @@ pub mod rank;
 pub mod report;
 pub(crate) mod rng;
 pub mod signals;
+pub mod synth;
 pub mod train;
