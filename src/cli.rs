@@ -8,6 +8,7 @@ use crate::domain::TenantId;
 use crate::models::Algorithm;
 use crate::pipeline::{self, PipelineError};
 use crate::signals::{GlobalSignals, Knowledge, PseudonymKey, SignalsError};
+use crate::synth::SynthParams;
 use crate::train::cv::{CvParams, SplitKind};
 use crate::train::TrainParams;
 use clap::{Parser, Subcommand};
@@ -248,6 +249,37 @@ pub enum Command {
         /// Ignore given incident ids; report agreement with them.
         #[arg(long)]
         ignore_incident_ids: bool,
+    },
+    /// Write GUIDE-shaped synthetic CSV fitted to the marginals of a real GUIDE file.
+    ///
+    /// For scale benchmarks: any number of rows, streamed with bounded memory, same arguments
+    /// and fit file → byte-identical output. Fitted: incident sizes and grades, alerts
+    /// (detector, title, category, techniques) given the grade, evidence rows (entity type,
+    /// role, other columns, "not present" codes) given grade and category, tenant sizes, time
+    /// span and hour of day; entity codes come from per-tenant pools. Ids are synthetic. See
+    /// the README's "Synthetic data".
+    Synth {
+        /// Rows to write.
+        #[arg(long)]
+        rows: u64,
+        /// Tenants (OrgId 0 … T-1, heavy-tailed sizes; at most this many appear).
+        #[arg(long, default_value_t = SynthParams::default().tenants)]
+        tenants: u64,
+        /// Seed of every random draw.
+        #[arg(long, default_value_t = SynthParams::default().seed)]
+        seed: u64,
+        /// CSV file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Real GUIDE CSV whose marginals are fitted (default: datasets/guide/guide_sample.csv).
+        #[arg(long)]
+        fit: Option<PathBuf>,
+        /// Incidents open at once, whose rows are interleaved.
+        #[arg(long, default_value_t = SynthParams::default().open_incidents)]
+        open_incidents: usize,
+        /// Weight of the unconditional draw in the grade-conditional ones (0 … 1).
+        #[arg(long, default_value_t = SynthParams::default().grade_smoothing)]
+        grade_smoothing: f64,
     },
     /// Train on the shipped GUIDE sample, evaluate, and print the top of the queue.
     Demo {
@@ -599,6 +631,64 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     a.predicted_groups
                 );
             }
+            Ok(())
+        }
+        Command::Synth {
+            rows,
+            tenants,
+            seed,
+            out,
+            fit,
+            open_incidents,
+            grade_smoothing,
+        } => {
+            let fit = fit.unwrap_or_else(shipped_sample);
+            let params = SynthParams::default()
+                .rows(rows)
+                .tenants(tenants)
+                .seed(seed)
+                .open_incidents(open_incidents)
+                .grade_smoothing(grade_smoothing);
+            let pb = ProgressBar::new(rows);
+            pb.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} rows {elapsed_precise} ({per_sec}) {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            pb.set_message(format!("fitting {}", fit.display()));
+            let mut first = true;
+            let out_res = pipeline::synth_file(&fit, &out, &params, &mut |n| {
+                if first {
+                    pb.set_message(format!("writing {}", out.display()));
+                    first = false;
+                }
+                pb.set_position(n);
+            });
+            pb.finish_and_clear();
+            let o = out_res?;
+            eprintln!(
+                "fitted on {}: {} rows, {} incidents, {} tenants, {:.2} rows per incident ({:.2} s)",
+                fit.display(),
+                o.fit.rows,
+                o.fit.incidents,
+                o.fit.tenants,
+                o.fit.mean_incident_rows(),
+                o.fit_seconds
+            );
+            let s = &o.summary;
+            eprintln!(
+                "synth: {} rows, {} incidents, {} alerts, {} tenants, {} bytes in {:.2} s ({:.2} M rows/s, {:.0} bytes/row)",
+                s.rows,
+                s.incidents,
+                s.alerts,
+                s.tenants,
+                s.bytes,
+                o.seconds,
+                s.rows as f64 / o.seconds.max(1e-9) / 1e6,
+                s.bytes as f64 / s.rows.max(1) as f64
+            );
+            println!("{}", out.display());
             Ok(())
         }
         Command::Demo { input, out } => demo(input, &out),

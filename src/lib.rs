@@ -21,4 +21,5 @@ pub mod report;
 pub(crate) mod rng;
 pub mod signals;
 pub mod stream;
+pub mod synth;
 pub mod train;

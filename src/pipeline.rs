@@ -14,6 +14,7 @@ use crate::rank::{self, RankInput, ScoredIncident};
 use crate::report;
 use crate::signals::{Knowledge, SignalsError};
 use crate::stream;
+use crate::synth::{self, SynthError, SynthParams, SynthSummary};
 use crate::train::{self, cv, Artifact, ArtifactError, DataInfo, TrainError, TrainParams};
 use sha2::{Digest, Sha256};
 use std::io::Read;
@@ -43,6 +44,9 @@ pub enum PipelineError {
     /// streaming score
     #[error(transparent)]
     Stream(#[from] stream::StreamError),
+    /// synthetic data: fit file or parameters
+    #[error(transparent)]
+    Synth(#[from] SynthError),
     /// nothing usable in the input
     #[error("{file}: {reason}")]
     Input {
@@ -524,5 +528,53 @@ pub fn correlate_file(
         free_rows,
         incidents,
         agreement,
+    })
+}
+
+/// Outcome of `threatrank synth`.
+#[derive(Debug, Clone)]
+pub struct SynthOutcome {
+    /// what the fit file held
+    pub fit: synth::ProfileStats,
+    /// what was written
+    pub summary: SynthSummary,
+    /// seconds spent fitting the profile
+    pub fit_seconds: f64,
+    /// seconds spent writing the rows
+    pub seconds: f64,
+}
+
+/// `threatrank synth`: fits a [`synth::Profile`] to `fit` (GUIDE CSV) and writes
+/// `params.rows` synthetic rows to `out` through a `BufWriter`; `progress` gets the rows
+/// written so far every 65,536 rows.
+pub fn synth_file(
+    fit: &Path,
+    out: &Path,
+    params: &SynthParams,
+    progress: &mut dyn FnMut(u64),
+) -> Result<SynthOutcome, PipelineError> {
+    let valid = params.check()?;
+    let start = std::time::Instant::now();
+    let profile = synth::Profile::fit_file(fit)?;
+    let fit_seconds = start.elapsed().as_secs_f64();
+    create_parent(out)?;
+    let write_err = |source| SynthError::Write {
+        target: out.display().to_string(),
+        source,
+    };
+    let file = std::fs::File::create(out).map_err(write_err)?;
+    let start = std::time::Instant::now();
+    let summary = synth::generate_with_progress(
+        &profile,
+        &valid,
+        std::io::BufWriter::with_capacity(1 << 16, file),
+        progress,
+    )
+    .map_err(|e| e.in_output(out))?;
+    Ok(SynthOutcome {
+        fit: profile.stats().clone(),
+        summary,
+        fit_seconds,
+        seconds: start.elapsed().as_secs_f64(),
     })
 }

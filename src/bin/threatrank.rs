@@ -16,6 +16,7 @@ fn main() -> ExitCode {
             ExitCode::from(match e {
                 threatrank::pipeline::PipelineError::Ingest(_)
                 | threatrank::pipeline::PipelineError::Input { .. } => 2,
+                threatrank::pipeline::PipelineError::Synth(ref s) if s.is_input() => 2,
                 threatrank::pipeline::PipelineError::Artifact(_) => 3,
                 _ => 1,
             })

@@ -11,8 +11,10 @@ mod guide;
 mod native;
 mod time;
 
+pub(crate) use guide::parse_code;
 pub use guide::{GuideReader, GUIDE_COLUMNS, GUIDE_REQUIRED};
 pub use native::{NativeAlert, NativeEntity, NativeReader};
+pub(crate) use time::civil_from_days;
 pub use time::{format_rfc3339, parse_rfc3339};
 
 use crate::domain::Evidence;

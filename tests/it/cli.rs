@@ -453,7 +453,7 @@ fn queue_prints_only_the_tenant_asked_for_at_most_top_with_reasons() {
 
 #[test]
 fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 8] = [
         (
             "train",
             &[
@@ -494,6 +494,18 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
                 "--ignore-incident-ids",
             ],
         ),
+        (
+            "synth",
+            &[
+                "--rows",
+                "--tenants",
+                "--seed",
+                "--out",
+                "--fit",
+                "--open-incidents",
+                "--grade-smoothing",
+            ],
+        ),
     ];
     for (sub, flags) in cases {
         let o = run(&[sub, "--help"]);
@@ -505,7 +517,7 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
     }
     let o = run(&["--help"]);
     assert_ok(&o);
-    for sub in ["train", "score", "queue", "eval", "demo"] {
+    for sub in ["train", "score", "queue", "eval", "demo", "synth"] {
         assert!(stdout(&o).contains(sub), "{}", stdout(&o));
     }
 }

@@ -1,5 +1,5 @@
 //! Integration tests of `threatrank`: bad input (GUIDE CSV and native JSONL), the CLI
-//! contract, artifact checks, correlation/tenant properties and JSONL end to end.
+//! contract, artifact checks, correlation/tenant properties, JSONL end to end and synthetic data.
 //!
 //! One binary (`cargo test --test it`). A logistic model is trained once per process on the
 //! first 1,500 rows of the shipped sample (`common::shared_model`).
@@ -15,3 +15,4 @@ mod online;
 mod properties;
 mod signals;
 mod stream;
+mod synth;
