@@ -1,5 +1,6 @@
 //! Integration tests of `threatrank`: bad input (GUIDE CSV and native JSONL), the CLI
-//! contract, artifact checks, correlation/tenant properties and JSONL end to end.
+//! contract, artifact checks, correlation/tenant properties, JSONL end to end and the
+//! benchmark report.
 //!
 //! One binary (`cargo test --test it`). A logistic model is trained once per process on the
 //! first 1,500 rows of the shipped sample (`common::shared_model`).
@@ -13,4 +14,5 @@ mod native_e2e;
 mod native_input;
 mod online;
 mod properties;
+mod report;
 mod signals;
