@@ -17,8 +17,9 @@
 //!   field names for notebooks);
 //! * [`plot`] draws the SVG charts by hand; `render` lays out the same content as Markdown and
 //!   as one self-contained HTML page;
-//! * [`ScaleReport`] is the optional end-to-end scale section (left `None` here; a scale run
-//!   fills it).
+//! * [`ScaleReport`] is the optional end-to-end scale section: [`run`] leaves it `None`; a
+//!   scale run reads `report.json` back into a [`BenchReport`], sets it and calls
+//!   [`write_report`].
 //!
 //! Output is deterministic except the timings in `meta`: same input, parameters and seed give
 //! byte-identical plots.
@@ -622,10 +623,29 @@ pub fn run(
         scale: None,
         plots: Vec::new(),
     };
-    let t = Instant::now();
+    // everything but the writing itself; write_report adds its own time
+    bench.meta.wall_seconds = input.load_seconds + seconds(start);
     progress(Progress::Stage("writing"));
-    let plots = render::plots(&bench);
-    bench.plots = plots.iter().map(|p| p.reference.clone()).collect();
+    let mut all = write_report(&mut bench, out)?;
+    all.extend(files);
+    Ok(Outcome {
+        report: bench,
+        files: all,
+    })
+}
+
+/// Renders a report into `out`: `plots/*.svg` (stale `.svg` files there removed),
+/// `report.md`, `report.html` and `report.json`; sets [`BenchReport::plots`] and the `write`
+/// stage of the timings (replacing an earlier one, `wall_seconds` adjusted). Returns the files
+/// written, `report.json`, `report.md`, `report.html` first.
+///
+/// This is also how a scale run adds its section: read `report.json` into a [`BenchReport`],
+/// set [`BenchReport::scale`], and call this again.
+pub fn write_report(report: &mut BenchReport, out: &Path) -> Result<Vec<PathBuf>, BenchError> {
+    let t = Instant::now();
+    create_dir(out)?;
+    let plots = render::plots(report);
+    report.plots = plots.iter().map(|p| p.reference.clone()).collect();
     let plot_dir = out.join("plots");
     create_dir(&plot_dir)?;
     remove_stale_plots(&plot_dir)?;
@@ -638,31 +658,34 @@ pub fn run(
     let md = out.join("report.md");
     let html = out.join("report.html");
     let json = out.join("report.json");
-    // Timings as far as known go into the pages; the JSON gets them all.
-    bench.meta.timings.push(StageTime {
-        stage: "write".into(),
-        seconds: seconds(t),
-    });
-    bench.meta.wall_seconds = input.load_seconds + seconds(start);
-    let blocks = render::blocks(&bench, &plots);
-    write(&md, &render::markdown(&blocks))?;
-    write(&html, &render::html(&blocks, &bench.meta.input.file))?;
-    if let Some(w) = bench.meta.timings.last_mut() {
-        w.seconds = seconds(t);
+    let meta = &mut report.meta;
+    if let Some(i) = meta.timings.iter().position(|s| s.stage == "write") {
+        meta.wall_seconds -= meta.timings.remove(i).seconds;
     }
-    bench.meta.wall_seconds = input.load_seconds + seconds(start);
-    let text = serde_json::to_string_pretty(&bench).map_err(|e| BenchError::Write {
+    meta.timings.push(StageTime {
+        stage: "write".into(),
+        seconds: 0.0,
+    });
+    let set_write_time = |r: &mut BenchReport, secs: f64| {
+        if let Some(w) = r.meta.timings.last_mut() {
+            r.meta.wall_seconds += secs - w.seconds;
+            w.seconds = secs;
+        }
+    };
+    // the pages show the time up to here; the JSON gets the whole write
+    set_write_time(report, seconds(t));
+    let blocks = render::blocks(report, &plots);
+    write(&md, &render::markdown(&blocks))?;
+    write(&html, &render::html(&blocks, &report.meta.input.file))?;
+    set_write_time(report, seconds(t));
+    let text = serde_json::to_string_pretty(&*report).map_err(|e| BenchError::Write {
         file: json.display().to_string(),
         reason: e.to_string(),
     })?;
     write(&json, &(text + "\n"))?;
     let mut all = vec![json, md, html];
     all.extend(written);
-    all.extend(files);
-    Ok(Outcome {
-        report: bench,
-        files: all,
-    })
+    Ok(all)
 }
 
 fn create_dir(dir: &Path) -> Result<(), BenchError> {

@@ -766,8 +766,8 @@ fn split_blocks(b: &mut Vec<Block>, r: &BenchReport, sp: &SplitFigures, plots: &
         b.push(Block::Heading(3, "Feature-family importance".into()));
         b.push(Block::Para(
             "Mean over held-out incidents of |sum of a family's additive contributions to the TP \
-             margin| (TreeSHAP for the GBDT, path contributions for the forest, coefficient × \
-             value for the logistic model), in each model's own raw-score units: compare families \
+             margin| (TreeSHAP for the GBDT, Saabas path contributions for the forest, \
+             coefficient × standardized value for the logistic model), in each model's own raw-score units: compare families \
              within a model, not values across models."
                 .into(),
         ));

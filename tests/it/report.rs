@@ -12,7 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use threatrank::bench::peers::{self, PeersError, PeersRun};
-use threatrank::bench::{PeersParams, PeersStatus, ReportParams};
+use threatrank::bench::{
+    BenchReport, PeersParams, PeersStatus, ReportParams, ScaleReport, ScaleRow,
+};
 use threatrank::models::gbdt::GbdtParams;
 use threatrank::models::{Algorithm, ModelParams};
 use threatrank::pipeline;
@@ -208,6 +210,63 @@ fn report_writes_every_file_self_contained_and_deterministic() {
         assert_eq!(read(&a.join(p)), read(&b.join(p)), "{p} differs");
     }
     assert_eq!(without_timings(v), without_timings(json(&b)));
+
+    // a scale run adds its section to an existing report: read report.json, set `scale`,
+    // write again (no cross-validation)
+    let mut r: BenchReport = serde_json::from_str(&read(&b.join("report.json"))).unwrap();
+    let wall = r.meta.wall_seconds;
+    r.scale = Some(ScaleReport {
+        machine: "2 cores, test".into(),
+        rows: [
+            (1_000, 0.5, Some(50u64 << 20)),
+            (100_000, 20.0, Some(400 << 20)),
+        ]
+        .into_iter()
+        .flat_map(|(rows, seconds, rss)| {
+            [
+                ScaleRow {
+                    system: "threatrank".into(),
+                    rows,
+                    seconds,
+                    peak_rss_bytes: rss,
+                    note: "train + score".into(),
+                },
+                ScaleRow {
+                    system: "lightgbm (peer)".into(),
+                    rows,
+                    seconds: seconds * 3.0,
+                    peak_rss_bytes: None,
+                    note: String::new(),
+                },
+            ]
+        })
+        .collect(),
+    });
+    let c = dir.path().join("c");
+    let files = threatrank::bench::write_report(&mut r, &c).unwrap();
+    assert_eq!(files.len(), 3 + plots.len() + 2);
+    let w = json(&c);
+    assert_eq!(w["scale"]["rows"].as_array().unwrap().len(), 4);
+    assert_eq!(plot_files(&w).len(), plots.len() + 2);
+    let seconds = read(&c.join("plots/scale-seconds.svg"));
+    for tick in [">1k<", ">10k<", ">100k<", ">1<", ">10<", ">100<"] {
+        assert!(seconds.contains(tick), "{tick} missing on the log–log axes");
+    }
+    assert!(seconds.contains(">lightgbm (peer)<") && seconds.contains(">threatrank<"));
+    let memory = read(&c.join("plots/scale-memory.svg"));
+    assert!(
+        !memory.contains(">lightgbm (peer)<"),
+        "no memory figures for the peer"
+    );
+    let md = read(&c.join("report.md"));
+    assert!(md.contains("## Scale") && md.contains("| threatrank | 100000 | 20.00 | 400 |"));
+    // the plots of the splits are unchanged, the write stage replaced, not added
+    for p in &plots {
+        assert_eq!(read(&b.join(p)), read(&c.join(p)), "{p} differs");
+    }
+    let stages = w["meta"]["timings"].as_array().unwrap();
+    assert_eq!(stages.iter().filter(|t| t["stage"] == "write").count(), 1);
+    assert!((w["meta"]["wall_seconds"].as_f64().unwrap() - wall).abs() < 5.0);
 }
 
 #[test]
