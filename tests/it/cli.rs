@@ -455,7 +455,7 @@ fn queue_prints_only_the_tenant_asked_for_at_most_top_with_reasons() {
 
 #[test]
 fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
-    let cases: [(&str, &[&str]); 7] = [
+    let cases: [(&str, &[&str]); 8] = [
         (
             "train",
             &[
@@ -484,6 +484,20 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
                 "--ablation",
             ],
         ),
+        (
+            "report",
+            &[
+                "--input",
+                "--out",
+                "--folds",
+                "--folds-to-run",
+                "--seed",
+                "--algorithms",
+                "--peers",
+                "--peers-dir",
+                "--signals",
+            ],
+        ),
         ("signals", &["build"]),
         ("demo", &["--input", "--out"]),
         (
@@ -507,7 +521,7 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
     }
     let o = run(&["--help"]);
     assert_ok(&o);
-    for sub in ["train", "score", "queue", "eval", "demo"] {
+    for sub in ["train", "score", "queue", "eval", "report", "demo"] {
         assert!(stdout(&o).contains(sub), "{}", stdout(&o));
     }
 }
