@@ -198,6 +198,43 @@ pub enum Command {
         #[command(flatten)]
         signals: SignalsArgs,
     },
+    /// Benchmark report: grouped cross-validation of every model as JSON, Markdown, one
+    /// self-contained HTML page and SVG plots (PR curves, calibration, precision/recall@k,
+    /// workload reduction, confusion matrix, feature-family importance, per-tenant NDCG@10).
+    ///
+    /// Writes OUT/report.json (every figure, versioned), OUT/report.md, OUT/report.html and
+    /// OUT/plots/*.svg. With --peers, LightGBM and XGBoost (benches/peers) are trained and
+    /// scored on the same folds (OUT/peers/folds.csv → pred.csv) and put in the same tables and
+    /// plots; when they cannot run, the report says why and still completes.
+    Report {
+        /// Graded GUIDE CSV or native JSONL.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Outer folds.
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Evaluate only the first N folds (1: a quick grouped holdout); default all.
+        #[arg(long, value_name = "N")]
+        folds_to_run: Option<usize>,
+        /// Fold seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Learners to evaluate, comma-separated (default: all, plus the lookup baseline).
+        #[arg(long, alias = "algorithm", value_delimiter = ',', value_parser = parse_algorithm)]
+        algorithms: Vec<Algorithm>,
+        /// Also run the peer models (LightGBM, XGBoost) on the same folds.
+        #[arg(long)]
+        peers: bool,
+        /// Folder of the peers' `run` script.
+        #[arg(long, value_name = "DIR", default_value = "benches/peers")]
+        peers_dir: PathBuf,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
+    },
     /// Search GBDT hyper-parameters with grouped CV, then train with the best and write the
     /// artifact; the search is recorded in its model card (`card.tuning`).
     Tune {
@@ -519,6 +556,72 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             print!("{}", report.table());
             crate::report::write_json(&json, &report)?;
             eprintln!("wrote {}", json.display());
+            Ok(())
+        }
+        Command::Report {
+            input,
+            out,
+            folds,
+            folds_to_run,
+            seed,
+            algorithms,
+            peers,
+            peers_dir,
+            signals,
+        } => {
+            let kn = signals.knowledge()?;
+            let mut cv = CvParams {
+                folds,
+                folds_to_run,
+                seed,
+                ..CvParams::default()
+            };
+            if !algorithms.is_empty() {
+                cv.algorithms = algorithms;
+            }
+            // the program as `threatrank` (not the install path), the arguments as given
+            let command: Vec<String> = std::iter::once("threatrank".to_string())
+                .chain(std::env::args().skip(1))
+                .collect();
+            let params = crate::bench::ReportParams::default()
+                .cv(cv)
+                .peers(peers.then(|| crate::bench::PeersParams {
+                    dir: peers_dir,
+                    ..Default::default()
+                }))
+                .command(&command.join(" "));
+            let steps = params.cv.algorithms.len() * params.cv.folds_run() * params.cv.splits.len();
+            let pb = ProgressBar::new(steps as u64);
+            pb.set_style(
+                ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            let out_dir = out.clone();
+            let result = pipeline::report_file(&input, &out, &params, &kn, &mut |p| match p {
+                crate::bench::Progress::Fold(m) => {
+                    pb.set_message(m.to_string());
+                    pb.inc(1);
+                }
+                crate::bench::Progress::Stage(m) => {
+                    pb.suspend(|| eprintln!("report: {m}"));
+                    pb.set_message(m.to_string());
+                }
+            });
+            pb.finish_and_clear();
+            let outcome = result?;
+            for f in &outcome.files {
+                println!("{}", f.display());
+            }
+            let plots = outcome.report.plots.len();
+            eprintln!(
+                "wrote {} files to {}: report.json, report.md, report.html, {plots} plots in plots/{}",
+                outcome.files.len(),
+                out_dir.display(),
+                match outcome.report.peers.status {
+                    crate::bench::PeersStatus::Off => String::new(),
+                    _ => ", peers/ (folds, predictions, log)".to_string(),
+                }
+            );
             Ok(())
         }
         Command::Tune {

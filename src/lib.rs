@@ -3,9 +3,10 @@
 //! Pipeline (data flows one way, see `docs/ARCHITECTURE.md`):
 //! `ingest → correlate → features → models → rank → report`, with `signals` feeding
 //! `features`, `eval`/`train` around `models`, and `pipeline` as the one code path the CLI and
-//! library callers share.
+//! library callers share; `bench` is the benchmark report (`threatrank report`).
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod correlate;
 pub mod domain;

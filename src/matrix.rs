@@ -221,6 +221,27 @@ impl FeatureSchema {
         Self::new(self.version, columns).hash
     }
 
+    /// Sums per-column values (one per column, e.g. one row's additive contributions) by
+    /// family, families in the order of their first column. Extra or missing values are
+    /// ignored (the zip stops at the shorter).
+    ///
+    /// ```
+    /// use threatrank::matrix::FeatureSchema;
+    /// let cols = [("a", "x"), ("b", "y"), ("c", "x")];
+    /// let s = FeatureSchema::new(1, cols.iter().map(|(n, f)| (n.to_string(), f.to_string())).collect());
+    /// assert_eq!(s.family_sums(&[1.0, 2.0, 0.5]), vec![("x".to_string(), 1.5), ("y".to_string(), 2.0)]);
+    /// ```
+    pub fn family_sums(&self, values: &[f32]) -> Vec<(String, f32)> {
+        let mut out: Vec<(String, f32)> = Vec::new();
+        for (&v, family) in values.iter().zip(&self.families) {
+            match out.iter_mut().find(|(f, _)| f == family) {
+                Some((_, s)) => *s += v,
+                None => out.push((family.clone(), v)),
+            }
+        }
+        out
+    }
+
     /// Index of a column by name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.names.iter().position(|n| n == name)

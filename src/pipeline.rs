@@ -47,6 +47,9 @@ pub enum PipelineError {
     /// synthetic data: fit file or parameters
     #[error(transparent)]
     Synth(#[from] SynthError),
+    /// the benchmark report
+    #[error(transparent)]
+    Bench(#[from] crate::bench::BenchError),
     /// nothing usable in the input
     #[error("{file}: {reason}")]
     Input {
@@ -436,6 +439,46 @@ pub fn eval_file(
         )?);
     }
     Ok(report)
+}
+
+/// `threatrank report`: grouped cross-validation of every model (and the peers, when asked)
+/// written to `out` as `report.json`, `report.md`, `report.html` and `plots/*.svg`.
+pub fn report_file(
+    input: &Path,
+    out: &Path,
+    params: &crate::bench::ReportParams,
+    kn: &Knowledge,
+    progress: &mut dyn FnMut(crate::bench::Progress<'_>),
+) -> Result<crate::bench::Outcome, PipelineError> {
+    let valid = params.check()?;
+    let start = std::time::Instant::now();
+    let loaded = load(input, &IngestValidParams::default())?;
+    require_labels(input, &loaded, "nothing to evaluate")?;
+    let labelled: Vec<usize> = loaded.corr.labelled().map(|(i, _, _)| i).collect();
+    let mut tenants: Vec<u64> = labelled
+        .iter()
+        .map(|&i| loaded.corr.incidents[i].key.tenant.0)
+        .collect();
+    tenants.sort_unstable();
+    tenants.dedup();
+    let info = crate::bench::InputInfo {
+        file: file_name(input),
+        sha256: loaded.sha256.clone(),
+        records: loaded.report.records,
+        accepted: loaded.report.accepted,
+        rejected: loaded.report.rejected.len() as u64,
+        incidents: loaded.corr.incidents.len(),
+        labelled_incidents: labelled.len(),
+        tenants: tenants.len(),
+    };
+    let data = crate::bench::Input {
+        path: input,
+        info: &info,
+        evidence: &loaded.evidence,
+        corr: &loaded.corr,
+        load_seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok(crate::bench::run(&valid, data, out, kn, progress)?)
 }
 
 /// Outcome of `threatrank signals build`.

@@ -242,16 +242,14 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
 /// Sums per-feature contributions by family (schema order of first appearance), then sorts by
 /// `|contribution|` descending (ties keep schema order).
 pub fn family_contributions(contrib: &[f32], schema: &FeatureSchema) -> Vec<FamilyContribution> {
-    let mut out: Vec<FamilyContribution> = Vec::new();
-    for (&c, family) in contrib.iter().zip(schema.families()) {
-        match out.iter_mut().find(|f| f.family == *family) {
-            Some(f) => f.contribution += c,
-            None => out.push(FamilyContribution {
-                family: family.to_string(),
-                contribution: c,
-            }),
-        }
-    }
+    let mut out: Vec<FamilyContribution> = schema
+        .family_sums(contrib)
+        .into_iter()
+        .map(|(family, contribution)| FamilyContribution {
+            family,
+            contribution,
+        })
+        .collect();
     out.sort_by(|a, b| b.contribution.abs().total_cmp(&a.contribution.abs()));
     out
 }

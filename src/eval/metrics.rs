@@ -380,18 +380,43 @@ pub fn ndcg_at_k(
     positive: &[bool],
     k: usize,
 ) -> Result<QueueMetric, EvalError> {
-    per_queue(groups, scores, positive, k, |ranked, k_q, n_pos| {
-        let discount = |rank0: usize| 1.0 / ((rank0 + 2) as f64).log2();
-        let dcg: f64 = ranked
-            .iter()
-            .take(k_q)
-            .enumerate()
-            .filter(|(_, &rel)| rel)
-            .map(|(r, _)| discount(r))
-            .sum();
-        let idcg: f64 = (0..k_q.min(n_pos)).map(discount).sum();
-        dcg / idcg
-    })
+    per_queue(groups, scores, positive, k, ndcg_of_ranked)
+}
+
+/// NDCG at `k` of every queue holding a positive, as `(group id, NDCG@k)` in ascending group
+/// order: the per-queue values whose mean is [`ndcg_at_k`] (same ranking, discount and errors).
+/// For the spread of ranking quality across tenants.
+///
+/// ```
+/// use threatrank::eval::ndcg_at_k_per_queue;
+/// let q = ndcg_at_k_per_queue(&[2, 2, 1, 3], &[0.9, 0.2, 0.5, 0.1], &[false, true, true, false], 10)
+///     .unwrap();
+/// assert_eq!(q.len(), 2); // queue 3 holds no positive
+/// assert_eq!(q[0], (1, 1.0));
+/// assert_eq!(q[1].0, 2);
+/// assert!((q[1].1 - 1.0 / 3f64.log2()).abs() < 1e-12);
+/// ```
+pub fn ndcg_at_k_per_queue(
+    groups: &[u64],
+    scores: &[f32],
+    positive: &[bool],
+    k: usize,
+) -> Result<Vec<(u64, f64)>, EvalError> {
+    per_queue_values(groups, scores, positive, k, ndcg_of_ranked)
+}
+
+/// NDCG of one ranked queue at `k_q` with `n_pos` positives (see [`ndcg_at_k`]).
+fn ndcg_of_ranked(ranked: &[bool], k_q: usize, n_pos: usize) -> f64 {
+    let discount = |rank0: usize| 1.0 / ((rank0 + 2) as f64).log2();
+    let dcg: f64 = ranked
+        .iter()
+        .take(k_q)
+        .enumerate()
+        .filter(|(_, &rel)| rel)
+        .map(|(r, _)| discount(r))
+        .sum();
+    let idcg: f64 = (0..k_q.min(n_pos)).map(discount).sum();
+    dcg / idcg
 }
 
 /// Number of positives among the first `k` of `ranked`.
@@ -400,7 +425,7 @@ fn hits(ranked: &[bool], k: usize) -> usize {
 }
 
 /// Groups rows by queue, ranks each queue, applies `metric(ranked relevances, k_q, positives)`
-/// to queues with at least one positive and averages.
+/// to queues with at least one positive and averages (in ascending group order).
 fn per_queue(
     groups: &[u64],
     scores: &[f32],
@@ -408,6 +433,26 @@ fn per_queue(
     k: usize,
     metric: impl Fn(&[bool], usize, usize) -> f64,
 ) -> Result<QueueMetric, EvalError> {
+    let values = per_queue_values(groups, scores, positive, k, metric)?;
+    let n_queues = values.len();
+    let sum: f64 = values.iter().map(|(_, v)| v).sum();
+    let mean = if n_queues == 0 {
+        0.0
+    } else {
+        sum / n_queues as f64
+    };
+    Ok(QueueMetric { mean, n_queues })
+}
+
+/// `(group id, metric)` of every queue holding a positive, in ascending group order (see
+/// [`per_queue`]).
+fn per_queue_values(
+    groups: &[u64],
+    scores: &[f32],
+    positive: &[bool],
+    k: usize,
+    metric: impl Fn(&[bool], usize, usize) -> f64,
+) -> Result<Vec<(u64, f64)>, EvalError> {
     if scores.len() != groups.len() {
         return Err(EvalError::LengthMismatch {
             what: "scores",
@@ -429,9 +474,9 @@ fn per_queue(
     for (i, &g) in groups.iter().enumerate() {
         queues.entry(g).or_default().push(i);
     }
-    let (mut sum, mut n_queues) = (0.0f64, 0usize);
+    let mut out = Vec::new();
     let mut ranked = Vec::new();
-    for rows in queues.values_mut() {
+    for (&g, rows) in queues.iter_mut() {
         let n_pos = rows.iter().filter(|&&i| positive[i]).count();
         if n_pos == 0 {
             continue;
@@ -439,15 +484,9 @@ fn per_queue(
         rows.sort_by(|&a, &b| cmp_score_desc(scores[a], scores[b]).then(a.cmp(&b)));
         ranked.clear();
         ranked.extend(rows.iter().map(|&i| positive[i]));
-        sum += metric(&ranked, k.min(rows.len()), n_pos);
-        n_queues += 1;
+        out.push((g, metric(&ranked, k.min(rows.len()), n_pos)));
     }
-    let mean = if n_queues == 0 {
-        0.0
-    } else {
-        sum / n_queues as f64
-    };
-    Ok(QueueMetric { mean, n_queues })
+    Ok(out)
 }
 
 /// Fraction of all items a hunter must review, going down the global ranking by score, to
@@ -771,6 +810,19 @@ mod tests {
         // perfect ranking
         let m = ndcg_at_k(&[1, 1, 1], &[0.9, 0.8, 0.1], &[true, true, false], 3).unwrap();
         assert!(close(m.mean, 1.0));
+    }
+
+    #[test]
+    fn ndcg_per_queue_values_average_to_the_mean() {
+        // same queues as above: q1 ~ 0.3868528, q2 ~ 0.6309298, q3 excluded (no positive)
+        let q = ndcg_at_k_per_queue(&G, &S, &P, 2).unwrap();
+        let l3 = 3f64.log2();
+        assert_eq!(q.iter().map(|(g, _)| *g).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(close(q[0].1, 1.0 / (l3 + 1.0)));
+        assert!(close(q[1].1, 1.0 / l3));
+        let mean = ndcg_at_k(&G, &S, &P, 2).unwrap().mean;
+        assert_eq!(mean, (q[0].1 + q[1].1) / 2.0);
+        assert_eq!(ndcg_at_k_per_queue(&G, &S, &P, 0), Err(EvalError::ZeroK));
     }
 
     #[test]

@@ -10,15 +10,16 @@
 //! `2` = FalsePositive.
 //!
 //! * [`metrics`]: confusion matrix, per-class and macro precision/recall/F1, average precision,
-//!   PR curve, per-queue precision/recall/NDCG at k, workload at recall, log loss.
+//!   PR curve, per-queue precision/recall/NDCG at k (and NDCG per queue), workload at recall,
+//!   log loss.
 //! * [`split`]: seeded grouped k-fold and grouped holdout.
 
 pub mod metrics;
 pub mod split;
 
 pub use metrics::{
-    argmax3, average_precision, classification_report, log_loss, ndcg_at_k, pr_curve,
-    precision_at_k, recall_at_k, workload_at_recall, ClassMetrics, ConfusionMatrix,
+    argmax3, average_precision, classification_report, log_loss, ndcg_at_k, ndcg_at_k_per_queue,
+    pr_curve, precision_at_k, recall_at_k, workload_at_recall, ClassMetrics, ConfusionMatrix,
     MulticlassReport, QueueMetric, N_CLASSES,
 };
 pub use split::{grouped_holdout, grouped_kfold, Fold};

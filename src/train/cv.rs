@@ -6,11 +6,15 @@
 //! Predictions of all folds are pooled and scored once. Splits never put one incident on both
 //! sides; the tenant-disjoint split also keeps every tenant on one side, so its figures are
 //! those of tenants never seen in training.
+//!
+//! [`CvPlan`] is the one fold assignment: `run` evaluates it and `threatrank report` hands the
+//! same folds to the peer models (`bench::peers`). With [`CvParams::keep_predictions`] every
+//! model keeps its pooled held-out predictions ([`HeldOut`]) for the report's curves.
 
 use super::{fit, DataInfo, DecisionRule, TrainError, TrainParams};
 use crate::correlate::{most_frequent, Correlated};
-use crate::domain::Evidence;
-use crate::eval::{self, ClassMetrics};
+use crate::domain::{Evidence, IncidentKey};
+use crate::eval::{self, ClassMetrics, Fold};
 use crate::models::calibrate::{class_reliability_curve, curve_ece, ReliabilityBin};
 use crate::models::conformal::ConformalReport;
 use crate::models::{Algorithm, GradeSet, N_CLASSES};
@@ -63,6 +67,19 @@ pub struct CvParams {
     /// With the GBDT, also train a LambdaMART ranker per fold and compare its queue order with
     /// the classifier's P(TP). Default true.
     pub compare_ranker: bool,
+    /// Keep every model's pooled held-out predictions in [`ModelCv::held_out`] (for the curves
+    /// of `threatrank report`); costs the TP contributions of every held-out incident. Default
+    /// false.
+    pub keep_predictions: bool,
+}
+
+impl CvParams {
+    /// Folds evaluated: `folds_to_run` clamped to `1..=folds` (all folds when `None`).
+    pub fn folds_run(&self) -> usize {
+        self.folds_to_run
+            .unwrap_or(self.folds)
+            .clamp(1, self.folds.max(1))
+    }
 }
 
 impl Default for CvParams {
@@ -76,6 +93,7 @@ impl Default for CvParams {
             splits: SplitKind::ALL.to_vec(),
             train: TrainParams::default(),
             compare_ranker: true,
+            keep_predictions: false,
         }
     }
 }
@@ -163,6 +181,144 @@ pub struct ModelCv {
     /// queue order by a LambdaMART ranker trained beside this model (GBDT only)
     #[serde(default)]
     pub ranker: Option<QueueCv>,
+    /// pooled held-out predictions, with [`CvParams::keep_predictions`] only; never serialized
+    #[serde(skip)]
+    pub held_out: Option<HeldOut>,
+}
+
+/// One model's held-out predictions on one split kind, pooled over the evaluated folds, in
+/// labelled-incident order (the order of [`CvPlan::held`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HeldOut {
+    /// the incidents
+    pub keys: Vec<IncidentKey>,
+    /// true class ids (0 TP, 1 BP, 2 FP)
+    pub y: Vec<u8>,
+    /// evidence rows of each incident (the row weight of GUIDE's per-row metrics)
+    pub weights: Vec<f64>,
+    /// calibrated probabilities, `N_CLASSES` per incident
+    pub probs: Vec<f32>,
+    /// predicted class ids
+    pub grades: Vec<u8>,
+    /// mean over the held-out incidents of |sum of the TP-margin contributions of a feature
+    /// family|, per family in schema order; empty for models without contributions (lookup,
+    /// peers)
+    pub family_importance: Vec<(String, f64)>,
+}
+
+impl HeldOut {
+    /// Tenant ids, one per incident.
+    pub fn tenants(&self) -> Vec<u64> {
+        self.keys.iter().map(|k| k.tenant.0).collect()
+    }
+
+    /// P(TP), one per incident.
+    pub fn p_tp(&self) -> Vec<f32> {
+        self.probs.chunks_exact(N_CLASSES).map(|p| p[0]).collect()
+    }
+
+    /// True when the incident is a true positive, one per incident.
+    pub fn is_tp(&self) -> Vec<bool> {
+        self.y.iter().map(|&c| c == 0).collect()
+    }
+
+    /// [`metrics`] of these predictions.
+    pub fn metrics(&self) -> Result<CvMetrics, TrainError> {
+        metrics(
+            &self.probs,
+            &self.grades,
+            &self.y,
+            &self.weights,
+            &self.tenants(),
+        )
+    }
+}
+
+/// The labelled incidents of a cross-validation and the outer folds of each split kind: the
+/// one fold assignment shared by [`run`] and the peer models of `threatrank report`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CvPlan {
+    /// labelled incidents (indices into `corr.incidents`), in incident order
+    pub labelled: Vec<usize>,
+    /// their keys
+    pub keys: Vec<IncidentKey>,
+    /// their true class ids
+    pub y: Vec<u8>,
+    /// their evidence rows
+    pub weights: Vec<f64>,
+    /// their tenant ids
+    pub tenant_of: Vec<u64>,
+    /// distinct tenants
+    pub tenants: usize,
+    /// folds evaluated per split kind ([`CvParams::folds_run`])
+    pub folds_run: usize,
+    /// per split kind (in [`CvParams::splits`] order), the evaluated folds; `Fold` indices
+    /// point into `labelled`
+    pub splits: Vec<(SplitKind, Vec<Fold>)>,
+}
+
+impl CvPlan {
+    /// Seeded grouped k-fold of the labelled incidents per split kind (groups: incidents, or
+    /// tenants), truncated to the folds evaluated.
+    pub fn new(params: &CvParams, corr: &Correlated) -> Result<CvPlan, TrainError> {
+        let labelled: Vec<usize> = corr.labelled().map(|(i, _, _)| i).collect();
+        if labelled.len() < params.folds * 2 {
+            return Err(TrainError::Data {
+                reason: format!(
+                    "{} labelled incidents for {} folds",
+                    labelled.len(),
+                    params.folds
+                ),
+            });
+        }
+        let keys: Vec<IncidentKey> = labelled.iter().map(|&i| corr.incidents[i].key).collect();
+        let y: Vec<u8> = labelled
+            .iter()
+            .map(|&i| corr.incidents[i].grade.map_or(0, |g| g.class_id()))
+            .collect();
+        let weights: Vec<f64> = labelled
+            .iter()
+            .map(|&i| corr.incidents[i].evidence.len() as f64)
+            .collect();
+        let tenant_of: Vec<u64> = keys.iter().map(|k| k.tenant.0).collect();
+        let mut distinct = tenant_of.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let folds_run = params.folds_run();
+        let mut splits = Vec::with_capacity(params.splits.len());
+        for &kind in &params.splits {
+            let groups: Vec<u64> = match kind {
+                SplitKind::IncidentDisjoint => (0..labelled.len() as u64).collect(),
+                SplitKind::TenantDisjoint => tenant_of.clone(),
+            };
+            let mut folds = eval::grouped_kfold(&groups, params.folds, params.seed)?;
+            folds.truncate(folds_run);
+            splits.push((kind, folds));
+        }
+        Ok(CvPlan {
+            labelled,
+            keys,
+            y,
+            weights,
+            tenant_of,
+            tenants: distinct.len(),
+            folds_run,
+            splits,
+        })
+    }
+
+    /// The incidents (indices into `labelled`) held out by an evaluated fold of split `s`
+    /// (index into [`CvPlan::splits`]), ascending, with their fold index.
+    pub fn held(&self, s: usize) -> Vec<(usize, usize)> {
+        let mut h: Vec<(usize, usize)> = self.splits[s]
+            .1
+            .iter()
+            .enumerate()
+            .flat_map(|(f, fold)| fold.test.iter().map(move |&j| (j, f)))
+            .collect();
+        h.sort_unstable();
+        h
+    }
 }
 
 /// Queue-order figures of one scoring of held-out incidents, per tenant queue.
@@ -492,49 +648,14 @@ pub fn run(
     kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<CvReport, TrainError> {
-    let labelled: Vec<usize> = corr.labelled().map(|(i, _, _)| i).collect();
-    if labelled.len() < params.folds * 2 {
-        return Err(TrainError::Data {
-            reason: format!(
-                "{} labelled incidents for {} folds",
-                labelled.len(),
-                params.folds
-            ),
-        });
-    }
-    let y: Vec<u8> = labelled
-        .iter()
-        .map(|&i| corr.incidents[i].grade.map_or(0, |g| g.class_id()))
-        .collect();
-    let weights: Vec<f64> = labelled
-        .iter()
-        .map(|&i| corr.incidents[i].evidence.len() as f64)
-        .collect();
-    let tenant_of: Vec<u64> = labelled
-        .iter()
-        .map(|&i| corr.incidents[i].key.tenant.0)
-        .collect();
-    let mut tenants = tenant_of.clone();
-    tenants.sort_unstable();
-    tenants.dedup();
-    let folds_run = params
-        .folds_to_run
-        .unwrap_or(params.folds)
-        .clamp(1, params.folds);
+    let plan = CvPlan::new(params, corr)?;
+    let (labelled, y, weights, tenant_of) =
+        (&plan.labelled, &plan.y, &plan.weights, &plan.tenant_of);
     let mut splits = Vec::new();
-    for &kind in &params.splits {
-        let groups: Vec<u64> = match kind {
-            SplitKind::IncidentDisjoint => (0..labelled.len() as u64).collect(),
-            SplitKind::TenantDisjoint => tenant_of.clone(),
-        };
-        let mut folds = eval::grouped_kfold(&groups, params.folds, params.seed)?;
-        folds.truncate(folds_run);
+    for (s, (kind, folds)) in plan.splits.iter().enumerate() {
+        let kind = *kind;
         // Metrics cover the incidents that were held out by an evaluated fold.
-        let held: Vec<usize> = {
-            let mut h: Vec<usize> = folds.iter().flat_map(|f| f.test.iter().copied()).collect();
-            h.sort_unstable();
-            h
-        };
+        let held: Vec<usize> = plan.held(s).into_iter().map(|(j, _)| j).collect();
         let mut models = Vec::new();
         for &alg in &params.algorithms {
             let tp = params.train.clone().algorithm(alg);
@@ -564,6 +685,7 @@ pub fn run(
             let mut grades = vec![0u8; labelled.len()];
             let mut sets = vec![GradeSet::EMPTY; labelled.len()];
             let mut target_coverage = None;
+            let mut importance = FamilyImportance::default();
             for (f, fold) in folds.iter().enumerate() {
                 progress(&format!(
                     "{} {} fold {}/{}",
@@ -587,6 +709,10 @@ pub fn run(
                         rank_scores[j] = rs[r];
                     }
                 }
+                if params.keep_predictions {
+                    let contrib = art.tp_contributions(&pred.x)?;
+                    importance.add(&contrib, &art.schema);
+                }
             }
             let held_y: Vec<u8> = held.iter().map(|&j| y[j]).collect();
             let held_raw = super::prob_rows(&raw, &held);
@@ -595,7 +721,7 @@ pub fn run(
             let held_grades: Vec<u8> = held.iter().map(|&j| grades[j]).collect();
             models.push(ModelCv {
                 model: alg.name().to_string(),
-                metrics: metrics_on(&held, &oof, &grades, &y, &weights, &tenant_of)?,
+                metrics: metrics_on(&held, &oof, &grades, y, weights, tenant_of)?,
                 calibration: Some(calibration_cv(&held_raw, &held_cal, &held_y)?),
                 abstention: target_coverage
                     .map(|t| abstention_cv(t, &held_sets, &held_grades, &held_y))
@@ -608,11 +734,15 @@ pub fn run(
                 } else {
                     None
                 },
+                held_out: params.keep_predictions.then(|| HeldOut {
+                    family_importance: importance.means(),
+                    ..plan.held_out(&held, &oof, &grades)
+                }),
             });
         }
         if params.baseline {
             let mut oof = vec![0f32; labelled.len() * N_CLASSES];
-            for fold in &folds {
+            for fold in folds {
                 let train: Vec<usize> = fold.train.iter().map(|&j| labelled[j]).collect();
                 let lookup = Lookup::fit(evidence, corr, &train);
                 for &j in &fold.test {
@@ -623,10 +753,13 @@ pub fn run(
             let grades = DecisionRule::default().decide_all(&oof);
             models.push(ModelCv {
                 model: "lookup-baseline".into(),
-                metrics: metrics_on(&held, &oof, &grades, &y, &weights, &tenant_of)?,
+                metrics: metrics_on(&held, &oof, &grades, y, weights, tenant_of)?,
                 calibration: None,
                 abstention: None,
                 ranker: None,
+                held_out: params
+                    .keep_predictions
+                    .then(|| plan.held_out(&held, &oof, &grades)),
             });
         }
         splits.push(SplitCv {
@@ -637,14 +770,60 @@ pub fn run(
     Ok(CvReport {
         input: input.to_string(),
         folds: params.folds,
-        folds_run,
+        folds_run: plan.folds_run,
         seed: params.seed,
         incidents: labelled.len(),
-        tenants: tenants.len(),
+        tenants: plan.tenants,
         splits,
         online: None,
         ablation: None,
     })
+}
+
+impl CvPlan {
+    /// The predictions of the incidents `held` (indices into `labelled`, ascending) from
+    /// buffers over all labelled incidents, without family importance.
+    fn held_out(&self, held: &[usize], probs: &[f32], grades: &[u8]) -> HeldOut {
+        HeldOut {
+            keys: held.iter().map(|&j| self.keys[j]).collect(),
+            y: held.iter().map(|&j| self.y[j]).collect(),
+            weights: held.iter().map(|&j| self.weights[j]).collect(),
+            probs: super::prob_rows(probs, held),
+            grades: held.iter().map(|&j| grades[j]).collect(),
+            family_importance: Vec::new(),
+        }
+    }
+}
+
+/// Running sums of |family contribution| to the TP margin over held-out incidents.
+#[derive(Default)]
+struct FamilyImportance {
+    /// (family, sum of |contribution|), schema order
+    sums: Vec<(String, f64)>,
+    rows: usize,
+}
+
+impl FamilyImportance {
+    /// Adds the rows of `contrib` (`schema.len() + 1` per row, last = bias).
+    fn add(&mut self, contrib: &[f32], schema: &crate::matrix::FeatureSchema) {
+        let width = schema.len() + 1;
+        for row in contrib.chunks_exact(width) {
+            for (family, c) in schema.family_sums(&row[..width - 1]) {
+                let abs = f64::from(c.abs());
+                match self.sums.iter_mut().find(|(f, _)| *f == family) {
+                    Some((_, s)) => *s += abs,
+                    None => self.sums.push((family, abs)),
+                }
+            }
+            self.rows += 1;
+        }
+    }
+
+    /// Mean |contribution| per family.
+    fn means(&self) -> Vec<(String, f64)> {
+        let n = self.rows.max(1) as f64;
+        self.sums.iter().map(|(f, s)| (f.clone(), s / n)).collect()
+    }
 }
 
 fn empty_info(input: &str) -> DataInfo {

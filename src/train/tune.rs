@@ -233,6 +233,7 @@ pub fn tune(
                 ..train.clone()
             },
             compare_ranker: false,
+            keep_predictions: false,
         };
         let report = cv::run(&cv_params, input, evidence, corr, kn, &mut |_| {})?;
         let f1 = |kind: SplitKind| {

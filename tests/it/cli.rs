@@ -482,6 +482,20 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
                 "--ablation",
             ],
         ),
+        (
+            "report",
+            &[
+                "--input",
+                "--out",
+                "--folds",
+                "--folds-to-run",
+                "--seed",
+                "--algorithms",
+                "--peers",
+                "--peers-dir",
+                "--signals",
+            ],
+        ),
         ("signals", &["build"]),
         ("demo", &["--input", "--out"]),
         (
@@ -517,7 +531,7 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
     }
     let o = run(&["--help"]);
     assert_ok(&o);
-    for sub in ["train", "score", "queue", "eval", "demo", "synth"] {
+    for sub in ["train", "score", "queue", "eval", "report", "demo", "synth"] {
         assert!(stdout(&o).contains(sub), "{}", stdout(&o));
     }
 }

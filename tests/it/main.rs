@@ -1,5 +1,6 @@
 //! Integration tests of `threatrank`: bad input (GUIDE CSV and native JSONL), the CLI
-//! contract, artifact checks, correlation/tenant properties, JSONL end to end and synthetic data.
+//! contract, artifact checks, correlation/tenant properties, JSONL end to end, synthetic data
+//! and the benchmark report.
 //!
 //! One binary (`cargo test --test it`). A logistic model is trained once per process on the
 //! first 1,500 rows of the shipped sample (`common::shared_model`).
@@ -13,6 +14,7 @@ mod native_e2e;
 mod native_input;
 mod online;
 mod properties;
+mod report;
 mod signals;
 mod stream;
 mod synth;
