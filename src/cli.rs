@@ -231,6 +231,22 @@ pub enum Command {
         /// Folder of the peers' `run` script.
         #[arg(long, value_name = "DIR", default_value = "benches/peers")]
         peers_dir: PathBuf,
+        /// Scale section: end-to-end scoring of synthetic files of these sizes, e.g.
+        /// `1e4,1e5,1e6,1e7` (with the csv-parse floor, and pandas + LightGBM with --peers).
+        #[arg(long, value_delimiter = ',', value_parser = parse_rows, value_name = "ROWS")]
+        scale: Vec<u64>,
+        /// Only the scale section: keep the cross-validation of an existing OUT/report.json.
+        #[arg(long, requires = "scale")]
+        scale_only: bool,
+        /// Tenants of the synthetic files.
+        #[arg(long, default_value_t = 1000)]
+        scale_tenants: u64,
+        /// Model the scale runs score with.
+        #[arg(long, default_value = "models/default.json.gz")]
+        scale_model: PathBuf,
+        /// Largest size the pandas + LightGBM pipeline runs at (10^7 rows needs ~9 GB).
+        #[arg(long, default_value_t = 1_000_000)]
+        scale_peer_max_rows: u64,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -377,6 +393,23 @@ fn parse_objective(s: &str) -> Result<crate::train::tune::TuneObjective, String>
         .ok_or_else(|| format!("unknown objective {s:?}; expected incident, tenant or both"))
 }
 
+/// A row count: `1000000`, `1e6` or `10^6`.
+fn parse_rows(s: &str) -> Result<u64, String> {
+    let bad = || format!("not a row count: {s:?} (expected e.g. 1000000, 1e6 or 10^6)");
+    if let Some((m, e)) = s
+        .split_once(['e', 'E'])
+        .or_else(|| s.strip_prefix("10^").map(|e| ("1", e)))
+    {
+        let m: u64 = m.parse().map_err(|_| bad())?;
+        let e: u32 = e.parse().map_err(|_| bad())?;
+        return 10u64
+            .checked_pow(e)
+            .and_then(|p| p.checked_mul(m))
+            .ok_or_else(bad);
+    }
+    s.parse().map_err(|_| bad())
+}
+
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     Algorithm::from_name(s).ok_or_else(|| {
         let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
@@ -385,6 +418,15 @@ fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
             names.join(", ")
         )
     })
+}
+
+/// The report's scale section, progress on stderr; the scratch folder is removed after.
+fn run_scale(
+    p: &crate::bench::scale::ScaleParams,
+) -> Result<crate::bench::ScaleReport, PipelineError> {
+    let r = crate::bench::scale::run(p, &mut |m| eprintln!("report: {m}"));
+    let _ = std::fs::remove_dir_all(&p.work_dir);
+    Ok(r?)
 }
 
 fn spinner(msg: &str) -> ProgressBar {
@@ -567,8 +609,46 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             algorithms,
             peers,
             peers_dir,
+            scale,
+            scale_only,
+            scale_tenants,
+            scale_model,
+            scale_peer_max_rows,
             signals,
         } => {
+            let scale_params = (!scale.is_empty()).then(|| crate::bench::scale::ScaleParams {
+                sizes: scale.clone(),
+                tenants: scale_tenants,
+                seed: 42,
+                fit: PathBuf::from("datasets/guide/guide_sample.csv"),
+                model: scale_model.clone(),
+                threatrank: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("threatrank")),
+                work_dir: out.join("scale-work"),
+                peers_dir: peers.then(|| peers_dir.clone()),
+                peer_max_rows: scale_peer_max_rows,
+            });
+            if let Some(sp) = &scale_params {
+                sp.check()?;
+            }
+            if scale_only {
+                let json = out.join("report.json");
+                let text = std::fs::read_to_string(&json).map_err(|e| PipelineError::Input {
+                    file: json.display().to_string(),
+                    reason: format!("--scale-only needs an earlier report: {e}"),
+                })?;
+                let mut report: crate::bench::BenchReport =
+                    serde_json::from_str(&text).map_err(|e| PipelineError::Input {
+                        file: json.display().to_string(),
+                        reason: e.to_string(),
+                    })?;
+                if let Some(sp) = &scale_params {
+                    report.scale = Some(run_scale(sp)?);
+                }
+                for f in crate::bench::write_report(&mut report, &out)? {
+                    println!("{}", f.display());
+                }
+                return Ok(());
+            }
             let kn = signals.knowledge()?;
             let mut cv = CvParams {
                 folds,
@@ -608,7 +688,16 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 }
             });
             pb.finish_and_clear();
-            let outcome = result?;
+            let mut outcome = result?;
+            if let Some(sp) = &scale_params {
+                outcome.report.scale = Some(run_scale(sp)?);
+                let written = crate::bench::write_report(&mut outcome.report, &out)?;
+                for f in written {
+                    if !outcome.files.contains(&f) {
+                        outcome.files.push(f);
+                    }
+                }
+            }
             for f in &outcome.files {
                 println!("{}", f.display());
             }

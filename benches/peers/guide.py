@@ -5,9 +5,10 @@
 
 FOLDS.csv (written by threatrank): header ``split,fold,OrgId,IncidentId``; ``split`` is
 ``incident-disjoint`` or ``tenant-disjoint``; ``fold`` is the 0-based fold in which the incident
-is held out. For each split and fold f the peers train on the rows of the split's incidents with
-fold != f (rows with an empty IncidentGrade are dropped) and predict every row of the incidents
-with fold == f. Incidents not in FOLDS.csv are never trained on.
+is held out. For each split and fold f the peers train on the rows of every graded incident not
+held out in fold f (rows with an empty IncidentGrade are dropped), as threatrank's cv does, and
+predict every row of the incidents with fold == f. With ``--folds-to-run`` < folds, threatrank
+lists only the evaluated folds: incidents of the other folds are training data for every fold.
 
 PRED.csv: header ``split,model,OrgId,IncidentId,p_tp,p_bp,p_fp``, one line per (split, model,
 held-out incident): the mean of the incident's row probabilities, renormalised, 6 decimals;
@@ -190,7 +191,8 @@ def main(argv=None) -> int:
             preds = []
             t_model = time.perf_counter()
             for fold in sorted(sf["fold"].unique()):
-                tr = (fold_of_row != fold) & ~np.isnan(fold_of_row) & (y_all >= 0)
+                # NaN (an incident of a fold not evaluated) != fold: such incidents train
+                tr = (fold_of_row != fold) & (y_all >= 0)
                 te = fold_of_row == fold
                 if not tr.any():
                     gc.fail(PROG, gc.InputError(f"{args.folds}: split {split} fold {fold} leaves no "

@@ -27,6 +27,7 @@
 pub mod peers;
 pub mod plot;
 mod render;
+pub mod scale;
 
 use crate::correlate::Correlated;
 use crate::domain::Evidence;
@@ -627,6 +628,7 @@ pub fn run(
     bench.meta.wall_seconds = input.load_seconds + seconds(start);
     progress(Progress::Stage("writing"));
     let mut all = write_report(&mut bench, out)?;
+    all.push(write_predictions(out, &bench.cv, &peer_models)?);
     all.extend(files);
     Ok(Outcome {
         report: bench,
@@ -686,6 +688,61 @@ pub fn write_report(report: &mut BenchReport, out: &Path) -> Result<Vec<PathBuf>
     let mut all = vec![json, md, html];
     all.extend(written);
     Ok(all)
+}
+
+/// Header of `predictions.csv`.
+pub const PREDICTIONS_HEADER: &str =
+    "split,model,kind,OrgId,IncidentId,rows,grade,predicted,p_tp,p_bp,p_fp";
+
+/// Writes `DIR/predictions.csv`: every model's held-out prediction of every incident, one line
+/// per split, model and incident (ours and the baseline in evaluation order, then peers), for
+/// notebooks (per-tenant thresholds and calibration need the incidents, not only the curves).
+pub fn write_predictions(
+    out: &Path,
+    cv: &CvReport,
+    peers: &[(SplitKind, String, HeldOut)],
+) -> Result<PathBuf, BenchError> {
+    use std::fmt::Write as _;
+    let path = out.join("predictions.csv");
+    let mut text = String::from(PREDICTIONS_HEADER);
+    text.push('\n');
+    let grade = |c: u8| crate::domain::Grade::from_class_id(c).map_or("", |g| g.name());
+    let mut put = |split: SplitKind, model: &str, kind: &str, h: &HeldOut| {
+        for (i, k) in h.keys.iter().enumerate() {
+            let p = &h.probs[i * 3..i * 3 + 3];
+            let _ = writeln!(
+                text,
+                "{},{},{kind},{},{},{},{},{},{:.6},{:.6},{:.6}",
+                split.name(),
+                model,
+                k.tenant,
+                k.incident,
+                h.weights[i],
+                grade(h.y[i]),
+                grade(h.grades[i]),
+                p[0],
+                p[1],
+                p[2]
+            );
+        }
+    };
+    for sp in &cv.splits {
+        for m in &sp.models {
+            if let Some(h) = &m.held_out {
+                let kind = if m.model == "lookup-baseline" {
+                    "baseline"
+                } else {
+                    "trained"
+                };
+                put(sp.split, &m.model, kind, h);
+            }
+        }
+        for (split, name, h) in peers.iter().filter(|(s, _, _)| *s == sp.split) {
+            put(*split, name, "peer", h);
+        }
+    }
+    write(&path, &text)?;
+    Ok(path)
 }
 
 fn create_dir(dir: &Path) -> Result<(), BenchError> {

@@ -453,7 +453,7 @@ fn queue_prints_only_the_tenant_asked_for_at_most_top_with_reasons() {
 
 #[test]
 fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
-    let cases: [(&str, &[&str]); 8] = [
+    let cases: [(&str, &[&str]); 9] = [
         (
             "train",
             &[
