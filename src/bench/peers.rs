@@ -21,7 +21,7 @@
 //! of `[A-Za-z0-9_.-]`; integer ids of an incident held out in that split; probabilities finite,
 //! in `[0, 1]`, summing to 1 ± 0.001; no duplicate; every held-out incident of a (split, model)
 //! present. Errors name the file, line and field. None of these failures stops the report:
-//! it says "peers not run: <reason>" and still completes (a malformed `pred.csv` is a bug in
+//! it says `peers not run: <reason>` and still completes (a malformed `pred.csv` is a bug in
 //! the script, but the CV of our models has cost minutes and stays valid). `run` exiting 3
 //! means Python (or its venv module) is missing.
 //!
