@@ -1,4 +1,4 @@
-//! Scoring: `Scorer::score_into` of a fitted forest and logistic model (default parameters,
+//! Scoring: `Scorer::score_into` of a fitted logistic, forest and GBDT model (default parameters,
 //! trained once on the sample's out-of-fold feature matrix, outside the timed loops) on matrices
 //! of 1k / 10k / 100k rows drawn (seeded) from that matrix, in rows/s; the latency of scoring a
 //! single row; and `Scorer::contributions_into` (TP class) in rows/s.

@@ -1,4 +1,4 @@
-//! Training: `ModelParams::fit` with default parameters for logistic regression and the forest,
+//! Training: `ModelParams::fit` with default parameters for logistic regression, the forest and the GBDT,
 //! on the sample's out-of-fold feature matrix (all labelled incidents) and on a seeded half of
 //! it. Throughput is training rows/s. Each iteration is a full fit, so this is the slowest bench.
 

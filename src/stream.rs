@@ -79,7 +79,8 @@ pub enum StreamError {
 /// scoring: about 0.4 ms per incident for the default model).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Explain {
-    /// every incident
+    /// every incident (their feature rows are kept until the end: memory grows with the
+    /// number of incidents)
     All,
     /// the first `k` incidents of each tenant's queue (what a hunter reads first)
     Top(usize),
