@@ -241,9 +241,26 @@ pub struct Scored {
 /// [`Linker`] (artifacts without one leave each such alert its own incident).
 pub fn score_loaded(
     artifact: &Artifact,
+    loaded: Loaded,
+    top_reasons: usize,
+    kn: &Knowledge,
+) -> Result<Scored, PipelineError> {
+    score_loaded_explaining(artifact, loaded, top_reasons, kn, None)
+}
+
+/// Which scored incidents get exact reasons: given every incident (reasons empty), the indices
+/// to explain.
+pub type ExplainSelect<'a> = &'a dyn Fn(&[ScoredIncident]) -> Vec<usize>;
+
+/// [`score_loaded`], with exact contributions (reasons, family sums) computed only for the
+/// incidents `select` picks (`None`: all). TreeSHAP costs far more than scoring, and a queue
+/// shows only its heads.
+pub fn score_loaded_explaining(
+    artifact: &Artifact,
     mut loaded: Loaded,
     top_reasons: usize,
     kn: &Knowledge,
+    select: Option<ExplainSelect<'_>>,
 ) -> Result<Scored, PipelineError> {
     if kn.snapshot.is_none() {
         // The artifact's own snapshot must have been built under the configured key.
@@ -260,8 +277,7 @@ pub fn score_loaded(
     }
     let which: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
     let pred = artifact.predict(&loaded.evidence, &loaded.corr, &which, kn)?;
-    let contributions = artifact.tp_contributions(&pred.x)?;
-    let incidents = rank::build(&RankInput {
+    let full = |contributions| RankInput {
         evidence: &loaded.evidence,
         corr: &loaded.corr,
         which: &which,
@@ -269,11 +285,42 @@ pub fn score_loaded(
         probs: &pred.probs,
         grades: &pred.grades,
         sets: &pred.sets,
-        contributions: &contributions,
+        contributions,
         schema: &artifact.schema,
         knowledge: kn,
         top_reasons,
-    });
+    };
+    let Some(select) = select else {
+        let contributions = artifact.tp_contributions(&pred.x)?;
+        let incidents = rank::build(&full(&contributions));
+        return Ok(Scored { loaded, incidents });
+    };
+    let zero = vec![0f32; pred.x.n_rows() * (pred.x.n_cols() + 1)];
+    let mut incidents = rank::build(&full(&zero));
+    let mut chosen = select(&incidents);
+    chosen.sort_unstable();
+    chosen.dedup();
+    chosen.retain(|&i| i < incidents.len());
+    if !chosen.is_empty() {
+        let x = pred.x.select_rows(&chosen);
+        let probs = train::prob_rows(&pred.probs, &chosen);
+        let grades: Vec<u8> = chosen.iter().map(|&i| pred.grades[i]).collect();
+        let sets: Vec<_> = chosen.iter().map(|&i| pred.sets[i]).collect();
+        let contributions = artifact.tp_contributions(&x)?;
+        let sub: Vec<usize> = chosen.iter().map(|&i| which[i]).collect();
+        let explained = rank::build(&RankInput {
+            which: &sub,
+            x: &x,
+            probs: &probs,
+            grades: &grades,
+            sets: &sets,
+            contributions: &contributions,
+            ..full(&zero)
+        });
+        for (i, s) in chosen.into_iter().zip(explained) {
+            incidents[i] = s;
+        }
+    }
     Ok(Scored { loaded, incidents })
 }
 
@@ -385,7 +432,22 @@ pub fn queue_file(
 ) -> Result<(Scored, String), PipelineError> {
     let artifact = Artifact::load(model)?;
     let loaded = load_unlabelled(input)?;
-    let scored = score_loaded(&artifact, loaded, top_reasons, kn)?;
+    // Exact reasons only for the incidents the table shows.
+    let shown = |all: &[ScoredIncident]| -> Vec<usize> {
+        let pool: Vec<ScoredIncident> = all
+            .iter()
+            .filter(|s| !review_only || s.is_uncertain())
+            .cloned()
+            .collect();
+        let index: std::collections::BTreeMap<_, usize> =
+            all.iter().enumerate().map(|(i, s)| (s.key, i)).collect();
+        rank::queues(&pool, tenant, top)
+            .values()
+            .flatten()
+            .filter_map(|s| index.get(&s.key).copied())
+            .collect()
+    };
+    let scored = score_loaded_explaining(&artifact, loaded, top_reasons, kn, Some(&shown))?;
     let text = if review_only {
         let uncertain: Vec<_> = scored
             .incidents

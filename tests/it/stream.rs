@@ -192,3 +192,37 @@ fn alerts_without_incident_ids_are_correlated_the_same_when_partitioned() {
     assert!(a.incidents < 180, "alerts sharing a device were linked");
     assert_eq!(std::fs::read(&mem).unwrap(), std::fs::read(&parts).unwrap());
 }
+
+#[test]
+fn queue_explains_only_what_it_shows_and_prints_the_same_table() {
+    let dir = tmp();
+    let inp = input(dir.path());
+    let art = Artifact::load(shared_model()).unwrap();
+    for review in [false, true] {
+        let (scored, text) =
+            pipeline::queue_file(shared_model(), &inp, None, 3, 2, review, kn()).unwrap();
+        // Everything explained, then the same table.
+        let all = pipeline::score_loaded(&art, pipeline::load_unlabelled(&inp).unwrap(), 2, kn())
+            .unwrap();
+        let pool: Vec<_> = all
+            .incidents
+            .iter()
+            .filter(|s| !review || s.is_uncertain())
+            .cloned()
+            .collect();
+        let want = report::queue_table(&pool, None, 3);
+        assert!(text.ends_with(&want), "review={review}");
+        // Only shown incidents carry reasons.
+        let shown: usize = threatrank::rank::queues(&pool, None, 3)
+            .values()
+            .map(Vec::len)
+            .sum();
+        let with_reasons = scored
+            .incidents
+            .iter()
+            .filter(|s| !s.reasons.is_empty())
+            .count();
+        assert!(with_reasons <= shown, "{with_reasons} > {shown}");
+        assert!(with_reasons > 0);
+    }
+}
