@@ -336,6 +336,26 @@ fn text(s: &mut String, x: f64, y: f64, anchor: &str, extra: &str, t: &str) {
     );
 }
 
+/// The horizontal value axis of bar and strip charts: vertical grid lines at the ticks, their
+/// labels under the plot area, and the axis title below them.
+fn value_axis(s: &mut String, ticks: &[(f64, String)], mx: &Map, a: &Area, title: &str) {
+    let grid = "stroke=\"#e3e3e3\" stroke-width=\"1\"";
+    for (v, label) in ticks {
+        if let Some(p) = mx.at(*v) {
+            line(s, p, a.top, p, a.bottom, grid);
+            text(s, p, a.bottom + 16.0, "middle", "", label);
+        }
+    }
+    text(
+        s,
+        (a.left + a.right) / 2.0,
+        a.bottom + 36.0,
+        "middle",
+        "",
+        title,
+    );
+}
+
 fn line(s: &mut String, x1: f64, y1: f64, x2: f64, y2: f64, style: &str) {
     let _ = writeln!(
         s,
@@ -588,21 +608,7 @@ impl BarChart {
         let (lo, hi, ticks) = axis.ticks(values);
         let mx = Map::new(&axis, lo, hi, a.left, a.right);
         let mut s = open(w, h, &self.title);
-        let grid = "stroke=\"#e3e3e3\" stroke-width=\"1\"";
-        for (v, label) in &ticks {
-            if let Some(p) = mx.at(*v) {
-                line(&mut s, p, a.top, p, a.bottom, grid);
-                text(&mut s, p, a.bottom + 16.0, "middle", "", label);
-            }
-        }
-        text(
-            &mut s,
-            (a.left + a.right) / 2.0,
-            a.bottom + 36.0,
-            "middle",
-            "",
-            &self.axis_title,
-        );
+        value_axis(&mut s, &ticks, &mx, &a, &self.axis_title);
         let zero = mx.at(0.0).unwrap_or(a.left);
         for (i, (label, v)) in self.bars.iter().enumerate() {
             let y = a.top + 4.0 + bar_h * i as f64;
@@ -856,21 +862,7 @@ impl StripPlot {
         let (lo, hi, ticks) = self.axis.ticks(all);
         let mx = Map::new(&self.axis, lo, hi, a.left, a.right);
         let mut s = open(w, h, &self.title);
-        let grid = "stroke=\"#e3e3e3\" stroke-width=\"1\"";
-        for (v, label) in &ticks {
-            if let Some(p) = mx.at(*v) {
-                line(&mut s, p, a.top, p, a.bottom, grid);
-                text(&mut s, p, a.bottom + 16.0, "middle", "", label);
-            }
-        }
-        text(
-            &mut s,
-            (a.left + a.right) / 2.0,
-            a.bottom + 36.0,
-            "middle",
-            "",
-            &self.axis.title,
-        );
+        value_axis(&mut s, &ticks, &mx, &a, &self.axis.title);
         for (g, group) in self.groups.iter().enumerate() {
             let cy = a.top + row_h * (g as f64 + 0.5);
             let mut v: Vec<f64> = group
