@@ -56,6 +56,9 @@ import time
 
 import numpy as np
 
+# the folder's shared machine description (nproc, CPU model), also used by guide.py
+from guide_common import cpu_model, nproc
+
 GAMMA = 0x9E3779B97F4A7C15
 MUL1 = 0xBF58476D1CE4E5B9
 MUL2 = 0x94D049BB133111EB
@@ -300,24 +303,6 @@ def bench_model(name, factory, Xte, yte, train_repeats, predict_repeats):
 # ---------------------------------------------------------------------------------------------
 # Machine / output
 # ---------------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def nproc() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 def versions() -> dict:
