@@ -248,6 +248,19 @@ pub fn score_loaded(
     score_loaded_explaining(artifact, loaded, top_reasons, kn, None)
 }
 
+/// Without an external snapshot, the artifact's own one must have been built under the
+/// configured pseudonymization key (else entity lookups would silently miss).
+fn check_signals_key(artifact: &Artifact, kn: &Knowledge) -> Result<(), PipelineError> {
+    if kn.snapshot.is_none() {
+        artifact
+            .features
+            .global_signals()
+            .check_key(&kn.key)
+            .map_err(SignalsError::from)?;
+    }
+    Ok(())
+}
+
 /// Which scored incidents get exact reasons: given every incident (reasons empty), the indices
 /// to explain.
 pub type ExplainSelect<'a> = &'a dyn Fn(&[ScoredIncident]) -> Vec<usize>;
@@ -262,14 +275,7 @@ pub fn score_loaded_explaining(
     kn: &Knowledge,
     select: Option<ExplainSelect<'_>>,
 ) -> Result<Scored, PipelineError> {
-    if kn.snapshot.is_none() {
-        // The artifact's own snapshot must have been built under the configured key.
-        artifact
-            .features
-            .global_signals()
-            .check_key(&kn.key)
-            .map_err(SignalsError::from)?;
-    }
+    check_signals_key(artifact, kn)?;
     if let Some(linker) = &artifact.correlation {
         if loaded.evidence.iter().any(|e| !e.incident_given) {
             loaded.corr = linker.correlate(&loaded.evidence)?;
@@ -368,13 +374,7 @@ pub fn score_file_with(
     params: &stream::StreamValidParams,
 ) -> Result<ScoreOutcome, PipelineError> {
     let artifact = Artifact::load(model)?;
-    if kn.snapshot.is_none() {
-        artifact
-            .features
-            .global_signals()
-            .check_key(&kn.key)
-            .map_err(SignalsError::from)?;
-    }
+    check_signals_key(&artifact, kn)?;
     let rejects = ingest::rejects_path_for(output);
     create_parent(&rejects)?;
     let name = input.display().to_string();

@@ -180,6 +180,30 @@ pub fn likely_actor(kn: &Knowledge, techniques: &[&str]) -> Option<Actor> {
         })
 }
 
+/// What an incident's evidence says besides its scores: the words its reasons use (most
+/// frequent detector, title, category, likely actor), the actor itself and the bit mask of the
+/// ATT&CK tactics its techniques cover.
+pub fn incident_context(rows: &[&Evidence], kn: &Knowledge) -> (Context, Option<Actor>, u16) {
+    let mut mask = 0u16;
+    let mut techniques: Vec<&str> = Vec::new();
+    for e in rows {
+        for t in &e.techniques {
+            mask |= kn.attack.tactics_of(t);
+            techniques.push(t);
+        }
+    }
+    techniques.sort_unstable();
+    techniques.dedup();
+    let actor = likely_actor(kn, &techniques);
+    let ctx = Context {
+        detector: most_frequent(rows.iter().map(|e| e.detector.as_str())),
+        title: most_frequent(rows.iter().map(|e| e.title.as_str())),
+        category: most_frequent(rows.iter().map(|e| e.category.as_str())),
+        actor: actor.as_ref().map(Actor::describe),
+    };
+    (ctx, actor, mask)
+}
+
 /// Builds scored incidents (input order kept).
 pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
     let width = input.x.n_cols();
@@ -191,23 +215,7 @@ pub fn build(input: &RankInput<'_>) -> Vec<ScoredIncident> {
             let inc: &Incident = &input.corr.incidents[i];
             let rows: Vec<&Evidence> = inc.rows(input.evidence);
             let p = &input.probs[r * 3..r * 3 + 3];
-            let mut mask = 0u16;
-            let mut techniques: Vec<&str> = Vec::new();
-            for e in &rows {
-                for t in &e.techniques {
-                    mask |= input.knowledge.attack.tactics_of(t);
-                    techniques.push(t);
-                }
-            }
-            techniques.sort_unstable();
-            techniques.dedup();
-            let actor = likely_actor(input.knowledge, &techniques);
-            let ctx = Context {
-                detector: most_frequent(rows.iter().map(|e| e.detector.as_str())),
-                title: most_frequent(rows.iter().map(|e| e.title.as_str())),
-                category: most_frequent(rows.iter().map(|e| e.category.as_str())),
-                actor: actor.as_ref().map(Actor::describe),
-            };
+            let (ctx, actor, mask) = incident_context(&rows, input.knowledge);
             let contrib = &input.contributions[r * (width + 1)..r * (width + 1) + width];
             let reasons = top_reasons(
                 contrib,

@@ -44,6 +44,15 @@ pub const SCORE_HEADER: [&str; 14] = [
     "certainty",
 ];
 
+/// The score-CSV fields of a rejected record: `status=rejected`, the reason in `error`, the
+/// rest empty.
+pub fn rejected_row(reason: String) -> Vec<String> {
+    let mut row = vec![String::new(); SCORE_HEADER.len()];
+    row[9] = "rejected".into();
+    row[11] = reason;
+    row
+}
+
 /// Writes one row per input record, in input order: scored records carry their incident's
 /// grade probabilities and priority; rejected records keep their place with `status=rejected`
 /// and the reason, so pipelines can match rows by position. `incidents` are aligned with
@@ -112,10 +121,7 @@ pub fn write_scores(
                     _ => None,
                 }
                 .unwrap_or_else(|| "record produced no evidence".into());
-                let mut row = vec![String::new(); SCORE_HEADER.len()];
-                row[9] = "rejected".into();
-                row[11] = reason;
-                w.write_record(&row).map_err(|e| err(&e))?;
+                w.write_record(rejected_row(reason)).map_err(|e| err(&e))?;
             }
         }
         rows += 1;

@@ -25,14 +25,14 @@
 //! on error. A single partition too big for `memory_rows` (one huge incident, or one tenant's
 //! uncorrelated alerts) is scored whole: incidents are never split.
 
-use crate::correlate::{group_incidents, most_frequent, Correlated};
+use crate::correlate::{group_incidents, Correlated};
 use crate::domain::{
     AlertId, Entities, Evidence, Grade, IncidentId, IncidentKey, Severity, TenantId,
     N_ENTITY_COLUMNS,
 };
-use crate::ingest::{RecordSource, Rejection};
+use crate::ingest::{RecordSource, Rejection, RejectsWriter};
 use crate::models::N_CLASSES;
-use crate::rank::{self, Actor, Context};
+use crate::rank::{self, Context};
 use crate::report::SCORE_HEADER;
 use crate::signals::Knowledge;
 use crate::train::Artifact;
@@ -306,9 +306,7 @@ pub fn score<S: RecordSource>(
                 Err(rej) => {
                     outcome.rejected += 1;
                     rej_csv.write(&rej)?;
-                    let mut fields: Vec<String> = vec![String::new(); SCORE_HEADER.len()];
-                    fields[9] = "rejected".into();
-                    fields[11] = rej.to_string();
+                    let fields = crate::report::rejected_row(rej.to_string());
                     if matches!(&rejected_lines, LineSink::Memory(v) if v.len() >= p.memory_rows) {
                         rejected_lines = rejected_lines.spill(&scratch)?;
                     }
@@ -545,7 +543,7 @@ impl Explainer {
                     p_tp: probs[i][0],
                     key: corr.incidents[i].key,
                     x: x.row(i).to_vec(),
-                    ctx: context(evidence, corr, i, kn),
+                    ctx: rank::incident_context(&corr.incidents[i].rows(evidence), kn).0,
                 };
                 if self.mode == Explain::All {
                     self.all.push(c);
@@ -598,25 +596,6 @@ impl Explainer {
             }
         }
         Ok(out)
-    }
-}
-
-/// The words a reason needs about incident `i` (as [`rank::build`] computes them).
-fn context(evidence: &[Evidence], corr: &Correlated, i: usize, kn: &Knowledge) -> Context {
-    let rows = corr.incidents[i].rows(evidence);
-    let mut techniques: Vec<&str> = rows
-        .iter()
-        .flat_map(|e| e.techniques.iter().map(String::as_str))
-        .collect();
-    techniques.sort_unstable();
-    techniques.dedup();
-    Context {
-        detector: most_frequent(rows.iter().map(|e| e.detector.as_str())),
-        title: most_frequent(rows.iter().map(|e| e.title.as_str())),
-        category: most_frequent(rows.iter().map(|e| e.category.as_str())),
-        actor: rank::likely_actor(kn, &techniques)
-            .as_ref()
-            .map(Actor::describe),
     }
 }
 
@@ -713,41 +692,6 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         self.remove();
-    }
-}
-
-/// Streams rejections to the rejects CSV (`file,line,record,column,reason`).
-struct RejectsWriter {
-    path: PathBuf,
-    w: csv::Writer<BufWriter<File>>,
-}
-
-impl RejectsWriter {
-    fn create(path: &Path) -> Result<Self, StreamError> {
-        let f = File::create(path).map_err(|e| io_err(path)(&e))?;
-        let mut w = csv::Writer::from_writer(BufWriter::new(f));
-        w.write_record(["file", "line", "record", "column", "reason"])
-            .map_err(|e| io_err(path)(&e))?;
-        Ok(RejectsWriter {
-            path: path.to_path_buf(),
-            w,
-        })
-    }
-
-    fn write(&mut self, r: &Rejection) -> Result<(), StreamError> {
-        self.w
-            .write_record([
-                r.file.as_str(),
-                &r.line.to_string(),
-                &r.record.to_string(),
-                r.column.as_deref().unwrap_or(""),
-                r.reason.as_str(),
-            ])
-            .map_err(|e| io_err(&self.path)(&e))
-    }
-
-    fn finish(mut self) -> Result<(), StreamError> {
-        self.w.flush().map_err(|e| io_err(&self.path)(&e))
     }
 }
 

@@ -147,24 +147,58 @@ impl IngestReport {
 
     /// Writes the rejects as CSV (`file,line,record,column,reason`), header always present.
     pub fn write_rejects(&self, path: &Path) -> Result<(), IngestError> {
-        let err = |e: &dyn std::fmt::Display| IngestError::Rejects {
-            file: path.display().to_string(),
-            reason: e.to_string(),
-        };
-        let mut w = csv::Writer::from_path(path).map_err(|e| err(&e))?;
+        let mut w = RejectsWriter::create(path)?;
+        for r in &self.rejected {
+            w.write(r)?;
+        }
+        w.finish()
+    }
+}
+
+/// Streams rejections to a rejects CSV (`file,line,record,column,reason`, header always
+/// present): what [`IngestReport::write_rejects`] writes, one rejection at a time.
+pub struct RejectsWriter {
+    path: PathBuf,
+    w: csv::Writer<std::io::BufWriter<File>>,
+}
+
+impl RejectsWriter {
+    /// Creates the file and writes the header.
+    pub fn create(path: &Path) -> Result<Self, IngestError> {
+        let err = rejects_err(path);
+        let f = File::create(path).map_err(|e| err(&e))?;
+        let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
         w.write_record(["file", "line", "record", "column", "reason"])
             .map_err(|e| err(&e))?;
-        for r in &self.rejected {
-            w.write_record([
+        Ok(RejectsWriter {
+            path: path.to_path_buf(),
+            w,
+        })
+    }
+
+    /// Appends one rejection.
+    pub fn write(&mut self, r: &Rejection) -> Result<(), IngestError> {
+        self.w
+            .write_record([
                 r.file.as_str(),
                 &r.line.to_string(),
                 &r.record.to_string(),
                 r.column.as_deref().unwrap_or(""),
                 r.reason.as_str(),
             ])
-            .map_err(|e| err(&e))?;
-        }
-        w.flush().map_err(|e| err(&e))
+            .map_err(|e| rejects_err(&self.path)(&e))
+    }
+
+    /// Flushes the file.
+    pub fn finish(mut self) -> Result<(), IngestError> {
+        self.w.flush().map_err(|e| rejects_err(&self.path)(&e))
+    }
+}
+
+fn rejects_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> IngestError + '_ {
+    move |e| IngestError::Rejects {
+        file: path.display().to_string(),
+        reason: e.to_string(),
     }
 }
 
