@@ -334,6 +334,81 @@ pub enum Command {
         #[arg(long, default_value_t = SynthParams::default().grade_smoothing)]
         grade_smoothing: f64,
     },
+    /// Run the scoring service: HTTP API per tenant (push alerts, queue, verdicts,
+    /// notifications, drift), the hunters' web page at /, state in one SQLite file.
+    /// SIGHUP reloads the model; SIGTERM/Ctrl-C stops. See docs/SERVICE.md.
+    #[cfg(feature = "service")]
+    Serve {
+        /// Model artifact (reloaded from the same path on SIGHUP).
+        #[arg(long, default_value = "models/default.json.gz")]
+        model: PathBuf,
+        /// SQLite database (created when absent).
+        #[arg(long, default_value = "threatrank.db")]
+        db: PathBuf,
+        /// Address to listen on (port 0: any free port, printed on stdout).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Largest request body, bytes.
+        #[arg(long, default_value_t = 8 << 20)]
+        max_body_bytes: usize,
+        /// Request deadline, seconds.
+        #[arg(long, default_value_t = 30.0)]
+        request_timeout_seconds: f64,
+        /// Notifications for threats at or above this priority (0–100).
+        #[arg(long, default_value_t = 80)]
+        notify_priority: u8,
+        /// Verdicts in the drift agreement window.
+        #[arg(long, default_value_t = 200)]
+        drift_window: usize,
+        /// Most recent threats in the drift population window.
+        #[arg(long, default_value_t = 1000)]
+        drift_rows: usize,
+        /// PSI above which drift warns.
+        #[arg(long, default_value_t = 0.25)]
+        psi_warn: f64,
+        /// Predicted/analyst agreement below which drift warns.
+        #[arg(long, default_value_t = 0.6)]
+        agreement_warn: f64,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
+    },
+    /// Manage the service's API keys (one tenant each; only their SHA-256 is stored).
+    #[cfg(feature = "service")]
+    Keys {
+        /// What to do.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Fold the analysts' stored verdicts into training: writes a new artifact and reports
+    /// before/after metrics on the most recent verdicts, held out.
+    #[cfg(feature = "service")]
+    Retrain {
+        /// The service's database.
+        #[arg(long)]
+        db: PathBuf,
+        /// The model the service runs.
+        #[arg(long)]
+        model: PathBuf,
+        /// The labelled input that model was trained on (default: the shipped sample).
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// New artifact to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Share of the most recent verdicts held out for before/after.
+        #[arg(long, default_value_t = 0.3)]
+        holdout: f64,
+        /// Training seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Also write the before/after report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
+    },
     /// Train on the shipped GUIDE sample, evaluate, and print the top of the queue.
     Demo {
         /// Shipped sample (default: datasets/guide/guide_sample.csv).
@@ -372,6 +447,39 @@ pub enum SignalsCommand {
         /// else the public development key, with a warning).
         #[arg(long, value_name = "FILE")]
         signals_key: Option<PathBuf>,
+    },
+}
+
+/// `threatrank keys …`
+#[cfg(feature = "service")]
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a key for a tenant; prints it once on stdout (it is not stored, only its hash).
+    Add {
+        /// The service's database (created when absent).
+        #[arg(long)]
+        db: PathBuf,
+        /// Tenant (GUIDE OrgId / native `tenant`).
+        #[arg(long)]
+        tenant: u64,
+        /// Who holds the key (recorded as the analyst of its verdicts).
+        #[arg(long)]
+        label: String,
+    },
+    /// Revoke a key by id: its requests get 401 from then on.
+    Revoke {
+        /// The service's database.
+        #[arg(long)]
+        db: PathBuf,
+        /// Key id (see `keys list`).
+        #[arg(long)]
+        key_id: i64,
+    },
+    /// List keys: id, tenant, label, created, revoked (never the secrets).
+    List {
+        /// The service's database.
+        #[arg(long)]
+        db: PathBuf,
     },
 }
 
@@ -822,6 +930,138 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     a.true_groups,
                     a.predicted_groups
                 );
+            }
+            Ok(())
+        }
+        #[cfg(feature = "service")]
+        Command::Serve {
+            model,
+            db,
+            listen,
+            max_body_bytes,
+            request_timeout_seconds,
+            notify_priority,
+            drift_window,
+            drift_rows,
+            psi_warn,
+            agreement_warn,
+            signals,
+        } => {
+            let kn = signals.knowledge()?;
+            let mut p = crate::service::ServeParams::new(model, db);
+            p.listen = listen;
+            p.max_body_bytes = max_body_bytes;
+            if !(request_timeout_seconds.is_finite() && request_timeout_seconds > 0.0) {
+                return Err(crate::service::ServiceError::Param {
+                    name: "request_timeout_seconds",
+                    reason: format!("{request_timeout_seconds} is not a positive number"),
+                }
+                .into());
+            }
+            p.request_timeout = std::time::Duration::from_secs_f64(request_timeout_seconds);
+            p.notify_priority = notify_priority;
+            p.drift_window = drift_window;
+            p.drift_rows = drift_rows;
+            p.psi_warn = psi_warn;
+            p.agreement_warn = agreement_warn;
+            crate::service::serve(&p, kn)?;
+            Ok(())
+        }
+        #[cfg(feature = "service")]
+        Command::Keys { command } => {
+            use crate::service::Db;
+            match command {
+                KeysCommand::Add { db, tenant, label } => {
+                    let d = Db::open(&db, 1).map_err(crate::service::ServiceError::from)?;
+                    let (id, key) = d
+                        .add_key(tenant, &label)
+                        .map_err(crate::service::ServiceError::from)?;
+                    eprintln!("key {id} for tenant {tenant} ({label}); shown once, store it now:");
+                    println!("{key}");
+                }
+                KeysCommand::Revoke { db, key_id } => {
+                    let d = Db::open(&db, 1).map_err(crate::service::ServiceError::from)?;
+                    d.revoke_key(key_id)
+                        .map_err(crate::service::ServiceError::from)?;
+                    eprintln!("key {key_id} revoked");
+                }
+                KeysCommand::List { db } => {
+                    let d = Db::open(&db, 1).map_err(crate::service::ServiceError::from)?;
+                    println!("id\ttenant\tlabel\tcreated\trevoked");
+                    for k in d.keys().map_err(crate::service::ServiceError::from)? {
+                        println!(
+                            "{}\t{}\t{}\t{}\t{}",
+                            k.id,
+                            k.tenant,
+                            k.label,
+                            crate::ingest::format_rfc3339(k.created),
+                            k.revoked
+                                .map_or_else(|| "-".to_string(), crate::ingest::format_rfc3339)
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
+        #[cfg(feature = "service")]
+        Command::Retrain {
+            db,
+            model,
+            input,
+            out,
+            holdout,
+            seed,
+            json,
+            signals,
+        } => {
+            let kn = signals.knowledge()?;
+            let p = crate::service::retrain::RetrainParams {
+                db,
+                model,
+                input: input.unwrap_or_else(shipped_sample),
+                out,
+                holdout,
+                seed,
+            };
+            let (artifact, r) = with_progress_bar(3, |progress| {
+                crate::service::retrain::retrain(&p, &kn, progress)
+            })?;
+            println!(
+                "retrained on {} verdicts (TP/BP/FP {:?}; {} base incidents overridden) -> {}",
+                r.verdicts,
+                r.grades,
+                r.overridden,
+                p.out.display()
+            );
+            println!(
+                "held-out verdicts: {} (the most recent {:.0}%)\n{:<28} {:>9} {:>9} {:>9}\n{:<28} {:>9.3} {:>9.3} {:>9.3}\n{:<28} {:>9.3} {:>9.3} {:>9.3}",
+                r.held_out,
+                holdout * 100.0,
+                "",
+                "macro-F1",
+                "accuracy",
+                "log-loss",
+                "before (model in service)",
+                r.before.macro_f1,
+                r.before.accuracy,
+                r.before.log_loss,
+                "after (retrained w/o them)",
+                r.after.macro_f1,
+                r.after.accuracy,
+                r.after.log_loss
+            );
+            println!(
+                "model card: {} incidents, {} tenants",
+                artifact.card.data.incidents, artifact.card.data.tenants
+            );
+            if let Some(path) = json {
+                let text = serde_json::to_string_pretty(&r).expect("report serializes");
+                std::fs::write(&path, text + "\n").map_err(|e| {
+                    crate::report::ReportError::Write {
+                        file: path.display().to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
             }
             Ok(())
         }

@@ -20,6 +20,8 @@ pub mod pipeline;
 pub mod rank;
 pub mod report;
 pub(crate) mod rng;
+#[cfg(feature = "service")]
+pub mod service;
 pub mod signals;
 pub mod stream;
 pub mod synth;

@@ -50,6 +50,10 @@ pub enum PipelineError {
     /// the benchmark report
     #[error(transparent)]
     Bench(#[from] crate::bench::BenchError),
+    /// the scoring service
+    #[cfg(feature = "service")]
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     /// nothing usable in the input
     #[error("{file}: {reason}")]
     Input {
@@ -234,6 +238,8 @@ pub struct Scored {
     pub loaded: Loaded,
     /// one per incident, in `loaded.corr.incidents` order
     pub incidents: Vec<ScoredIncident>,
+    /// the incidents' feature rows (same order), for drift monitoring
+    pub features: crate::matrix::FeatureMatrix,
 }
 
 /// Scores every incident of an input with an artifact. Labels are never read. Alerts without a
@@ -299,7 +305,11 @@ pub fn score_loaded_explaining(
     let Some(select) = select else {
         let contributions = artifact.tp_contributions(&pred.x)?;
         let incidents = rank::build(&full(&contributions));
-        return Ok(Scored { loaded, incidents });
+        return Ok(Scored {
+            loaded,
+            incidents,
+            features: pred.x,
+        });
     };
     let zero = vec![0f32; pred.x.n_rows() * (pred.x.n_cols() + 1)];
     let mut incidents = rank::build(&full(&zero));
@@ -327,7 +337,11 @@ pub fn score_loaded_explaining(
             incidents[i] = s;
         }
     }
-    Ok(Scored { loaded, incidents })
+    Ok(Scored {
+        loaded,
+        incidents,
+        features: pred.x,
+    })
 }
 
 /// Reads an input for scoring: the label column is not even parsed.

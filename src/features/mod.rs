@@ -666,7 +666,12 @@ impl FittedFeatures {
         })
     }
 
-    /// The global-signals snapshot these encoders use.
+    /// The learnt "not present" code of an entity column (`ENTITY_COLUMNS` index), if any.
+    pub fn sentinel(&self, column: usize) -> Option<u64> {
+        self.sentinels.get(column).copied().flatten()
+    }
+
+    /// The cross-tenant snapshot these encoders were fitted with.
     pub fn global_signals(&self) -> &GlobalSignals {
         &self.global
     }

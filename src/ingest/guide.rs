@@ -117,6 +117,7 @@ struct GuideParser {
     header: Vec<String>,
     cols: Columns,
     max_field: usize,
+    only_tenant: Option<u64>,
 }
 
 impl<R: Read> GuideReader<R> {
@@ -216,6 +217,7 @@ impl<R: Read> GuideReader<R> {
                 header,
                 cols,
                 max_field: p.max_field_bytes,
+                only_tenant: p.only_tenant,
             },
             record: ByteRecord::new(),
             pool: Vec::new(),
@@ -346,6 +348,14 @@ impl GuideParser {
         let c = &self.cols;
         let id = int(c.id)?;
         let tenant = TenantId(int(c.org)?);
+        if let Some(only) = self.only_tenant.filter(|&t| t != tenant.0) {
+            return Err(self.reject(
+                index,
+                line,
+                Some(c.org),
+                format!("tenant {} is not this key's tenant {only}", tenant.0),
+            ));
+        }
         let incident = IncidentId(int(c.incident)?);
         let alert = AlertId(int(c.alert)?);
         let timestamp = parse_rfc3339(text(c.timestamp))

@@ -212,6 +212,9 @@ pub struct IngestParams {
     /// Whether to read the label column (`IncidentGrade` / `grade`). Default true; scoring sets
     /// it to false so the label is never even parsed.
     pub read_labels: bool,
+    /// When set, a record of any other tenant is rejected (naming its tenant column): the
+    /// service takes alerts only for the tenant of the caller's key. Default `None`.
+    pub only_tenant: Option<u64>,
 }
 
 impl Default for IngestParams {
@@ -219,6 +222,7 @@ impl Default for IngestParams {
         Self {
             max_field_bytes: 65_536,
             read_labels: true,
+            only_tenant: None,
         }
     }
 }
@@ -232,6 +236,11 @@ impl IngestParams {
     /// Sets [`IngestParams::read_labels`] (default true).
     pub fn read_labels(mut self, yes: bool) -> Self {
         self.read_labels = yes;
+        self
+    }
+    /// Sets [`IngestParams::only_tenant`].
+    pub fn only_tenant(mut self, tenant: Option<u64>) -> Self {
+        self.only_tenant = tenant;
         self
     }
     /// Checks the parameters.

@@ -92,6 +92,7 @@ pub struct NativeReader<R: Read> {
     index: u32,
     max_line: usize,
     read_labels: bool,
+    only_tenant: Option<u64>,
     done: bool,
 }
 
@@ -120,6 +121,7 @@ impl<R: Read> NativeReader<R> {
             index: 0,
             max_line: p.max_field_bytes,
             read_labels: p.read_labels,
+            only_tenant: p.only_tenant,
             done: false,
         })
     }
@@ -186,6 +188,12 @@ impl<R: Read> NativeReader<R> {
 
     fn parse(&self, text: &str) -> Result<Vec<Evidence>, Rejection> {
         let a = self.decode(text)?;
+        if let Some(only) = self.only_tenant.filter(|&t| t != a.tenant) {
+            return Err(self.reject(
+                Some("tenant"),
+                format!("tenant {} is not this key's tenant {only}", a.tenant),
+            ));
+        }
         // The top half of the id space names correlated candidate threats (domain docs).
         let reserved = "ids from 2^63 up are reserved for correlated candidate threats";
         match a.incident_id {

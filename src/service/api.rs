@@ -1,0 +1,865 @@
+//! HTTP routes, auth, JSON shapes and errors of the service (contract: `docs/SERVICE.md`).
+
+use super::db::{self, KeyInfo, QueueFilter, StoredThreat, Verdict};
+use super::{notify, on_rayon, AppState};
+use crate::correlate::group_incidents;
+use crate::domain::{Evidence, Grade, ENTITY_COLUMNS};
+use crate::ingest::{self, format_rfc3339, IngestParams, InputFormat};
+use crate::pipeline::{self, Loaded};
+use crate::rank::{Actor, FamilyContribution, Reason, ScoredIncident};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+type Shared = Arc<AppState>;
+
+/// An error answer: status and `{"error": {"code", "message"}}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status
+    pub status: StatusCode,
+    /// stable code (`not_found`, …)
+    pub code: &'static str,
+    /// for humans
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+    /// 400
+    pub fn bad_request(m: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", m)
+    }
+    /// 401
+    pub fn unauthorized(m: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+    }
+    /// 404
+    pub fn not_found(m: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, "not_found", m)
+    }
+    /// 500
+    pub fn internal(m: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", m)
+    }
+}
+
+impl From<db::DbError> for ApiError {
+    fn from(e: db::DbError) -> Self {
+        ApiError::internal(format!("database: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The service's routes over its state.
+pub fn router(state: Shared) -> Router {
+    let limit = state.params.get().max_body_bytes;
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/alerts", post(post_alerts))
+        .route("/v1/queue", get(queue))
+        .route("/v1/threats/{id}", get(threat))
+        .route("/v1/threats/{id}/verdict", post(post_verdict))
+        .route("/v1/notifications", get(notifications))
+        .route("/v1/drift", get(drift))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "method not allowed on this route",
+    )
+}
+
+/// Deadline and metrics around every request.
+async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let start = std::time::Instant::now();
+    let deadline = state.params.get().request_timeout;
+    let resp = match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("request took longer than {} s", deadline.as_secs_f64()),
+        )
+        .into_response(),
+    };
+    state.metrics.request(
+        &route,
+        &method,
+        resp.status().as_u16(),
+        start.elapsed().as_secs_f64(),
+    );
+    resp
+}
+
+/// Runs a database call on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("worker failed: {e}")))?
+}
+
+/// The key behind `Authorization: Bearer …`, or 401.
+async fn caller(state: &Shared, headers: &HeaderMap) -> ApiResult<KeyInfo> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing Authorization: Bearer <key> header",
+        ));
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 256)
+        .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <key>`"))?
+        .to_string();
+    let db = state.db.clone();
+    blocking(move || Ok(db.authenticate(&key)?))
+        .await?
+        .ok_or_else(|| ApiError::unauthorized("unknown or revoked key"))
+}
+
+fn parse_threat_id(s: &str) -> ApiResult<u64> {
+    s.parse()
+        .map_err(|_| ApiError::not_found(format!("no threat {s:?} for this key")))
+}
+
+/// A body, or the JSON error of why it could not be read (413 when too large).
+fn body_or_error(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body over the limit (--max-body-bytes)",
+            )
+        } else {
+            ApiError::bad_request(format!("cannot read body: {}", r.body_text()))
+        }
+    })
+}
+
+// ---- static -----------------------------------------------------------------------------
+
+const PAGE: &str = include_str!("web/index.html");
+const OPENAPI: &str = include_str!("openapi.json");
+
+async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 img-src data:; connect-src 'self'; form-action 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+}
+
+async fn healthz(State(state): State<Shared>) -> ApiResult<Json<serde_json::Value>> {
+    let e = state.engine();
+    let db = state.db.clone();
+    let integrity = blocking(move || Ok(db.ping())).await?;
+    let card = &e.artifact.card;
+    Ok(Json(serde_json::json!({
+        "status": if integrity == "ok" { "ok" } else { "degraded" },
+        "db": integrity,
+        "model": {
+            "sha256": e.sha256,
+            "format_version": e.artifact.format_version,
+            "algorithm": card.params.algorithm().name(),
+            "trained_on": card.data.file,
+            "trained_incidents": card.data.incidents,
+            "loaded_at": format_rfc3339(e.loaded_at),
+        },
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+async fn metrics(State(state): State<Shared>) -> ApiResult<Response> {
+    let db = state.db.clone();
+    let threats = blocking(move || Ok(db.threat_count()?)).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(threats),
+    )
+        .into_response())
+}
+
+// ---- alerts -----------------------------------------------------------------------------
+
+/// One rejected record of a batch.
+#[derive(Debug, Serialize)]
+pub struct RejectionOut {
+    /// 1-based line in the body
+    pub line: u64,
+    /// 0-based record index
+    pub record: u32,
+    /// field to blame
+    pub column: Option<String>,
+    /// why
+    pub reason: String,
+}
+
+/// Answer of `POST /v1/alerts`.
+#[derive(Debug, Serialize)]
+pub struct AlertsOut {
+    /// records read (CSV rows / JSONL lines)
+    pub records: u64,
+    /// records accepted
+    pub accepted: u64,
+    /// records rejected (`records == accepted + rejected`)
+    pub rejected: u64,
+    /// each rejection
+    pub rejections: Vec<RejectionOut>,
+    /// evidence rows newly stored
+    pub evidence_stored: u64,
+    /// evidence rows already stored by an earlier identical batch (a retried request)
+    pub evidence_duplicate: u64,
+    /// threats (re)scored by this batch
+    pub threats: Vec<String>,
+}
+
+fn format_of(headers: &HeaderMap) -> ApiResult<InputFormat> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match ct.as_str() {
+        "text/csv" => Ok(InputFormat::GuideCsv),
+        "application/x-ndjson"
+        | "application/jsonl"
+        | "application/ndjson"
+        | "application/json" => Ok(InputFormat::NativeJsonl),
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {other:?}: send GUIDE CSV as text/csv or native alerts as \
+                 application/x-ndjson"
+            ),
+        )),
+    }
+}
+
+async fn post_alerts(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<AlertsOut>> {
+    let key = caller(&state, &headers).await?;
+    let format = format_of(&headers)?;
+    let body = body_or_error(body)?;
+    let lock = state.tenant_lock(key.tenant);
+    let _guard = lock.lock().await;
+    let st = state.clone();
+    let out = on_rayon(move || ingest_batch(&st, &key, format, &body))
+        .await
+        .map_err(|p| ApiError::internal(format!("scoring failed: {p}")))??;
+    Ok(Json(out))
+}
+
+/// Reads a batch for the key's tenant, stores it, re-scores every threat it touches.
+fn ingest_batch(
+    state: &AppState,
+    key: &KeyInfo,
+    format: InputFormat,
+    body: &[u8],
+) -> ApiResult<AlertsOut> {
+    let tenant = key.tenant;
+    let params = IngestParams::default()
+        .read_labels(false)
+        .only_tenant(Some(tenant))
+        .check()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let ing = ingest::read_from(body, "request body", format, &params)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let report = ing.report;
+    let rejections = report
+        .rejected
+        .iter()
+        .map(|r| RejectionOut {
+            line: r.line,
+            record: r.record,
+            column: r.column.clone(),
+            reason: r.reason.clone(),
+        })
+        .collect();
+    let rejected = report.rejected.len() as u64;
+    let mut out = AlertsOut {
+        records: report.records,
+        accepted: report.accepted,
+        rejected,
+        rejections,
+        evidence_stored: 0,
+        evidence_duplicate: 0,
+        threats: Vec::new(),
+    };
+    state.metrics.alerts(report.accepted, rejected, 0);
+    if ing.evidence.is_empty() {
+        return Ok(out);
+    }
+    let stored = state.db.insert_evidence(tenant, &ing.evidence)?;
+    out.evidence_stored = stored;
+    out.evidence_duplicate = ing.evidence.len() as u64 - stored;
+    state.metrics.alerts(0, 0, stored);
+    let given: Vec<u64> = ing
+        .evidence
+        .iter()
+        .filter(|e| e.incident_given)
+        .map(|e| e.incident.0)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let loose = ing.evidence.iter().any(|e| !e.incident_given);
+    let threats = rescore(state, tenant, &given, loose)?;
+    out.threats = threats.into_iter().map(|t| t.to_string()).collect();
+    Ok(out)
+}
+
+/// Scores again the given incidents of a tenant (and, when `loose`, re-correlates and scores
+/// all of its alerts without an incident id) with all their stored evidence; stores them.
+fn rescore(state: &AppState, tenant: u64, given: &[u64], loose: bool) -> ApiResult<Vec<u64>> {
+    let engine = state.engine();
+    let rows = state.db.evidence_for(tenant, given, loose)?;
+    let (seqs, mut evidence): (Vec<i64>, Vec<Evidence>) = rows.into_iter().unzip();
+    for (i, e) in evidence.iter_mut().enumerate() {
+        e.record = i as u32;
+    }
+    let corr = group_incidents(&evidence);
+    let loaded = Loaded {
+        evidence,
+        corr,
+        report: Default::default(),
+        sha256: String::new(),
+    };
+    let reasons = state.params.get().reasons;
+    let scored = pipeline::score_loaded(&engine.artifact, loaded, reasons, &engine.knowledge)
+        .map_err(|e| ApiError::internal(format!("scoring: {e}")))?;
+    let now = db::now();
+    let mut evidence_threat = Vec::new();
+    let mut stored = Vec::with_capacity(scored.incidents.len());
+    for (i, (inc, s)) in scored
+        .loaded
+        .corr
+        .incidents
+        .iter()
+        .zip(&scored.incidents)
+        .enumerate()
+    {
+        if !inc.key.incident.is_correlated() && !given.contains(&inc.key.incident.0) {
+            continue;
+        }
+        for &r in &inc.evidence {
+            if !scored.loaded.evidence[r as usize].incident_given {
+                evidence_threat.push((seqs[r as usize], inc.key.incident.0));
+            }
+        }
+        stored.push(StoredThreat {
+            scored: s.clone(),
+            features: scored.features.row(i).to_vec(),
+            scored_at: now,
+            model: engine.sha256.clone(),
+        });
+    }
+    let retired: Vec<u64> = if loose {
+        let live: BTreeSet<u64> = stored
+            .iter()
+            .map(|t| t.scored.key.incident.0)
+            .filter(|&id| crate::domain::IncidentId(id).is_correlated())
+            .collect();
+        state
+            .db
+            .correlated_threats(tenant)?
+            .into_iter()
+            .filter(|id| !live.contains(id))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    state
+        .db
+        .store_scored(tenant, &stored, &evidence_threat, &retired)?;
+    state
+        .metrics
+        .scored(stored.iter().map(|t| t.scored.priority));
+    Ok(stored.iter().map(|t| t.scored.key.incident.0).collect())
+}
+
+// ---- queue and threats ------------------------------------------------------------------
+
+/// The latest verdict, in a queue row.
+#[derive(Debug, Serialize)]
+pub struct VerdictBrief {
+    /// TP/BP/FP
+    pub grade: &'static str,
+    /// key label
+    pub analyst: String,
+    /// RFC 3339
+    pub at: String,
+}
+
+/// A threat in the queue.
+#[derive(Debug, Serialize)]
+pub struct ThreatSummary {
+    /// threat id (decimal u64)
+    pub id: String,
+    /// 0–100
+    pub priority: u8,
+    /// calibrated P(TP)
+    pub p_tp: f32,
+    /// calibrated P(BP)
+    pub p_bp: f32,
+    /// calibrated P(FP)
+    pub p_fp: f32,
+    /// TP/BP/FP
+    pub predicted: &'static str,
+    /// conformal set, e.g. `TP|BP`
+    pub grade_set: String,
+    /// `uncertain` or `confident`
+    pub certainty: &'static str,
+    /// tactics, kill-chain order
+    pub tactics: Vec<String>,
+    /// most similar known group
+    pub actor: Option<Actor>,
+    /// most frequent detector
+    pub detector: String,
+    /// most frequent title
+    pub title: String,
+    /// most frequent category
+    pub category: String,
+    /// distinct alerts
+    pub n_alerts: u32,
+    /// evidence rows
+    pub n_evidence: u32,
+    /// RFC 3339
+    pub first_seen: String,
+    /// RFC 3339
+    pub last_seen: String,
+    /// RFC 3339
+    pub scored_at: String,
+    /// top reasons
+    pub reasons: Vec<Reason>,
+    /// latest verdict
+    pub verdict: Option<VerdictBrief>,
+}
+
+fn summary(t: &StoredThreat, latest: Option<&Verdict>) -> ThreatSummary {
+    let s: &ScoredIncident = &t.scored;
+    ThreatSummary {
+        id: s.key.incident.0.to_string(),
+        priority: s.priority,
+        p_tp: s.probs[0],
+        p_bp: s.probs[1],
+        p_fp: s.probs[2],
+        predicted: s.predicted.short(),
+        grade_set: s.grade_set.to_string(),
+        certainty: if s.is_uncertain() {
+            "uncertain"
+        } else {
+            "confident"
+        },
+        tactics: s.tactics.clone(),
+        actor: s.actor.clone(),
+        detector: s.detector.clone(),
+        title: s.title.clone(),
+        category: s.category.clone(),
+        n_alerts: s.n_alerts,
+        n_evidence: s.n_evidence,
+        first_seen: format_rfc3339(s.first_seen),
+        last_seen: format_rfc3339(s.last_seen),
+        scored_at: format_rfc3339(t.scored_at),
+        reasons: s.reasons.clone(),
+        verdict: latest.map(|v| VerdictBrief {
+            grade: v.grade.short(),
+            analyst: v.analyst.clone(),
+            at: format_rfc3339(v.at),
+        }),
+    }
+}
+
+/// Query parameters accepted by a route; anything else is a 400 (a typo never goes unnoticed).
+fn check_query(q: &BTreeMap<String, String>, allowed: &[&str]) -> ApiResult<()> {
+    match q.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request(format!(
+            "unknown query parameter {k:?} (expected one of {})",
+            allowed.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn parse_grade(s: &str) -> ApiResult<Grade> {
+    Grade::parse(s).ok_or_else(|| {
+        ApiError::bad_request(format!(
+            "unknown grade {s:?} (TP, BP, FP or TruePositive, BenignPositive, FalsePositive)"
+        ))
+    })
+}
+
+/// Answer of `GET /v1/queue`.
+#[derive(Debug, Serialize)]
+pub struct QueueOut {
+    /// the caller's threats matching the filters
+    pub total: u64,
+    /// the first `top` of them
+    pub threats: Vec<ThreatSummary>,
+}
+
+fn queue_filter(q: &BTreeMap<String, String>) -> ApiResult<QueueFilter> {
+    let tactic = match q.get("tactic").map(String::as_str) {
+        None | Some("") | Some("all") => None,
+        Some(t) if crate::signals::TACTICS.contains(&t) => Some(t.to_string()),
+        Some(t) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown tactic {t:?} (expected an ATT&CK tactic such as lateral-movement)"
+            )))
+        }
+    };
+    let grade = match q.get("grade").map(String::as_str) {
+        None | Some("") | Some("all") => None,
+        Some(g) => Some(parse_grade(g)?),
+    };
+    let verdicted = match q.get("status").map(String::as_str) {
+        None | Some("open") => Some(false),
+        Some("verdicted") => Some(true),
+        Some("all") => None,
+        Some(s) => {
+            return Err(ApiError::bad_request(format!(
+                "unknown status {s:?} (open, verdicted or all)"
+            )))
+        }
+    };
+    Ok(QueueFilter {
+        tactic,
+        grade,
+        verdicted,
+        min_priority: None,
+    })
+}
+
+fn parse_bounded(
+    q: &BTreeMap<String, String>,
+    name: &str,
+    default: u64,
+    max: u64,
+) -> ApiResult<u64> {
+    match q.get(name) {
+        None => Ok(default),
+        Some(v) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n) || (name == "min_priority" && *n == 0))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("{name} must be an integer in 1–{max}, got {v:?}"))
+            }),
+    }
+}
+
+async fn queue(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<QueueOut>> {
+    let key = caller(&state, &headers).await?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_query(&q, &["top", "tactic", "grade", "status"])?;
+    let top = parse_bounded(&q, "top", 50, 1000)? as usize;
+    let filter = queue_filter(&q)?;
+    let db = state.db.clone();
+    blocking(move || {
+        let (total, threats) = db.queue(key.tenant, &filter, top)?;
+        let mut out = Vec::with_capacity(threats.len());
+        for t in &threats {
+            let vs = db.verdicts(key.tenant, t.scored.key.incident.0)?;
+            out.push(summary(t, vs.last()));
+        }
+        Ok(Json(QueueOut {
+            total,
+            threats: out,
+        }))
+    })
+    .await
+}
+
+/// One evidence row of a threat.
+#[derive(Debug, Serialize)]
+pub struct EvidenceOut {
+    /// alert id
+    pub alert_id: u64,
+    /// RFC 3339
+    pub timestamp: String,
+    /// detector
+    pub detector: String,
+    /// title
+    pub title: String,
+    /// category
+    pub category: String,
+    /// ATT&CK techniques
+    pub techniques: Vec<String>,
+    /// entity type
+    pub entity_type: String,
+    /// Impacted / Related
+    pub role: &'static str,
+    /// severity, when given
+    pub severity: Option<crate::domain::Severity>,
+    /// entity codes present, column → code
+    pub entities: BTreeMap<&'static str, u64>,
+}
+
+fn evidence_out(e: &Evidence) -> EvidenceOut {
+    EvidenceOut {
+        alert_id: e.alert.0,
+        timestamp: format_rfc3339(e.timestamp),
+        detector: e.detector.clone(),
+        title: e.title.clone(),
+        category: e.category.clone(),
+        techniques: e.techniques.clone(),
+        entity_type: e.entity_type.clone(),
+        role: if e.impacted { "Impacted" } else { "Related" },
+        severity: e.severity,
+        entities: ENTITY_COLUMNS
+            .iter()
+            .zip(&e.entities.codes)
+            .filter_map(|(c, v)| v.map(|v| (*c, v)))
+            .collect(),
+    }
+}
+
+/// A verdict in the audit trail.
+#[derive(Debug, Serialize)]
+pub struct VerdictOut {
+    /// audit-log position
+    pub seq: i64,
+    /// threat id
+    pub threat: String,
+    /// analyst grade
+    pub grade: &'static str,
+    /// optional reason
+    pub reason: Option<String>,
+    /// key label
+    pub analyst: String,
+    /// RFC 3339
+    pub at: String,
+    /// the engine's grade then
+    pub predicted: &'static str,
+}
+
+fn verdict_out(v: &Verdict) -> VerdictOut {
+    VerdictOut {
+        seq: v.seq,
+        threat: v.threat.to_string(),
+        grade: v.grade.short(),
+        reason: v.reason.clone(),
+        analyst: v.analyst.clone(),
+        at: format_rfc3339(v.at),
+        predicted: v.predicted.short(),
+    }
+}
+
+/// Answer of `GET /v1/threats/{id}`.
+#[derive(Debug, Serialize)]
+pub struct ThreatOut {
+    /// the queue row
+    #[serde(flatten)]
+    pub summary: ThreatSummary,
+    /// per-family contributions to the TP raw score
+    pub families: Vec<FamilyContribution>,
+    /// every stored evidence row
+    pub evidence: Vec<EvidenceOut>,
+    /// the audit trail, oldest first
+    pub verdicts: Vec<VerdictOut>,
+}
+
+async fn threat(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ThreatOut>> {
+    let key = caller(&state, &headers).await?;
+    let id = parse_threat_id(&id)?;
+    let db = state.db.clone();
+    blocking(move || {
+        let t = db
+            .threat(key.tenant, id)?
+            .ok_or_else(|| ApiError::not_found(format!("no threat {id} for this key")))?;
+        let vs = db.verdicts(key.tenant, id)?;
+        let ev = db.threat_evidence(key.tenant, id)?;
+        Ok(Json(ThreatOut {
+            summary: summary(&t, vs.last()),
+            families: t.scored.families.clone(),
+            evidence: ev.iter().map(evidence_out).collect(),
+            verdicts: vs.iter().map(verdict_out).collect(),
+        }))
+    })
+    .await
+}
+
+/// Body of `POST /v1/threats/{id}/verdict`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerdictIn {
+    /// TP/BP/FP or the GUIDE spelling
+    pub grade: String,
+    /// optional reason (≤ 2000 characters)
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Longest verdict reason, characters.
+pub const MAX_REASON_CHARS: usize = 2000;
+
+async fn post_verdict(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<VerdictOut>)> {
+    let key = caller(&state, &headers).await?;
+    let id = parse_threat_id(&id)?;
+    let body = body_or_error(body)?;
+    let v: VerdictIn = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("verdict body: {e}")))?;
+    let grade = parse_grade(v.grade.trim())?;
+    let reason = v
+        .reason
+        .map(|r| r.trim().to_string())
+        .filter(|r| !r.is_empty());
+    if let Some(r) = &reason {
+        if r.chars().count() > MAX_REASON_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "reason is {} characters, at most {MAX_REASON_CHARS}",
+                r.chars().count()
+            )));
+        }
+    }
+    let db = state.db.clone();
+    let stored = blocking(move || {
+        db.add_verdict(&key, id, grade, reason.as_deref())?
+            .ok_or_else(|| ApiError::not_found(format!("no threat {id} for this key")))
+    })
+    .await?;
+    state.metrics.verdict();
+    Ok((StatusCode::CREATED, Json(verdict_out(&stored))))
+}
+
+// ---- notifications ----------------------------------------------------------------------
+
+/// Answer of `GET /v1/notifications`.
+#[derive(Debug, Serialize)]
+pub struct NotificationsOut {
+    /// the priority threshold applied
+    pub min_priority: u8,
+    /// highest first (at most 100)
+    pub notifications: Vec<notify::Notification>,
+}
+
+/// Most notifications in one answer.
+pub const MAX_NOTIFICATIONS: usize = 100;
+
+async fn notifications(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+    q: Result<Query<BTreeMap<String, String>>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<NotificationsOut>> {
+    let key = caller(&state, &headers).await?;
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    check_query(&q, &["min_priority"])?;
+    let min = parse_bounded(
+        &q,
+        "min_priority",
+        u64::from(state.params.get().notify_priority),
+        100,
+    )? as u8;
+    let engine = state.engine();
+    let db = state.db.clone();
+    blocking(move || {
+        let filter = QueueFilter {
+            min_priority: Some(min),
+            ..Default::default()
+        };
+        let (_, threats) = db.queue(key.tenant, &filter, MAX_NOTIFICATIONS)?;
+        let features = &engine.artifact.features;
+        let absent = |c: usize, code: u64| features.sentinel(c) == Some(code);
+        let mut out = Vec::with_capacity(threats.len());
+        for t in &threats {
+            let ev = db.threat_evidence(key.tenant, t.scored.key.incident.0)?;
+            out.push(notify::notification(&t.scored, &ev, &absent));
+        }
+        Ok(Json(NotificationsOut {
+            min_priority: min,
+            notifications: out,
+        }))
+    })
+    .await
+}
+
+// ---- drift ------------------------------------------------------------------------------
+
+async fn drift(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> ApiResult<Json<serde_json::Value>> {
+    let key = caller(&state, &headers).await?;
+    let st = state.clone();
+    let out = on_rayon(move || super::drift_status(&st, key.tenant))
+        .await
+        .map_err(ApiError::internal)??;
+    Ok(Json(out))
+}

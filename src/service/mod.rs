@@ -1,0 +1,378 @@
+//! The scoring service (`threatrank serve`, cargo feature `service`): an HTTP API per tenant
+//! that pipelines push alerts into and hunters work from, with analyst verdicts stored in an
+//! append-only audit log, drift monitoring and a web page. See `docs/SERVICE.md`.
+//!
+//! Shape: axum on a tokio runtime answers requests; everything that scores runs on the rayon
+//! pool ([`on_rayon`]) and every SQLite call on tokio's blocking pool, so the async runtime
+//! never waits on CPU or disk. The model sits behind an `RwLock<Arc<Engine>>`: a request clones
+//! the `Arc` once and finishes on that model, so a reload (`SIGHUP`) never drops a request.
+//! Every query names the caller's tenant (from its key): another tenant's threats are simply
+//! not found.
+
+pub mod api;
+pub mod client;
+pub mod db;
+pub mod metrics;
+pub mod notify;
+pub mod retrain;
+
+use crate::signals::Knowledge;
+use crate::train::{Artifact, ArtifactError};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+pub use db::{Db, DbError};
+
+/// Errors of starting or running the service.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// the model artifact
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    /// the database
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// a parameter out of range
+    #[error("invalid service parameter `{name}`: {reason}")]
+    Param {
+        /// parameter
+        name: &'static str,
+        /// why
+        reason: String,
+    },
+    /// the listening socket or the runtime
+    #[error("{what}: {source}")]
+    Io {
+        /// what failed
+        what: String,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
+    /// retraining from stored verdicts
+    #[error("retrain: {0}")]
+    Retrain(String),
+}
+
+/// `threatrank serve` parameters (unchecked; see [`ServeParams::check`]).
+#[derive(Debug, Clone)]
+pub struct ServeParams {
+    /// model artifact (reloaded from the same path on SIGHUP)
+    pub model: PathBuf,
+    /// SQLite database file (created when absent)
+    pub db: PathBuf,
+    /// listening address (`127.0.0.1:0` picks a free port, printed on stdout)
+    pub listen: SocketAddr,
+    /// largest request body, bytes (default 8 MiB)
+    pub max_body_bytes: usize,
+    /// request deadline (default 30 s)
+    pub request_timeout: Duration,
+    /// notifications for threats at or above this priority (default 80)
+    pub notify_priority: u8,
+    /// reasons stored per threat (default 5)
+    pub reasons: usize,
+    /// verdicts in the drift agreement window (default 200)
+    pub drift_window: usize,
+    /// threats in the drift population window (default 1,000)
+    pub drift_rows: usize,
+    /// PSI above which drift warns (default 0.25)
+    pub psi_warn: f64,
+    /// agreement below which drift warns (default 0.6)
+    pub agreement_warn: f64,
+    /// fewest tenants behind a released global drift figure (default 5)
+    pub min_tenants: u64,
+    /// SQLite read connections (default 4)
+    pub db_readers: usize,
+}
+
+impl ServeParams {
+    /// Defaults for a model and database.
+    pub fn new(model: PathBuf, db: PathBuf) -> ServeParams {
+        ServeParams {
+            model,
+            db,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 8 << 20,
+            request_timeout: Duration::from_secs(30),
+            notify_priority: 80,
+            reasons: 5,
+            drift_window: 200,
+            drift_rows: 1000,
+            psi_warn: 0.25,
+            agreement_warn: 0.6,
+            min_tenants: 5,
+            db_readers: 4,
+        }
+    }
+
+    /// Checks every parameter.
+    pub fn check(&self) -> Result<ValidServeParams, ServiceError> {
+        let bad = |name, reason: String| Err(ServiceError::Param { name, reason });
+        if !(1024..=(1 << 30)).contains(&self.max_body_bytes) {
+            return bad(
+                "max_body_bytes",
+                format!("{} is outside 1 KiB – 1 GiB", self.max_body_bytes),
+            );
+        }
+        if self.request_timeout < Duration::from_millis(100)
+            || self.request_timeout > Duration::from_secs(3600)
+        {
+            return bad(
+                "request_timeout",
+                format!("{:?} is outside 0.1 s – 1 h", self.request_timeout),
+            );
+        }
+        if self.notify_priority > 100 {
+            return bad(
+                "notify_priority",
+                format!("{} is above 100", self.notify_priority),
+            );
+        }
+        if !(1..=20).contains(&self.reasons) {
+            return bad("reasons", format!("{} is outside 1–20", self.reasons));
+        }
+        if !(10..=100_000).contains(&self.drift_window) {
+            return bad(
+                "drift_window",
+                format!("{} is outside 10–100000", self.drift_window),
+            );
+        }
+        if !(30..=1_000_000).contains(&self.drift_rows) {
+            return bad(
+                "drift_rows",
+                format!("{} is outside 30–1000000", self.drift_rows),
+            );
+        }
+        if !(self.psi_warn > 0.0 && self.psi_warn.is_finite()) {
+            return bad(
+                "psi_warn",
+                format!("{} is not a positive number", self.psi_warn),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.agreement_warn) {
+            return bad(
+                "agreement_warn",
+                format!("{} is outside 0–1", self.agreement_warn),
+            );
+        }
+        if self.min_tenants < 2 {
+            return bad("min_tenants", format!("{} is below 2", self.min_tenants));
+        }
+        if !(1..=64).contains(&self.db_readers) {
+            return bad("db_readers", format!("{} is outside 1–64", self.db_readers));
+        }
+        Ok(ValidServeParams(self.clone()))
+    }
+}
+
+/// Checked [`ServeParams`].
+#[derive(Debug, Clone)]
+pub struct ValidServeParams(ServeParams);
+
+impl ValidServeParams {
+    /// The checked values.
+    pub fn get(&self) -> &ServeParams {
+        &self.0
+    }
+}
+
+/// A loaded model: artifact, knowledge tables, and the SHA-256 of the file it came from.
+#[derive(Debug)]
+pub struct Engine {
+    /// the artifact
+    pub artifact: Artifact,
+    /// ATT&CK, Sigma, groups, pseudonym key, optional snapshot
+    pub knowledge: Knowledge,
+    /// SHA-256 of the artifact file (hex)
+    pub sha256: String,
+    /// when it was loaded (Unix seconds)
+    pub loaded_at: i64,
+}
+
+impl Engine {
+    /// Loads and checks an artifact (format, schema, pseudonym key).
+    pub fn load(path: &Path, knowledge: Knowledge) -> Result<Engine, ServiceError> {
+        let bytes = std::fs::read(path).map_err(|source| ArtifactError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let sha256 = crate::matrix::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        let artifact = Artifact::load(path)?;
+        if knowledge.snapshot.is_none() {
+            artifact
+                .features
+                .global_signals()
+                .check_key(&knowledge.key)
+                .map_err(|e| ServiceError::Param {
+                    name: "signals_key",
+                    reason: format!("{}: {e}", path.display()),
+                })?;
+        }
+        Ok(Engine {
+            artifact,
+            knowledge,
+            sha256,
+            loaded_at: db::now(),
+        })
+    }
+}
+
+/// Shared state of a running service.
+pub struct AppState {
+    /// checked parameters
+    pub params: ValidServeParams,
+    /// the model in use
+    pub engine: RwLock<Arc<Engine>>,
+    /// the database
+    pub db: Arc<Db>,
+    /// counters
+    pub metrics: metrics::Metrics,
+    /// one writer per tenant at a time for alert batches (re-scoring reads then writes a
+    /// tenant's threats)
+    tenant_locks: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl AppState {
+    /// State over a loaded engine and an open database.
+    pub fn new(params: ValidServeParams, engine: Engine, db: Db) -> AppState {
+        AppState {
+            params,
+            engine: RwLock::new(Arc::new(engine)),
+            db: Arc::new(db),
+            metrics: metrics::Metrics::default(),
+            tenant_locks: Default::default(),
+        }
+    }
+
+    /// The model now in use (requests keep the one they started with).
+    pub fn engine(&self) -> Arc<Engine> {
+        self.engine
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the model file again and swaps it in; the old model stays on error.
+    pub fn reload(&self) -> Result<Arc<Engine>, ServiceError> {
+        let kn = self.engine().knowledge.clone();
+        match Engine::load(&self.params.get().model, kn) {
+            Ok(e) => {
+                let e = Arc::new(e);
+                *self.engine.write().unwrap_or_else(|p| p.into_inner()) = e.clone();
+                self.metrics.reload(true);
+                Ok(e)
+            }
+            Err(err) => {
+                self.metrics.reload(false);
+                Err(err)
+            }
+        }
+    }
+
+    fn tenant_lock(&self, tenant: u64) -> Arc<tokio::sync::Mutex<()>> {
+        self.tenant_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tenant)
+            .or_default()
+            .clone()
+    }
+}
+
+/// Runs `f` on the rayon pool and awaits its result without blocking the async runtime; a
+/// panic in `f` comes back as `Err`.
+pub async fn on_rayon<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        let _ = tx.send(r.map_err(|p| {
+            p.downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "worker panicked".into())
+        }));
+    });
+    rx.await.unwrap_or_else(|_| Err("worker dropped".into()))
+}
+
+/// Starts the service and serves until SIGINT/SIGTERM. Prints `listening on http://ADDR` on
+/// stdout once the socket is bound (with port 0, the port picked). SIGHUP reloads the model.
+pub fn serve(params: &ServeParams, knowledge: Knowledge) -> Result<(), ServiceError> {
+    let valid = params.check()?;
+    let engine = Engine::load(&params.model, knowledge)?;
+    let db = Db::open(&params.db, params.db_readers)?;
+    let state = Arc::new(AppState::new(valid, engine, db));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|source| ServiceError::Io {
+            what: "tokio runtime".into(),
+            source,
+        })?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(params.listen)
+            .await
+            .map_err(|source| ServiceError::Io {
+                what: format!("bind {}", params.listen),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ServiceError::Io {
+            what: "local address".into(),
+            source,
+        })?;
+        {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening on http://{addr}");
+            let _ = out.flush();
+        }
+        let reloader = state.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let s = reloader.clone();
+                match tokio::task::spawn_blocking(move || s.reload()).await {
+                    Ok(Ok(e)) => eprintln!("model reloaded: sha256 {}", e.sha256),
+                    Ok(Err(e)) => eprintln!("model reload failed, old model kept: {e}"),
+                    Err(e) => eprintln!("model reload failed, old model kept: {e}"),
+                }
+            }
+        });
+        let app = api::router(state);
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term = signal(SignalKind::terminate()).ok();
+                let t = async {
+                    match term.as_mut() {
+                        Some(t) => {
+                            t.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {},
+                    _ = t => {},
+                }
+            })
+            .await
+            .map_err(|source| ServiceError::Io {
+                what: "serve".into(),
+                source,
+            })
+    })
+}
+
+/// `GET /v1/drift` for one tenant (and globally above the tenant floor).
+pub fn drift_status(_state: &AppState, _tenant: u64) -> Result<serde_json::Value, api::ApiError> {
+    Err(api::ApiError::internal("drift: pending merge"))
+}
