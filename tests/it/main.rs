@@ -15,6 +15,8 @@ mod native_input;
 mod online;
 mod properties;
 mod report;
+#[cfg(feature = "service")]
+mod service;
 mod signals;
 mod stream;
 mod synth;

@@ -1,0 +1,914 @@
+//! The scoring service over real HTTP on loopback: every endpoint, tenant isolation, bad keys,
+//! malformed and oversized bodies, `kill -9` durability, model swap under load, and the
+//! service's score equal to `threatrank score`'s.
+
+use crate::common::{self, sample};
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use threatrank::service::client::{Client, Response};
+
+/// A `threatrank serve` child process on a free loopback port; killed on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// where it listens
+    pub addr: SocketAddr,
+    /// its database
+    pub db: PathBuf,
+    /// its model
+    pub model: PathBuf,
+}
+
+/// The shipped model.
+pub fn default_model() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/default.json.gz")
+}
+
+impl Server {
+    /// Starts the service on `db` with `model` and extra flags; waits until it listens.
+    pub fn start(db: &Path, model: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_threatrank"))
+            .arg("serve")
+            .arg("--db")
+            .arg(db)
+            .arg("--model")
+            .arg(model)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("serve starts");
+        let out = child.stdout.take().expect("stdout piped");
+        let mut line = String::new();
+        BufReader::new(out)
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                panic!("unexpected first line from serve: {line:?}")
+            })
+            .parse()
+            .expect("address parses");
+        Server {
+            child: Some(child),
+            addr,
+            db: db.to_path_buf(),
+            model: model.to_path_buf(),
+        }
+    }
+
+    /// A client of this server.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// `kill -9` and wait.
+    pub fn kill9(mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaped");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Makes a key for a tenant with the CLI; returns the secret.
+pub fn add_key(db: &Path, tenant: u64, label: &str) -> String {
+    let o = common::run_os(&[
+        "keys".as_ref(),
+        "add".as_ref(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--tenant".as_ref(),
+        tenant.to_string().as_ref(),
+        "--label".as_ref(),
+        label.as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let key = common::stdout(&o).trim().to_string();
+    assert!(key.starts_with("trk_"), "{key}");
+    key
+}
+
+/// The sample's header and up to `n` of its rows of one tenant, as CSV text.
+pub fn tenant_csv(tenant: u64, n: usize) -> String {
+    let (header, lines) = sample();
+    let org = common::col("OrgId");
+    let mut s = format!("{header}\n");
+    for l in lines
+        .iter()
+        .filter(|l| l.split(',').nth(org) == Some(tenant.to_string().as_str()))
+        .take(n)
+    {
+        s.push_str(l);
+        s.push('\n');
+    }
+    s
+}
+
+fn post_csv(c: &mut Client, key: &str, csv: &str) -> Response {
+    c.post("/v1/alerts", Some(key), "text/csv", csv.as_bytes())
+        .expect("request")
+}
+
+fn verdict(c: &mut Client, key: &str, id: &str, body: &str) -> Response {
+    c.post(
+        &format!("/v1/threats/{id}/verdict"),
+        Some(key),
+        "application/json",
+        body.as_bytes(),
+    )
+    .expect("request")
+}
+
+fn assert_error(r: &Response, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["error"]["code"], code, "{j}");
+    assert!(j["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+fn ids(queue: &Value) -> Vec<String> {
+    queue["threats"]
+        .as_array()
+        .expect("threats array")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_string())
+        .collect()
+}
+
+#[test]
+fn alerts_queue_threat_verdict_notifications_round_trip() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice@soc");
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+
+    let csv = tenant_csv(0, 150);
+    let r = post_csv(&mut c, &key, &csv);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(j["records"], 150);
+    assert_eq!(j["accepted"], 150);
+    assert_eq!(j["rejected"], 0);
+    assert_eq!(j["evidence_stored"], 150);
+    let scored = j["threats"].as_array().unwrap().len();
+    assert!(scored > 5, "{j}");
+
+    // the same batch again (a retried request): nothing stored twice, same threats
+    let again = post_csv(&mut c, &key, &csv).json();
+    assert_eq!(again["evidence_stored"], 0);
+    assert_eq!(again["evidence_duplicate"], 150);
+
+    let q = c.get("/v1/queue?top=1000&status=all", Some(&key)).unwrap();
+    assert_eq!(q.status, 200);
+    let q = q.json();
+    assert_eq!(q["total"], scored as u64);
+    let threats = q["threats"].as_array().unwrap();
+    assert_eq!(threats.len(), scored);
+    let n_evidence: u64 = threats
+        .iter()
+        .map(|t| t["n_evidence"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        n_evidence, 150,
+        "every stored row belongs to exactly one threat"
+    );
+    for w in threats.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let pa = a["priority"].as_u64().unwrap();
+        let pb = b["priority"].as_u64().unwrap();
+        assert!(
+            pa > pb || (pa == pb && a["p_tp"].as_f64() >= b["p_tp"].as_f64()),
+            "{a} {b}"
+        );
+    }
+    for t in threats {
+        let sum =
+            t["p_tp"].as_f64().unwrap() + t["p_bp"].as_f64().unwrap() + t["p_fp"].as_f64().unwrap();
+        assert!((sum - 1.0).abs() < 1e-3, "{t}");
+        assert!(["TP", "BP", "FP"].contains(&t["predicted"].as_str().unwrap()));
+        assert!(t["reasons"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty() && r.len() <= 5));
+        assert!(t["verdict"].is_null());
+    }
+    let top = c.get("/v1/queue?top=3", Some(&key)).unwrap().json();
+    assert_eq!(
+        ids(&top),
+        ids(&q)[..3].to_vec(),
+        "top=K is the head of the queue"
+    );
+
+    // one threat in detail
+    let id = threats[0]["id"].as_str().unwrap().to_string();
+    let d = c.get(&format!("/v1/threats/{id}"), Some(&key)).unwrap();
+    assert_eq!(d.status, 200);
+    let d = d.json();
+    assert_eq!(d["id"], id.as_str());
+    assert_eq!(
+        d["evidence"].as_array().unwrap().len() as u64,
+        d["n_evidence"].as_u64().unwrap()
+    );
+    assert!(d["families"].as_array().is_some_and(|f| !f.is_empty()));
+    assert_eq!(d["verdicts"].as_array().unwrap().len(), 0);
+
+    // verdicts: stored with who and when, latest shown in the queue, full trail in detail
+    let v = verdict(&mut c, &key, &id, r#"{"grade":"BP","reason":"pen test"}"#);
+    assert_eq!(v.status, 201, "{}", v.text());
+    let v = v.json();
+    assert_eq!(v["grade"], "BP");
+    assert_eq!(v["analyst"], "alice@soc");
+    assert_eq!(v["reason"], "pen test");
+    assert_eq!(v["predicted"], threats[0]["predicted"]);
+    let v2 = verdict(&mut c, &key, &id, r#"{"grade":"TruePositive"}"#);
+    assert_eq!(v2.status, 201);
+    assert!(v2.json()["seq"].as_i64() > v["seq"].as_i64());
+    let d = c
+        .get(&format!("/v1/threats/{id}"), Some(&key))
+        .unwrap()
+        .json();
+    let trail: Vec<&str> = d["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["grade"].as_str().unwrap())
+        .collect();
+    assert_eq!(trail, ["BP", "TP"]);
+    assert_eq!(d["verdict"]["grade"], "TP");
+    let open = c.get("/v1/queue?top=1000", Some(&key)).unwrap().json();
+    assert!(
+        !ids(&open).contains(&id),
+        "default status=open hides verdicted threats"
+    );
+    assert_eq!(open["total"], scored as u64 - 1);
+    let done = c
+        .get("/v1/queue?status=verdicted", Some(&key))
+        .unwrap()
+        .json();
+    assert_eq!(ids(&done), vec![id.clone()]);
+
+    // filters
+    let tp = c
+        .get("/v1/queue?top=1000&status=all&grade=TP", Some(&key))
+        .unwrap()
+        .json();
+    assert!(tp["threats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["predicted"] == "TP"));
+    let tactic = threats
+        .iter()
+        .find_map(|t| t["tactics"].as_array().and_then(|a| a.first()).cloned())
+        .expect("some threat has a tactic");
+    let by = c
+        .get(
+            &format!(
+                "/v1/queue?top=1000&status=all&tactic={}",
+                tactic.as_str().unwrap()
+            ),
+            Some(&key),
+        )
+        .unwrap()
+        .json();
+    assert!(by["total"].as_u64().unwrap() >= 1);
+    assert!(by["threats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["tactics"].as_array().unwrap().contains(&tactic)));
+    for bad in [
+        "top=0",
+        "top=1001",
+        "top=x",
+        "grade=XX",
+        "status=closed",
+        "tactic=nope",
+        "sort=1",
+    ] {
+        let r = c.get(&format!("/v1/queue?{bad}"), Some(&key)).unwrap();
+        assert_error(&r, 400, "bad_request");
+    }
+
+    // notifications: every one at or above the threshold, with next steps
+    let n = c
+        .get("/v1/notifications?min_priority=50", Some(&key))
+        .unwrap();
+    assert_eq!(n.status, 200);
+    let n = n.json();
+    assert_eq!(n["min_priority"], 50);
+    let expected = threats
+        .iter()
+        .filter(|t| t["priority"].as_u64().unwrap() >= 50)
+        .count();
+    let list = n["notifications"].as_array().unwrap();
+    assert_eq!(list.len(), expected.min(100));
+    for x in list {
+        assert!(x["priority"].as_u64().unwrap() >= 50);
+        assert!(x["next_steps"].as_array().is_some_and(|s| !s.is_empty()));
+        assert!(x["scope"]["devices"].is_array() && x["scope"]["accounts"].is_array());
+    }
+    let hi = c
+        .get("/v1/notifications?min_priority=100", Some(&key))
+        .unwrap()
+        .json();
+    assert!(hi["notifications"].as_array().unwrap().len() <= list.len());
+
+    // health, metrics, OpenAPI: no key needed, no tenant data
+    let h = c.get("/healthz", None).unwrap().json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["model"]["sha256"].as_str().unwrap().len(), 64);
+    let m = c.get("/metrics", None).unwrap();
+    assert_eq!(m.status, 200);
+    let m = m.text();
+    assert!(
+        m.contains(
+            "threatrank_http_requests_total{route=\"/v1/alerts\",method=\"POST\",status=\"200\"} 2"
+        ),
+        "{m}"
+    );
+    assert!(m.contains("threatrank_alert_records_accepted_total 300"));
+    assert!(m.contains(&format!("threatrank_threats_stored {scored}")));
+    assert!(m.contains("threatrank_verdicts_total 2"));
+    assert!(m.contains("threatrank_scored_priority_count"));
+    assert!(!m.contains("tenant="), "metrics never carry a tenant label");
+    let o = c.get("/openapi.json", None).unwrap();
+    assert_eq!(o.status, 200);
+    let o = o.json();
+    assert_eq!(o["openapi"], "3.1.0");
+    for p in [
+        "/v1/alerts",
+        "/v1/queue",
+        "/v1/threats/{id}",
+        "/v1/threats/{id}/verdict",
+        "/v1/notifications",
+        "/v1/drift",
+        "/healthz",
+        "/metrics",
+        "/openapi.json",
+        "/",
+    ] {
+        assert!(o["paths"][p].is_object(), "OpenAPI lacks {p}");
+    }
+    let page = c.get("/", None).unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+}
+
+#[test]
+fn tenants_never_see_each_other_and_bad_keys_get_401() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let a = add_key(&db, 0, "alice");
+    let b = add_key(&db, 1, "bob");
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    assert_eq!(post_csv(&mut c, &a, &tenant_csv(0, 40)).status, 200);
+    assert_eq!(post_csv(&mut c, &b, &tenant_csv(1, 40)).status, 200);
+    let qa = c
+        .get("/v1/queue?top=1000&status=all", Some(&a))
+        .unwrap()
+        .json();
+    let qb = c
+        .get("/v1/queue?top=1000&status=all", Some(&b))
+        .unwrap()
+        .json();
+    let (ia, ib) = (ids(&qa), ids(&qb));
+    assert!(!ia.is_empty() && !ib.is_empty());
+
+    // tenant A's rows pushed with B's key: every one rejected, naming the tenant column
+    let r = post_csv(&mut c, &b, &tenant_csv(0, 10)).json();
+    assert_eq!(
+        (r["accepted"].as_u64(), r["rejected"].as_u64()),
+        (Some(0), Some(10))
+    );
+    for rej in r["rejections"].as_array().unwrap() {
+        assert_eq!(rej["column"], "OrgId");
+    }
+    // B can neither read nor grade A's threats: 404, exactly as for an id nobody has
+    for id in &ia {
+        if ib.contains(id) {
+            continue; // the same incident id may exist in both tenants: then it is B's own
+        }
+        assert_error(
+            &c.get(&format!("/v1/threats/{id}"), Some(&b)).unwrap(),
+            404,
+            "not_found",
+        );
+        assert_error(
+            &verdict(&mut c, &b, id, r#"{"grade":"FP"}"#),
+            404,
+            "not_found",
+        );
+    }
+    assert_error(
+        &c.get("/v1/threats/999999999", Some(&b)).unwrap(),
+        404,
+        "not_found",
+    );
+    // nothing of A's changed, and B's counts do not include A's threats
+    let qa2 = c
+        .get("/v1/queue?top=1000&status=all", Some(&a))
+        .unwrap()
+        .json();
+    assert_eq!(qa, qa2);
+    let qb2 = c
+        .get("/v1/queue?top=1000&status=all", Some(&b))
+        .unwrap()
+        .json();
+    assert_eq!(qb2["total"], qb["total"]);
+    let nb = c
+        .get("/v1/notifications?min_priority=0", Some(&b))
+        .unwrap()
+        .json();
+    for n in nb["notifications"].as_array().unwrap() {
+        assert!(ib.contains(&n["threat"].as_str().unwrap().to_string()));
+    }
+
+    // bad keys
+    for (auth, what) in [
+        (None, "no header"),
+        (Some("Bearer trk_0000"), "unknown key"),
+        (Some("Basic YWxpY2U6cHc="), "wrong scheme"),
+        (Some("Bearer "), "empty key"),
+    ] {
+        let headers: Vec<(&str, &str)> =
+            auth.map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        for path in [
+            "/v1/queue",
+            "/v1/notifications",
+            "/v1/drift",
+            "/v1/threats/1",
+        ] {
+            let r = c.request("GET", path, &headers, b"").unwrap();
+            assert_eq!(r.status, 401, "{what} {path}");
+            assert_error(&r, 401, "unauthorized");
+        }
+        let r = c
+            .request("POST", "/v1/alerts", &headers, tenant_csv(0, 2).as_bytes())
+            .unwrap();
+        assert_eq!(r.status, 401, "{what}");
+    }
+    // a revoked key stops working at once, while the service runs
+    let list = common::run_os(&[
+        "keys".as_ref(),
+        "list".as_ref(),
+        "--db".as_ref(),
+        db.as_os_str(),
+    ]);
+    let b_id = common::stdout(&list)
+        .lines()
+        .find(|l| l.contains("\tbob\t"))
+        .and_then(|l| l.split('\t').next())
+        .expect("bob listed")
+        .to_string();
+    assert!(
+        !common::stdout(&list).contains("trk_"),
+        "keys list never shows secrets"
+    );
+    let o = common::run_os(&[
+        "keys".as_ref(),
+        "revoke".as_ref(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--key-id".as_ref(),
+        b_id.as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert_error(&c.get("/v1/queue", Some(&b)).unwrap(), 401, "unauthorized");
+    assert_eq!(c.get("/v1/queue", Some(&a)).unwrap().status, 200);
+}
+
+#[test]
+fn malformed_and_oversized_bodies_are_refused_and_change_nothing() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let s = Server::start(&db, &default_model(), &["--max-body-bytes", "4096"]);
+    let mut c = s.client();
+    let r = post_csv(&mut c, &key, &tenant_csv(0, 10));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = ids(&c.get("/v1/queue", Some(&key)).unwrap().json())[0].clone();
+    let before = c
+        .get("/v1/queue?top=1000&status=all", Some(&key))
+        .unwrap()
+        .json();
+
+    // oversized
+    let big = tenant_csv(0, 200);
+    assert!(big.len() > 4096);
+    assert_error(&post_csv(&mut c, &key, &big), 413, "payload_too_large");
+    let huge_reason = format!(r#"{{"grade":"TP","reason":"{}"}}"#, "x".repeat(5000));
+    assert_error(
+        &verdict(&mut c, &key, &id, &huge_reason),
+        413,
+        "payload_too_large",
+    );
+    let long_reason = format!(r#"{{"grade":"TP","reason":"{}"}}"#, "x".repeat(2001));
+    assert_error(
+        &verdict(&mut c, &key, &id, &long_reason),
+        400,
+        "bad_request",
+    );
+    // malformed
+    for body in [
+        "",
+        "{",
+        "[]",
+        r#"{"grade":1}"#,
+        r#"{"grade":"TP","who":"mallory"}"#,
+        r#"{"reason":"x"}"#,
+        r#"{"grade":"maybe"}"#,
+    ] {
+        assert_error(&verdict(&mut c, &key, &id, body), 400, "bad_request");
+    }
+    let wrong_type = c
+        .post("/v1/alerts", Some(&key), "application/xml", b"<a/>")
+        .unwrap();
+    assert_error(&wrong_type, 415, "unsupported_media_type");
+    let no_header = post_csv(&mut c, &key, "a,b,c\n1,2,3\n");
+    assert_error(&no_header, 400, "bad_request");
+    assert!(no_header.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("OrgId"));
+    assert_error(&post_csv(&mut c, &key, ""), 400, "bad_request");
+    // bad records inside a good body: accounted for, each with line and reason
+    let jsonl = concat!(
+        "{\"tenant\":0,\"alert_id\":5,\"timestamp\":\"2024-06-01T00:00:00Z\",\"detector\":\"d\",\"title\":\"t\",\"category\":\"Execution\",\"incident_id\":777001}\n",
+        "not json\n",
+        "{\"tenant\":0,\"alert_id\":6,\"timestamp\":\"yesterday\",\"detector\":\"d\",\"title\":\"t\",\"category\":\"Execution\"}\n",
+        "{\"tenant\":0,\"alert_id\":7,\"timestamp\":\"2024-06-01T00:00:00Z\",\"detector\":\"d\",\"title\":\"t\",\"category\":\"Execution\",\"surprise\":1}\n",
+    );
+    let r = c
+        .post(
+            "/v1/alerts",
+            Some(&key),
+            "application/x-ndjson",
+            jsonl.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let j = r.json();
+    assert_eq!(
+        (
+            j["records"].as_u64(),
+            j["accepted"].as_u64(),
+            j["rejected"].as_u64()
+        ),
+        (Some(4), Some(1), Some(3))
+    );
+    let rej = j["rejections"].as_array().unwrap();
+    assert_eq!(
+        rej.iter()
+            .map(|r| r["line"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    assert_eq!(rej[1]["column"], "timestamp");
+    assert_eq!(rej[2]["column"], "surprise");
+    // routes and methods
+    assert_error(&c.get("/v1/nothing", Some(&key)).unwrap(), 404, "not_found");
+    assert_error(
+        &c.request("DELETE", &format!("/v1/threats/{id}"), &[], b"")
+            .unwrap(),
+        405,
+        "method_not_allowed",
+    );
+    assert_error(
+        &c.get("/v1/threats/not-a-number", Some(&key)).unwrap(),
+        404,
+        "not_found",
+    );
+
+    // state intact: the queue is the one from before plus the one good JSONL alert
+    let after = c
+        .get("/v1/queue?top=1000&status=all", Some(&key))
+        .unwrap()
+        .json();
+    assert_eq!(
+        after["total"].as_u64().unwrap(),
+        before["total"].as_u64().unwrap() + 1
+    );
+    assert!(ids(&after).contains(&"777001".to_string()));
+    let d = c
+        .get(&format!("/v1/threats/{id}"), Some(&key))
+        .unwrap()
+        .json();
+    assert_eq!(d["verdicts"].as_array().unwrap().len(), 0);
+    drop(s);
+    let check = rusqlite_integrity(&db);
+    assert_eq!(check, "ok");
+}
+
+fn rusqlite_integrity(db: &Path) -> String {
+    threatrank::service::Db::open(db, 1)
+        .expect("db opens")
+        .integrity()
+        .expect("integrity check runs")
+}
+
+#[test]
+fn acknowledged_verdicts_survive_kill_9() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    assert_eq!(post_csv(&mut c, &key, &tenant_csv(0, 60)).status, 200);
+    let queue = ids(&c.get("/v1/queue?top=1000", Some(&key)).unwrap().json());
+    assert!(queue.len() >= 5);
+    let grades = ["TP", "BP", "FP"];
+    let mut acked = Vec::new();
+    for (i, id) in queue.iter().enumerate() {
+        let g = grades[i % 3];
+        let r = verdict(
+            &mut c,
+            &key,
+            id,
+            &format!(r#"{{"grade":"{g}","reason":"n{i}"}}"#),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        acked.push((id.clone(), g, r.json()["seq"].as_i64().unwrap()));
+    }
+    // SIGKILL right after the last acknowledgement: no shutdown, no checkpoint
+    s.kill9();
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    for (id, g, seq) in &acked {
+        let d = c
+            .get(&format!("/v1/threats/{id}"), Some(&key))
+            .unwrap()
+            .json();
+        let vs = d["verdicts"].as_array().unwrap();
+        assert_eq!(vs.len(), 1, "{id}: {d}");
+        assert_eq!(vs[0]["grade"], *g);
+        assert_eq!(vs[0]["seq"].as_i64().unwrap(), *seq);
+    }
+    assert_eq!(rusqlite_integrity(&db), "ok");
+}
+
+#[test]
+fn sighup_swaps_the_model_without_dropping_requests() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let model = dir.path().join("model.json.gz");
+    std::fs::copy(default_model(), &model).unwrap();
+    let key = add_key(&db, 0, "alice");
+    let s = Server::start(&db, &model, &[]);
+    let mut c = s.client();
+    assert_eq!(post_csv(&mut c, &key, &tenant_csv(0, 30)).status, 200);
+    let sha0 = c.get("/healthz", None).unwrap().json()["model"]["sha256"].clone();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
+    let wait_for = |n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while done.load(Ordering::Relaxed) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "load generator stalled"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    let load = {
+        let stop = stop.clone();
+        let done = done.clone();
+        let addr = s.addr;
+        let key = key.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::new(addr);
+            let mut statuses = Vec::new();
+            let csv = tenant_csv(0, 45);
+            while !stop.load(Ordering::Relaxed) {
+                statuses.push(
+                    c.get("/v1/queue?top=5", Some(&key))
+                        .map(|r| r.status)
+                        .unwrap_or(0),
+                );
+                statuses.push(
+                    c.post("/v1/alerts", Some(&key), "text/csv", csv.as_bytes())
+                        .map(|r| r.status)
+                        .unwrap_or(0),
+                );
+                done.fetch_add(2, Ordering::Relaxed);
+            }
+            statuses
+        })
+    };
+    // the same model written uncompressed: another file (another SHA-256), same scores
+    let json = {
+        use std::io::Read;
+        let mut s = Vec::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(default_model()).unwrap())
+            .read_to_end(&mut s)
+            .unwrap();
+        s
+    };
+    wait_for(4);
+    let tmp = dir.path().join("model.json.gz.new");
+    std::fs::write(&tmp, &json).unwrap();
+    std::fs::rename(&tmp, &model).unwrap();
+    let o = Command::new("kill")
+        .args(["-HUP", &s.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let sha = c.get("/healthz", None).unwrap().json()["model"]["sha256"].clone();
+        if sha != sha0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "model not swapped within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let after_swap = done.load(Ordering::Relaxed);
+    wait_for(after_swap + 4);
+    stop.store(true, Ordering::Relaxed);
+    let statuses = load.join().unwrap();
+    assert!(statuses.len() >= 8);
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "dropped or failed requests during the swap: {statuses:?}"
+    );
+    let m = c.get("/metrics", None).unwrap().text();
+    assert!(m.contains("threatrank_model_reloads_total 1"), "{m}");
+}
+
+/// Correlation over pushed batches: loose alerts sharing a device join one candidate threat;
+/// a later alert that bridges two threats merges them, and the merged-away threat leaves the
+/// queue.
+#[test]
+fn loose_alerts_are_correlated_across_batches() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 7, "alice");
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    let alert = |id: u64, t: &str, dev: &str| {
+        format!(
+            "{{\"tenant\":7,\"alert_id\":{id},\"timestamp\":\"{t}\",\"detector\":\"EDR-{id}\",\"title\":\"Suspicious {id}\",\"category\":\"Execution\",\"techniques\":[\"T1059.001\"],\"entities\":[{{\"type\":\"Machine\",\"role\":\"Impacted\",\"value\":\"{dev}\"}}]}}\n"
+        )
+    };
+    let first = alert(1001, "2024-06-01T10:00:00Z", "host-a")
+        + &alert(1002, "2024-06-01T10:05:00Z", "host-a")
+        + &alert(2001, "2024-06-01T10:06:00Z", "host-b");
+    let r = c
+        .post(
+            "/v1/alerts",
+            Some(&key),
+            "application/x-ndjson",
+            first.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q = c
+        .get("/v1/queue?top=100&status=all", Some(&key))
+        .unwrap()
+        .json();
+    let threats = q["threats"].as_array().unwrap();
+    assert_eq!(threats.len(), 2, "{q}");
+    for t in threats {
+        let id: u64 = t["id"].as_str().unwrap().parse().unwrap();
+        assert!(id >= 1 << 63, "correlated ids have the top bit: {id}");
+    }
+    let sizes: Vec<u64> = threats
+        .iter()
+        .map(|t| t["n_alerts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sizes.iter().sum::<u64>(), 3);
+    // an alert on both hosts bridges them: one threat remains
+    let bridge = format!(
+        "{{\"tenant\":7,\"alert_id\":3001,\"timestamp\":\"2024-06-01T10:07:00Z\",\"detector\":\"EDR-x\",\"title\":\"Lateral\",\"category\":\"LateralMovement\",\"entities\":[{{\"type\":\"Machine\",\"value\":\"host-a\"}},{{\"type\":\"Machine\",\"value\":\"host-b\"}}]}}\n"
+    );
+    let r = c
+        .post(
+            "/v1/alerts",
+            Some(&key),
+            "application/x-ndjson",
+            bridge.as_bytes(),
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q = c
+        .get("/v1/queue?top=100&status=all", Some(&key))
+        .unwrap()
+        .json();
+    let threats = q["threats"].as_array().unwrap();
+    assert_eq!(threats.len(), 1, "{q}");
+    assert_eq!(threats[0]["n_alerts"], 4);
+    let id = threats[0]["id"].as_str().unwrap();
+    assert_eq!(
+        id.parse::<u64>().unwrap(),
+        (1u64 << 63) + 1001,
+        "id = 2^63 + smallest alert id"
+    );
+    let d = c
+        .get(&format!("/v1/threats/{id}"), Some(&key))
+        .unwrap()
+        .json();
+    assert_eq!(d["evidence"].as_array().unwrap().len(), 5);
+}
+
+/// The service grades a tenant's incidents exactly as `threatrank score` grades the same rows.
+#[test]
+fn service_scores_equal_the_cli() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 3, "alice");
+    let csv = tenant_csv(3, 120);
+    let input = dir.path().join("in.csv");
+    std::fs::write(&input, &csv).unwrap();
+    let scores = dir.path().join("scores.csv");
+    let o = common::run_os(&[
+        "score".as_ref(),
+        "--model".as_ref(),
+        default_model().as_os_str(),
+        "--input".as_ref(),
+        input.as_os_str(),
+        "--output".as_ref(),
+        scores.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |n: &str| header.iter().position(|h| *h == n).unwrap();
+    let mut cli: std::collections::BTreeMap<String, (String, String)> = Default::default();
+    for l in lines {
+        let f: Vec<&str> = l.split(',').collect();
+        cli.insert(
+            f[at("IncidentId")].to_string(),
+            (
+                f[at("priority")].to_string(),
+                f[at("predicted_grade")].to_string(),
+            ),
+        );
+    }
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    assert_eq!(post_csv(&mut c, &key, &csv).status, 200);
+    let q = c
+        .get("/v1/queue?top=1000&status=all", Some(&key))
+        .unwrap()
+        .json();
+    let threats = q["threats"].as_array().unwrap();
+    assert_eq!(threats.len(), cli.len());
+    for t in threats {
+        let (prio, grade) = &cli[t["id"].as_str().unwrap()];
+        assert_eq!(t["priority"].to_string(), *prio, "{t}");
+        let full = match t["predicted"].as_str().unwrap() {
+            "TP" => "TruePositive",
+            "BP" => "BenignPositive",
+            _ => "FalsePositive",
+        };
+        assert_eq!(full, grade, "{t}");
+    }
+}
+
+/// A request over the deadline gets the JSON `timeout` error, and the service keeps serving.
+#[test]
+fn slow_requests_get_a_timeout_error() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let s = Server::start(&db, &default_model(), &["--request-timeout-seconds", "0.1"]);
+    let mut c = s.client();
+    // scoring a few hundred rows with exact reasons takes far longer than 0.1 s
+    let r = post_csv(&mut c, &key, &tenant_csv(0, 400));
+    assert_error(&r, 503, "timeout");
+    assert_eq!(c.get("/healthz", None).unwrap().status, 200);
+}
