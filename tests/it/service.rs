@@ -912,3 +912,106 @@ fn slow_requests_get_a_timeout_error() {
     assert_error(&r, 503, "timeout");
     assert_eq!(c.get("/healthz", None).unwrap().status, 200);
 }
+
+/// Verdicts stored by the service fold into training: `threatrank retrain` writes a loadable
+/// artifact whose card says what it learnt from, and a before/after report on held-out verdicts.
+#[test]
+fn retrain_folds_stored_verdicts_into_a_new_model() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let csv = tenant_csv(0, 300);
+    // the analysts' verdicts: the sample's own grades of those incidents
+    let (grade_col, inc_col) = (common::col("IncidentGrade"), common::col("IncidentId"));
+    let truth: std::collections::BTreeMap<String, String> = csv
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[inc_col].to_string(), f[grade_col].to_string())
+        })
+        .filter(|(_, g)| !g.is_empty())
+        .collect();
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    assert_eq!(post_csv(&mut c, &key, &csv).status, 200);
+    let queue = ids(&c.get("/v1/queue?top=1000", Some(&key)).unwrap().json());
+    let mut n = 0;
+    for id in &queue {
+        if let Some(g) = truth.get(id) {
+            let r = verdict(&mut c, &key, id, &format!(r#"{{"grade":"{g}"}}"#));
+            assert_eq!(r.status, 201, "{}", r.text());
+            n += 1;
+        }
+    }
+    assert!(n >= 10, "{n} verdicts");
+    drop(s);
+    let out = dir.path().join("new.json.gz");
+    let json = dir.path().join("retrain.json");
+    let o = common::run_os(&[
+        "retrain".as_ref(),
+        "--db".as_ref(),
+        db.as_os_str(),
+        "--model".as_ref(),
+        default_model().as_os_str(),
+        "--input".as_ref(),
+        common::train_csv().as_os_str(),
+        "--out".as_ref(),
+        out.as_os_str(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(
+        common::stdout(&o).contains("before (model in service)"),
+        "{}",
+        common::stdout(&o)
+    );
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["verdicts"], n);
+    let held = (n as f64 * 0.3).ceil() as u64;
+    assert_eq!(r["held_out"], held);
+    assert_eq!(r["train_verdicts"].as_u64().unwrap() + held, n);
+    for side in ["before", "after"] {
+        assert_eq!(r[side]["n"], held);
+        for m in ["macro_f1", "accuracy"] {
+            let v = r[side][m].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{side} {m} {v}");
+        }
+        assert!(r[side]["log_loss"].as_f64().unwrap() > 0.0);
+    }
+    let a = threatrank::train::Artifact::load(&out).expect("the new artifact loads");
+    assert!(
+        a.card.notes.iter().any(|n| n.contains("analyst verdicts")),
+        "{:?}",
+        a.card.notes
+    );
+    assert!(
+        a.card.data.file.contains("verdicts from s.db"),
+        "{}",
+        a.card.data.file
+    );
+    // the new model serves
+    let s = Server::start(&db, &out, &[]);
+    let h = s.client().get("/healthz", None).unwrap().json();
+    assert_eq!(h["status"], "ok");
+    // too few verdicts: a clear error, no artifact
+    let empty = dir.path().join("empty.db");
+    add_key(&empty, 0, "x");
+    let o = common::run_os(&[
+        "retrain".as_ref(),
+        "--db".as_ref(),
+        empty.as_os_str(),
+        "--model".as_ref(),
+        default_model().as_os_str(),
+        "--out".as_ref(),
+        dir.path().join("none.json").as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        common::stderr(&o).contains("at least 10 are needed"),
+        "{}",
+        common::stderr(&o)
+    );
+    assert!(!dir.path().join("none.json").exists());
+}
