@@ -367,17 +367,40 @@ fn ingest_batch(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let loose = ing.evidence.iter().any(|e| !e.incident_given);
+    let loose = ing
+        .evidence
+        .iter()
+        .filter(|e| !e.incident_given)
+        .map(|e| e.timestamp)
+        .fold(None, |span: Option<(i64, i64)>, t| {
+            Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
+        });
     let threats = rescore(state, tenant, &given, loose)?;
     out.threats = threats.into_iter().map(|t| t.to_string()).collect();
     Ok(out)
 }
 
-/// Scores again the given incidents of a tenant (and, when `loose`, re-correlates and scores
-/// all of its alerts without an incident id) with all their stored evidence; stores them.
-fn rescore(state: &AppState, tenant: u64, given: &[u64], loose: bool) -> ApiResult<Vec<u64>> {
+/// Scores again the given incidents of a tenant with all their stored evidence, and, when the
+/// batch brought alerts without an incident id (`loose`: their time span), re-correlates the
+/// candidate threats they can touch: those with an alert within the linker's window of the
+/// span, each with all of its evidence. A new alert links only to alerts within the window
+/// (single linkage, stoplist learnt at training, never from the batch), so threats outside it
+/// cannot change and are left alone; the cost of a batch is bounded by the alerts near it in
+/// time, not by the tenant's history. Stores the result.
+fn rescore(
+    state: &AppState,
+    tenant: u64,
+    given: &[u64],
+    loose: Option<(i64, i64)>,
+) -> ApiResult<Vec<u64>> {
     let engine = state.engine();
-    let rows = state.db.evidence_for(tenant, given, loose)?;
+    let window = engine
+        .artifact
+        .correlation
+        .as_ref()
+        .map_or(0, |l| l.window_seconds());
+    let span = loose.map(|(lo, hi)| (lo.saturating_sub(window), hi.saturating_add(window)));
+    let (rows, touched) = state.db.evidence_for(tenant, given, span)?;
     let (seqs, mut evidence): (Vec<i64>, Vec<Evidence>) = rows.into_iter().unzip();
     for (i, e) in evidence.iter_mut().enumerate() {
         e.record = i as u32;
@@ -418,21 +441,11 @@ fn rescore(state: &AppState, tenant: u64, given: &[u64], loose: bool) -> ApiResu
             model: engine.sha256.clone(),
         });
     }
-    let retired: Vec<u64> = if loose {
-        let live: BTreeSet<u64> = stored
-            .iter()
-            .map(|t| t.scored.key.incident.0)
-            .filter(|&id| crate::domain::IncidentId(id).is_correlated())
-            .collect();
-        state
-            .db
-            .correlated_threats(tenant)?
-            .into_iter()
-            .filter(|id| !live.contains(id))
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let live: BTreeSet<u64> = stored.iter().map(|t| t.scored.key.incident.0).collect();
+    let retired: Vec<u64> = touched
+        .into_iter()
+        .filter(|&id| crate::domain::IncidentId(id).is_correlated() && !live.contains(&id))
+        .collect();
     state
         .db
         .store_scored(tenant, &stored, &evidence_threat, &retired)?;

@@ -68,12 +68,14 @@ CREATE TABLE IF NOT EXISTS evidence(
   incident INTEGER NOT NULL,
   given INTEGER NOT NULL,
   threat INTEGER NOT NULL,
+  ts INTEGER NOT NULL,
   digest BLOB NOT NULL,
   body TEXT NOT NULL,
   UNIQUE(tenant, digest)
 );
 CREATE INDEX IF NOT EXISTS evidence_incident ON evidence(tenant, given, incident);
 CREATE INDEX IF NOT EXISTS evidence_threat ON evidence(tenant, threat);
+CREATE INDEX IF NOT EXISTS evidence_loose_time ON evidence(tenant, given, ts);
 CREATE TABLE IF NOT EXISTS threats(
   tenant INTEGER NOT NULL,
   id INTEGER NOT NULL,
@@ -442,8 +444,9 @@ impl Db {
             {
                 let mut st = tx
                     .prepare_cached(
-                        "INSERT OR IGNORE INTO evidence(tenant, incident, given, threat, digest, body)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT OR IGNORE INTO evidence(tenant, incident, given, threat, ts, digest,
+                                                        body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )
                     .map_err(|e| self.sql(e))?;
                 for (e, body, digest) in &prepared {
@@ -453,6 +456,7 @@ impl Db {
                             id_to_sql(e.incident.0),
                             e.incident_given,
                             id_to_sql(e.incident.0),
+                            e.timestamp,
                             digest,
                             body
                         ])
@@ -485,14 +489,16 @@ impl Db {
         })
     }
 
-    /// Every stored evidence row of these given incidents of one tenant, plus (when `loose`)
-    /// every row of the tenant that came without an incident id; `(seq, evidence)` by seq.
+    /// Every stored evidence row of these given incidents of one tenant, plus (with
+    /// `loose = Some((from, to))`) every row of each candidate threat of alerts without an
+    /// incident id that has a row in that time span; `(seq, evidence)` by seq, and the ids those
+    /// candidate threats had.
     pub fn evidence_for(
         &self,
         tenant: u64,
         incidents: &[u64],
-        loose: bool,
-    ) -> Result<Vec<(i64, Evidence)>, DbError> {
+        loose: Option<(i64, i64)>,
+    ) -> Result<(Vec<(i64, Evidence)>, Vec<u64>), DbError> {
         let mut out = Vec::new();
         for &i in incidents {
             out.extend(self.evidence_query(
@@ -501,15 +507,32 @@ impl Db {
                 params![id_to_sql(tenant), id_to_sql(i)],
             )?);
         }
-        if loose {
+        let mut touched = Vec::new();
+        if let Some((from, to)) = loose {
             out.extend(self.evidence_query(
-                "SELECT seq, body FROM evidence WHERE tenant = ?1 AND given = 0 ORDER BY seq",
-                params![id_to_sql(tenant)],
+                "SELECT seq, body FROM evidence WHERE tenant = ?1 AND given = 0 AND threat IN
+                   (SELECT threat FROM evidence
+                    WHERE tenant = ?1 AND given = 0 AND ts BETWEEN ?2 AND ?3)
+                 ORDER BY seq",
+                params![id_to_sql(tenant), from, to],
             )?);
+            touched = self.read(|c| {
+                let mut st = c
+                    .prepare_cached(
+                        "SELECT DISTINCT threat FROM evidence
+                         WHERE tenant = ?1 AND given = 0 AND ts BETWEEN ?2 AND ?3",
+                    )
+                    .map_err(|e| self.sql(e))?;
+                let rows = st
+                    .query_map(params![id_to_sql(tenant), from, to], |r| r.get::<_, i64>(0))
+                    .map_err(|e| self.sql(e))?;
+                rows.map(|r| r.map(id_from_sql).map_err(|e| self.sql(e)))
+                    .collect::<Result<Vec<u64>, DbError>>()
+            })?;
         }
         out.sort_by_key(|(s, _)| *s);
         out.dedup_by_key(|(s, _)| *s);
-        Ok(out)
+        Ok((out, touched))
     }
 
     /// The evidence of one threat of one tenant, by seq.
@@ -654,20 +677,6 @@ impl Db {
                 Some(r) => Ok(Some(self.threat_from_row(r)?)),
                 None => Ok(None),
             }
-        })
-    }
-
-    /// The ids of a tenant's stored correlated threats (top bit set).
-    pub fn correlated_threats(&self, tenant: u64) -> Result<Vec<u64>, DbError> {
-        self.read(|c| {
-            let mut st = c
-                .prepare_cached("SELECT id FROM threats WHERE tenant = ?1 AND id < 0")
-                .map_err(|e| self.sql(e))?;
-            let rows = st
-                .query_map([id_to_sql(tenant)], |r| r.get::<_, i64>(0))
-                .map_err(|e| self.sql(e))?;
-            rows.map(|r| r.map(id_from_sql).map_err(|e| self.sql(e)))
-                .collect()
         })
     }
 
