@@ -400,7 +400,7 @@ fn rescore(
         .as_ref()
         .map_or(0, |l| l.window_seconds());
     let span = loose.map(|(lo, hi)| (lo.saturating_sub(window), hi.saturating_add(window)));
-    let (rows, touched) = state.db.evidence_for(tenant, given, span)?;
+    let db::Rescoring { rows, touched } = state.db.evidence_for(tenant, given, span)?;
     let (seqs, mut evidence): (Vec<i64>, Vec<Evidence>) = rows.into_iter().unzip();
     for (i, e) in evidence.iter_mut().enumerate() {
         e.record = i as u32;

@@ -207,6 +207,16 @@ pub struct Population {
     pub tenants: u64,
 }
 
+/// What a batch must score again: stored evidence rows and the ids of the candidate threats
+/// (of loose alerts) they belonged to.
+#[derive(Debug, Clone, Default)]
+pub struct Rescoring {
+    /// `(seq, evidence)` by seq
+    pub rows: Vec<(i64, Evidence)>,
+    /// candidate-threat ids of the loose rows before re-correlation
+    pub touched: Vec<u64>,
+}
+
 /// The database: one writer connection and a few readers (WAL lets them read while it writes).
 pub struct Db {
     file: String,
@@ -498,7 +508,7 @@ impl Db {
         tenant: u64,
         incidents: &[u64],
         loose: Option<(i64, i64)>,
-    ) -> Result<(Vec<(i64, Evidence)>, Vec<u64>), DbError> {
+    ) -> Result<Rescoring, DbError> {
         let mut out = Vec::new();
         for &i in incidents {
             out.extend(self.evidence_query(
@@ -532,7 +542,10 @@ impl Db {
         }
         out.sort_by_key(|(s, _)| *s);
         out.dedup_by_key(|(s, _)| *s);
-        Ok((out, touched))
+        Ok(Rescoring {
+            rows: out,
+            touched,
+        })
     }
 
     /// The evidence of one threat of one tenant, by seq.
