@@ -542,10 +542,7 @@ impl Db {
         }
         out.sort_by_key(|(s, _)| *s);
         out.dedup_by_key(|(s, _)| *s);
-        Ok(Rescoring {
-            rows: out,
-            touched,
-        })
+        Ok(Rescoring { rows: out, touched })
     }
 
     /// The evidence of one threat of one tenant, by seq.

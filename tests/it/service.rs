@@ -15,10 +15,6 @@ pub struct Server {
     child: Option<Child>,
     /// where it listens
     pub addr: SocketAddr,
-    /// its database
-    pub db: PathBuf,
-    /// its model
-    pub model: PathBuf,
 }
 
 /// The shipped model.
@@ -58,8 +54,6 @@ impl Server {
         Server {
             child: Some(child),
             addr,
-            db: db.to_path_buf(),
-            model: model.to_path_buf(),
         }
     }
 
@@ -811,9 +805,7 @@ fn loose_alerts_are_correlated_across_batches() {
         .collect();
     assert_eq!(sizes.iter().sum::<u64>(), 3);
     // an alert on both hosts bridges them: one threat remains
-    let bridge = format!(
-        "{{\"tenant\":7,\"alert_id\":3001,\"timestamp\":\"2024-06-01T10:07:00Z\",\"detector\":\"EDR-x\",\"title\":\"Lateral\",\"category\":\"LateralMovement\",\"entities\":[{{\"type\":\"Machine\",\"value\":\"host-a\"}},{{\"type\":\"Machine\",\"value\":\"host-b\"}}]}}\n"
-    );
+    let bridge = "{\"tenant\":7,\"alert_id\":3001,\"timestamp\":\"2024-06-01T10:07:00Z\",\"detector\":\"EDR-x\",\"title\":\"Lateral\",\"category\":\"LateralMovement\",\"entities\":[{\"type\":\"Machine\",\"value\":\"host-a\"},{\"type\":\"Machine\",\"value\":\"host-b\"}]}\n";
     let r = c
         .post(
             "/v1/alerts",
