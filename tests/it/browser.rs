@@ -17,6 +17,7 @@
 //! `THREATRANK_REQUIRE_BROWSER=1` (set by `.ci/run`), which makes it fail.
 
 use crate::common::*;
+use crate::service::add_key;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -381,27 +382,6 @@ fn tenant_rows() -> (String, String) {
     (tenant, csv_text(&header, &rows))
 }
 
-/// The key `threatrank keys add` printed.
-fn add_key(db: &Path, tenant: &str, label: &str) -> String {
-    let o = run_os(&[
-        "keys".as_ref(),
-        "add".as_ref(),
-        "--db".as_ref(),
-        db.as_os_str(),
-        "--tenant".as_ref(),
-        tenant.as_ref(),
-        "--label".as_ref(),
-        label.as_ref(),
-    ]);
-    assert!(o.status.success(), "keys add failed: {}", stderr(&o));
-    let key = stdout(&o).trim().to_string();
-    assert!(
-        !key.is_empty() && !key.contains(char::is_whitespace),
-        "keys add prints the key alone on stdout: {key:?}"
-    );
-    key
-}
-
 /// Revokes the key labelled `label` (its id from `keys list`).
 fn revoke_key(db: &Path, label: &str) {
     let o = run_os(&[
@@ -461,7 +441,7 @@ fn hunter_page_queue_detail_verdict_survives_restart() {
     let db = dir.path().join("threatrank.db");
     let label = "alice@soc";
     let (tenant, csv) = tenant_rows();
-    let key = add_key(&db, &tenant, label);
+    let key = add_key(&db, tenant.parse().expect("numeric OrgId"), label);
 
     // the service, fed through the API as a pipeline would
     let mut service = Service::start(
