@@ -1,11 +1,13 @@
 //! Integration tests of `threatrank`: bad input (GUIDE CSV and native JSONL), the CLI
-//! contract, artifact checks, correlation/tenant properties, JSONL end to end, synthetic data
-//! and the benchmark report.
+//! contract, artifact checks, correlation/tenant properties, JSONL end to end, synthetic data,
+//! the benchmark report and (feature `service`) the hunters' web page in headless Chromium.
 //!
 //! One binary (`cargo test --test it`). A logistic model is trained once per process on the
 //! first 1,500 rows of the shipped sample (`common::shared_model`).
 
 mod artifact;
+#[cfg(feature = "service")]
+mod browser;
 mod cli;
 mod common;
 mod correlation;
