@@ -20,15 +20,33 @@
 //! With reference shares `e_i` and current shares `a_i` over the same bins,
 //!
 //! ```text
-//! PSI = Σ_i (a_i − e_i) · ln(a_i / e_i),   a_i, e_i floored at SHARE_FLOOR = 1e-4
+//! PSI = Σ_i (a_i − e_i) · ln(a_i / e_i)
 //! ```
 //!
 //! (the symmetrised Kullback–Leibler divergence, KL(a‖e) + KL(e‖a); Siddiqi, *Credit Risk
 //! Scorecards*, 2006; Yurdakul, "Statistical properties of population stability index", 2018).
 //! Every term is ≥ 0. The usual reading: below 0.1 no shift, 0.1–0.25 a moderate one, above 0.25
 //! a major one (hence [`DriftParams::psi_warn`] = 0.25). A bin that is empty on one side would
-//! make the term infinite; the floor bounds each term by `(1 − 1e-4) · ln(1e4) ≈ 9.21`, so PSI
-//! stays finite and a bin the reference never saw still counts heavily.
+//! make the term infinite, so an empty bin's share is floored at half a row of its side,
+//! `max(SHARE_FLOOR, 1/(2n))` with `SHARE_FLOOR = 1e-4` (the training side, thousands of rows,
+//! gets about 1e-4): every term is then at most `ln(2n) ≤ ln(1e4) ≈ 9.21`, PSI stays finite, and
+//! a bin the reference never saw still counts heavily. Half a row rather than 1e-4 on a small
+//! side because `n` rows cannot resolve a share below `1/n`: with 1e-4, one of ten 10% bins left
+//! empty by chance in a sample of 40 rows would add 0.1 · ln(1000) = 0.69 on its own. A bin empty
+//! on both sides adds 0.
+//!
+//! # Sampling noise
+//!
+//! A small sample of an unchanged population still has PSI > 0: under no shift,
+//! `PSI · n·m/(n + m)` tends to χ² with `B − 1` degrees of freedom (PSI is Jeffreys' divergence;
+//! Yurdakul 2018, §3), `n` current rows, `m` training rows, `B` bins holding training rows. Its
+//! mean, `(B − 1)(1/n + 1/m)`, is 0.30 for ten bins and 30 rows: above 0.25 with no shift at
+//! all. So a PSI warns only when it also passes the (1 − α) quantile of that no-shift
+//! distribution, `noise = χ²_{B−1}(1 − α) · (1/n + 1/m)` ([`DriftParams::alpha`], default 0.01;
+//! split over the features by Bonferroni, α / features each, as every feature is tested). The
+//! threshold a PSI is held to is `max(psi_warn, noise)`: from a few hundred rows on it is
+//! `psi_warn`. χ² quantiles by Wilson & Hilferty (1931), the normal quantile by Acklam's
+//! rational approximation (relative error < 1.2e-9).
 //!
 //! # Bins
 //!
@@ -468,9 +486,10 @@ impl ReferenceProfile {
     /// The drift report of `counts` (and of the verdict window's `agreement`, when given)
     /// against this profile and the thresholds of `params`.
     ///
-    /// Warnings: the score's PSI above `psi_warn`; any feature's PSI above `psi_warn` (one
+    /// Warnings: the score's PSI above its threshold; any feature's PSI above its threshold (one
     /// warning naming how many and the largest); agreement below `agreement_warn` over at least
-    /// `min_verdicts` verdicts. PSI warnings need at least `min_rows` rows. Status: `warning`
+    /// `min_verdicts` verdicts. A PSI's threshold is `max(psi_warn, sampling noise)` (module
+    /// docs). PSI warnings need at least `min_rows` rows. Status: `warning`
     /// when there is a warning (an agreement warning is shown even when there are too few rows
     /// for PSI), else `insufficient_data` when `rows < min_rows`, else `ok`.
     ///
@@ -486,17 +505,27 @@ impl ReferenceProfile {
         let feature_psi = self.feature_psi(counts)?;
         let mut warnings = Vec::new();
         let enough_rows = counts.rows >= p.min_rows;
-        if enough_rows {
-            if let Some(s) = score_psi.filter(|&s| s > p.psi_warn) {
-                warnings.push(format!(
-                    "score distribution shifted: PSI {s:.2} > {:.2}",
-                    p.psi_warn
-                ));
+        let n = counts.rows;
+        let score_psi_threshold = score_psi.map(|_| {
+            let df = df(&self.counts.score);
+            p.psi_warn.max(noise_psi(df, p.alpha, n, self.rows))
+        });
+        if let (true, Some(s), Some(t)) = (enough_rows, score_psi, score_psi_threshold) {
+            if s > t {
+                warnings.push(format!("score distribution shifted: PSI {s:.2} > {t:.2}"));
             }
         }
         let mut top_features = Vec::new();
         let mut feature_psi_max = None;
         if let Some(psi) = &feature_psi {
+            let o = &self.binning.offsets;
+            let alpha = p.alpha / psi.len().max(1) as f64;
+            let threshold: Vec<f64> = (0..psi.len())
+                .map(|c| {
+                    let df = df(&self.counts.features[o[c]..o[c + 1]]);
+                    p.psi_warn.max(noise_psi(df, alpha, n, self.rows))
+                })
+                .collect();
             let mut order: Vec<usize> = (0..psi.len()).collect();
             // Largest first; ties by column order (total: PSI is never NaN).
             order.sort_by(|&a, &b| psi[b].total_cmp(&psi[a]).then(a.cmp(&b)));
@@ -508,18 +537,24 @@ impl ReferenceProfile {
                     name: self.names[c].clone(),
                     family: self.families[c].clone(),
                     psi: psi[c],
+                    threshold: threshold[c],
                 })
                 .collect();
-            let over = psi.iter().filter(|&&v| v > p.psi_warn).count();
-            if enough_rows && over > 0 {
-                let c = order[0];
+            let over: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|&c| psi[c] > threshold[c])
+                .collect();
+            if let (true, Some(&c)) = (enough_rows, over.first()) {
                 warnings.push(format!(
-                    "feature distribution shifted: {over} of {} features have PSI > {:.2}, largest {} ({}) PSI {:.2}",
+                    "feature distribution shifted: {} of {} features have PSI above their threshold (≥ {:.2}), largest {} ({}) PSI {:.2} > {:.2}",
+                    over.len(),
                     psi.len(),
                     p.psi_warn,
                     self.names[c],
                     self.families[c],
-                    psi[c]
+                    psi[c],
+                    threshold[c]
                 ));
             }
         }
@@ -543,6 +578,7 @@ impl ReferenceProfile {
         Ok(DriftReport {
             rows: counts.rows,
             score_psi,
+            score_psi_threshold,
             feature_psi_max,
             top_features,
             agreement,
@@ -553,8 +589,9 @@ impl ReferenceProfile {
 }
 
 /// PSI between two count vectors over the same bins (`expected` = reference, `actual` =
-/// current), each turned into shares by its own total and floored at [`SHARE_FLOOR`]; see the
-/// module docs for the formula. Bins are summed in order (deterministic).
+/// current), each turned into shares by its own total; an empty bin's share is floored at
+/// `max(SHARE_FLOOR, 1/(2n))` for a side of `n` rows, and a bin empty on both sides counts 0;
+/// see the module docs for the formula. Bins are summed in order (deterministic).
 ///
 /// Errors when the lengths differ or either side has no count.
 ///
@@ -581,13 +618,97 @@ pub fn psi(expected: &[u64], actual: &[u64]) -> Result<f64, DriftError> {
             reason: "PSI of bins without any count".into(),
         });
     }
+    let (fe, fa) = (share_floor(ne), share_floor(na));
     let mut sum = 0.0;
     for (&e, &a) in expected.iter().zip(actual) {
-        let e = (e as f64 / ne).max(SHARE_FLOOR);
-        let a = (a as f64 / na).max(SHARE_FLOOR);
+        if e == 0 && a == 0 {
+            continue;
+        }
+        let e = (e as f64 / ne).max(fe);
+        let a = (a as f64 / na).max(fa);
         sum += (a - e) * (a / e).ln();
     }
     Ok(sum)
+}
+
+/// Degrees of freedom of a column's no-shift χ²: bins holding training rows − 1 (at least 1;
+/// bins empty in training stay empty without a shift).
+fn df(reference: &[u64]) -> usize {
+    reference
+        .iter()
+        .filter(|&&c| c > 0)
+        .count()
+        .saturating_sub(1)
+        .max(1)
+}
+
+/// The (1 − `alpha`) quantile of a PSI between `n` and `m` rows of one population over bins
+/// with `df` degrees of freedom: `χ²_df(1 − alpha) · (1/n + 1/m)`.
+fn noise_psi(df: usize, alpha: f64, n: u64, m: u64) -> f64 {
+    chi2_upper(df, alpha) * (1.0 / n.max(1) as f64 + 1.0 / m.max(1) as f64)
+}
+
+/// `χ²_df(1 − alpha)` by Wilson & Hilferty (1931): `k · (1 − 2/(9k) + z·√(2/(9k)))³`, `z` the
+/// standard normal (1 − alpha) quantile. Within 3% of the exact value for one degree of
+/// freedom (2.5% low at alpha 0.05) and within 1% from four on, for `alpha ≤ 0.05` (tested
+/// against tabulated quantiles).
+fn chi2_upper(df: usize, alpha: f64) -> f64 {
+    let k = df as f64;
+    let h = 2.0 / (9.0 * k);
+    let z = normal_upper(alpha);
+    k * (1.0 - h + z * h.sqrt()).max(0.0).powi(3)
+}
+
+/// The standard normal (1 − `alpha`) quantile for `alpha` in (0, 0.5], by Acklam's rational
+/// approximation of the inverse normal CDF (relative error < 1.15e-9), using its symmetry:
+/// `Φ⁻¹(1 − α) = −Φ⁻¹(α)`.
+fn normal_upper(alpha: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let p = alpha.clamp(f64::MIN_POSITIVE, 0.5);
+    let lower = if p < 0.02425 {
+        let q = (-2.0 * p.ln()).sqrt();
+        (((((C[0] * q + C[1]) * q + C[2]) * q + C[3]) * q + C[4]) * q + C[5])
+            / ((((D[0] * q + D[1]) * q + D[2]) * q + D[3]) * q + 1.0)
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    };
+    -lower
+}
+
+/// The share an empty bin takes on a side of `n` rows: half a row, at least [`SHARE_FLOOR`].
+fn share_floor(n: f64) -> f64 {
+    SHARE_FLOOR.max(0.5 / n)
 }
 
 /// Agreement between the engine's predicted grades and analysts' verdicts over a window of
@@ -660,6 +781,10 @@ pub struct DriftParams {
     pub window: usize,
     /// Fewest verdicts for an agreement warning (1 ..= `window`). Default 30.
     pub min_verdicts: usize,
+    /// Chance of a PSI warning without any shift, in (0, 0.5]: a PSI warns only above the
+    /// (1 − α) quantile of its sampling noise (see the module docs; Bonferroni over the
+    /// features). Default 0.01.
+    pub alpha: f64,
 }
 
 impl Default for DriftParams {
@@ -670,6 +795,7 @@ impl Default for DriftParams {
             min_rows: 30,
             window: 200,
             min_verdicts: 30,
+            alpha: 0.01,
         }
     }
 }
@@ -698,6 +824,11 @@ impl DriftParams {
     /// Sets [`DriftParams::min_verdicts`] (default 30).
     pub fn min_verdicts(mut self, n: usize) -> Self {
         self.min_verdicts = n;
+        self
+    }
+    /// Sets [`DriftParams::alpha`] (default 0.01).
+    pub fn alpha(mut self, a: f64) -> Self {
+        self.alpha = a;
         self
     }
 
@@ -730,6 +861,9 @@ impl DriftParams {
                     self.min_verdicts, self.window
                 ),
             );
+        }
+        if !(self.alpha > 0.0 && self.alpha <= 0.5) {
+            return bad("alpha", format!("{} is outside (0, 0.5]", self.alpha));
         }
         Ok(DriftValidParams(self.clone()))
     }
@@ -767,6 +901,8 @@ pub struct FeaturePsi {
     pub family: String,
     /// PSI against the training snapshot
     pub psi: f64,
+    /// what `psi` is held to: `max(psi_warn, sampling noise at these rows)`
+    pub threshold: f64,
 }
 
 /// What [`ReferenceProfile::report`] finds.
@@ -776,6 +912,9 @@ pub struct DriftReport {
     pub rows: u64,
     /// PSI of the calibrated P(TP) (`None` without rows)
     pub score_psi: Option<f64>,
+    /// what `score_psi` is held to: `max(psi_warn, sampling noise at these rows)` (`None`
+    /// without rows)
+    pub score_psi_threshold: Option<f64>,
     /// largest feature PSI (`None` without rows or features)
     pub feature_psi_max: Option<f64>,
     /// the [`TOP_FEATURES`] features with the largest PSI, largest first (ties by column
@@ -994,10 +1133,17 @@ mod tests {
 
     #[test]
     fn empty_bins_are_floored_to_a_finite_value() {
-        // e = [1, ε, ε], a = [ε, ε, 1]: 2 · (1 − ε) · ln(1/ε)
+        // e = [1, ε, ε], a = [ε, ε, 1], the middle bin empty on both sides: 2 · (1 − ε) · ln(1/ε),
+        // ε = half a row of 100 …
         let v = psi(&[100, 0, 0], &[0, 0, 100]).unwrap();
-        let want = 2.0 * (1.0 - SHARE_FLOOR) * (1.0 / SHARE_FLOOR).ln();
+        let want = 2.0 * (1.0 - 0.005) * (1.0f64 / 0.005).ln();
         assert!(v.is_finite() && (v - want).abs() < 1e-9, "{v} vs {want}");
+        // … or SHARE_FLOOR for 10,000 rows on each side.
+        let v = psi(&[10_000, 0, 0], &[0, 0, 10_000]).unwrap();
+        let want = 2.0 * (1.0 - SHARE_FLOOR) * (1.0 / SHARE_FLOOR).ln();
+        assert!((v - want).abs() < 1e-9, "{v} vs {want}");
+        // A bin empty on both sides adds nothing.
+        assert_eq!(psi(&[3, 0, 1], &[6, 0, 2]).unwrap(), 0.0);
         assert!(psi(&[1, 2], &[1]).is_err());
         assert!(psi(&[0, 0], &[1, 1]).is_err());
     }
@@ -1091,6 +1237,9 @@ mod tests {
             "{:?}",
             r.warnings
         );
+        // At 1,000 rows the thresholds are psi_warn itself.
+        assert_eq!(r.score_psi_threshold, Some(0.25));
+        assert!(r.top_features.iter().all(|f| f.threshold == 0.25));
         // A raised threshold silences it.
         let lax = DriftParams::default().psi_warn(50.0).check().unwrap();
         assert_eq!(
@@ -1231,6 +1380,9 @@ mod tests {
             (d().window(0), "window"),
             (d().min_verdicts(0), "min_verdicts"),
             (d().window(20), "min_verdicts"),
+            (d().alpha(0.0), "alpha"),
+            (d().alpha(0.6), "alpha"),
+            (d().alpha(f64::NAN), "alpha"),
         ] {
             match p.check() {
                 Err(DriftError::Param { name: n, .. }) => assert_eq!(n, name),
@@ -1270,6 +1422,71 @@ mod tests {
         assert!(e.contains("add up to"), "{e}");
         let e = bad(&|v| v["score"]["counts"] = serde_json::json!([400]));
         assert!(e.contains("score") && e.contains("counts for"), "{e}");
+    }
+
+    /// Tabulated quantiles (Abramowitz & Stegun, tables 26.1 and 26.8).
+    #[test]
+    fn normal_and_chi2_quantiles() {
+        for (alpha, z) in [
+            (0.5, 0.0),
+            (0.05, 1.644_853_627),
+            (0.025, 1.959_963_985),
+            (0.01, 2.326_347_874),
+            (1e-5, 4.264_890_794),
+        ] {
+            assert!((normal_upper(alpha) - z).abs() < 1e-8, "{alpha}");
+        }
+        for (df, alpha, q) in [
+            (1, 0.01, 6.634_897),
+            (1, 0.05, 3.841_459),
+            (4, 0.01, 13.276_70),
+            (9, 0.01, 21.665_99),
+            (9, 0.05, 16.918_98),
+            (20, 0.01, 37.566_23),
+        ] {
+            let got = chi2_upper(df, alpha);
+            let tolerance = if df == 1 { 0.03 } else { 0.01 };
+            assert!(
+                (got / q - 1.0).abs() < tolerance,
+                "df {df} alpha {alpha}: {got} vs {q}"
+            );
+        }
+    }
+
+    /// Small samples of the unchanged population: a bare 0.25 threshold warns often, the
+    /// noise-aware one about as rarely as alpha says.
+    #[test]
+    fn small_samples_without_shift_rarely_warn() {
+        let (x, p) = sample(5000, 7, 0.0);
+        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let (mut bare, mut warned) = (0, 0);
+        let runs = 300;
+        for seed in 0..runs {
+            let (x2, p2) = sample(40, 1000 + seed, 0.0);
+            let c = counts_of(&profile, &x2, &p2);
+            let r = profile.report(&c, None, &params()).unwrap();
+            bare += usize::from(r.score_psi.unwrap() > 0.25);
+            warned += usize::from(r.status == DriftStatus::Warning);
+            assert!(r.score_psi_threshold.unwrap() > 0.25);
+        }
+        assert!(
+            bare > runs as usize / 5,
+            "bare threshold warned {bare} of {runs}"
+        );
+        // Measured over 2,000 runs: bare 0.25 warns 66% / 48% / 16% of samples of 30 / 40 / 60
+        // rows, the noise-aware threshold 0.7% / 2.1% / 2.9% (nominal 1% for the score plus 1%
+        // over the features; the χ² limit is rough at 4 rows per bin); both 0 from 200 rows.
+        assert!(
+            warned <= runs as usize * 4 / 100,
+            "warned {warned} of {runs}"
+        );
+        // A real shift at the same size still warns.
+        let (x2, p2) = sample(40, 999, 2.0);
+        let c = counts_of(&profile, &x2, &p2);
+        assert_eq!(
+            profile.report(&c, None, &params()).unwrap().status,
+            DriftStatus::Warning
+        );
     }
 
     #[test]
