@@ -421,6 +421,16 @@ impl ReferenceProfile {
         self.names.len()
     }
 
+    /// Feature names, schema order.
+    pub fn feature_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Feature families, schema order.
+    pub fn feature_families(&self) -> &[String] {
+        &self.families
+    }
+
     /// Bin edges of feature `col` (`None` past the last column).
     pub fn feature_edges(&self, col: usize) -> Option<&[f32]> {
         self.binning.features.get(col).map(|b| b.edges.as_slice())
