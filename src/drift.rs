@@ -48,6 +48,21 @@
 //! `psi_warn`. χ² quantiles by Wilson & Hilferty (1931), the normal quantile by Acklam's
 //! rational approximation (relative error < 1.2e-9).
 //!
+//! # Limits (measured on the shipped sample)
+//!
+//! - The target-encoded columns (families `global` and `tenant`) of the out-of-fold matrix come
+//!   from per-fold encoders: each fold's own grade prior (the value of unknown keys, and what
+//!   tenant rates are smoothed toward) and per-tenant-fold global snapshots. Scoring uses the
+//!   encoders fitted on all training incidents, so a key's value lands between the fold values
+//!   the model was trained on. Incidents held out of the same sample (no drift at all) show PSI
+//!   up to about 7 on 36 of the 48 `global` columns, and on `tenant` rates for tenants without
+//!   history, while the score (PSI 0.05–0.11) and every other family stay below 0.25. Giving the
+//!   out-of-fold encoders the full-data prior removed 21 of those 36 in a trial (not applied: it
+//!   changes the features and the model).
+//! - One tenant's counts against the pooled reference measure how that tenant differs from the
+//!   training population as much as any drift: every tenant with at least 30 held-out
+//!   incidents had a score PSI between 2 and 8.
+//!
 //! # Bins
 //!
 //! Right-closed bins `(e_{i-1}, e_i]` between strictly increasing, finite edges, found by binary
