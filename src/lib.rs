@@ -3,13 +3,15 @@
 //! Pipeline (data flows one way, see `docs/ARCHITECTURE.md`):
 //! `ingest → correlate → features → models → rank → report`, with `signals` feeding
 //! `features`, `eval`/`train` around `models`, and `pipeline` as the one code path the CLI and
-//! library callers share; `bench` is the benchmark report (`threatrank report`).
+//! library callers share; `bench` is the benchmark report (`threatrank report`); `drift` compares
+//! what a deployed model scores with its training snapshot.
 #![warn(missing_docs)]
 
 pub mod bench;
 pub mod cli;
 pub mod correlate;
 pub mod domain;
+pub mod drift;
 pub mod eval;
 pub mod features;
 pub mod ingest;

@@ -1,8 +1,8 @@
 //! Versioned model artifacts: everything needed to score, plus the model card.
 //!
 //! An artifact carries the format version, the feature-schema hash, the fitted encoders (global
-//! tables behind the privacy floor and per-tenant history), the fitted model, its calibrator and
-//! a model card (data hash, parameters, metrics). Loading refuses a format or schema mismatch
+//! tables behind the privacy floor and per-tenant history), the fitted model, its calibrator,
+//! a model card (data hash, parameters, metrics) and the drift reference profile. Loading refuses a format or schema mismatch
 //! with an error naming both values. Stored as JSON: readable, diffable, deterministic (all maps
 //! are ordered).
 
@@ -150,6 +150,12 @@ pub struct Artifact {
     /// byte for byte)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation: Option<crate::correlate::Linker>,
+    /// the drift reference: bins and training counts of every feature over the out-of-fold
+    /// training matrix and of the calibrated out-of-fold P(TP) (`crate::drift`); `None` when
+    /// calibration was skipped (no out-of-fold probabilities) and in artifacts written before it
+    /// existed (absent from the JSON when `None`, so those artifacts re-save byte for byte)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<crate::drift::ReferenceProfile>,
 }
 
 impl ArtifactError {

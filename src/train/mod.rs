@@ -9,7 +9,9 @@
 //!    Platt and isotonic, plus per-tenant Platt adjustments shrunk toward the global one
 //!    (`models::calibrate`) → a conformal predictor on the calibrated out-of-fold probabilities
 //!    (`models::conformal`: prediction sets at the configured coverage, `uncertain` when a set
-//!    holds more than one grade) → decision rules;
+//!    holds more than one grade) → decision rules → the drift reference profile
+//!    (`drift::ReferenceProfile`: bins and training counts of the out-of-fold matrix and of the
+//!    calibrated out-of-fold P(TP), no extra training pass);
 //! 3. final model on all training incidents (the GBDT's early stopping holds out whole
 //!    incidents); artifact with model card.
 //!
@@ -31,7 +33,8 @@ pub use decide::{DecisionRule, DecisionRules};
 pub use artifact::{Artifact, ArtifactError, CardMetrics, DataInfo, ModelCard, FORMAT_VERSION};
 
 use crate::correlate::{CorrelateParams, CorrelateValidParams, Correlated, Linker};
-use crate::domain::Evidence;
+use crate::domain::{Evidence, Grade};
+use crate::drift::ReferenceProfile;
 use crate::eval;
 use crate::features::{self, FeatureError, FeatureParams};
 use crate::matrix::FeatureMatrix;
@@ -72,6 +75,9 @@ pub enum TrainError {
         /// what is missing
         reason: String,
     },
+    /// The drift reference profile could not be fitted.
+    #[error(transparent)]
+    Drift(#[from] crate::drift::DriftError),
 }
 
 /// Training parameters (unchecked).
@@ -323,7 +329,13 @@ pub fn fit(
         conformal,
         decision,
         metrics,
+        p_tp,
     } = calibrate(params, &x, &y, &tenant_of_row, support_column)?;
+    // The drift snapshot: out-of-fold rows and calibrated out-of-fold P(TP) look like the
+    // incidents the final model will score (see `drift`).
+    let reference = p_tp
+        .map(|p| ReferenceProfile::fit(&x, &schema, &p))
+        .transpose()?;
     let model = params.model.fit_grouped(&x, &y, &row_ids(x.n_rows()))?;
     let ranker = match &params.ranker {
         Some(r) => {
@@ -381,6 +393,7 @@ pub fn fit(
         decision,
         ranker,
         correlation: Some(correlation),
+        reference,
     })
 }
 
@@ -407,10 +420,13 @@ struct Calibrated {
     conformal: Option<ConformalRegimes>,
     decision: DecisionRules,
     metrics: CardMetrics,
+    /// calibrated out-of-fold P(TP), one per row (`None` when calibration was skipped)
+    p_tp: Option<Vec<f32>>,
 }
 
 /// Inner folds → out-of-fold probabilities → calibration (global + per tenant), conformal
-/// predictor, decision rules and card metrics.
+/// predictor, decision rules, card metrics and the calibrated out-of-fold P(TP) (for the drift
+/// reference).
 fn calibrate(
     params: &TrainValidParams,
     x: &FeatureMatrix,
@@ -425,6 +441,7 @@ fn calibrate(
             conformal: None,
             decision: DecisionRules::single(DecisionRule::default(), support_column),
             metrics: CardMetrics::default(),
+            p_tp: None,
         });
     }
     let groups = row_ids(x.n_rows());
@@ -462,6 +479,8 @@ fn calibrate(
         abstain::coverage_report(1.0 - conformal.alpha(), &conformal.sets(x, &calibrated), y);
     let decision = DecisionRules::fit(x, &calibrated, y, support_column)?;
     let report = eval::classification_report(y, &decision.decide_all(x, &calibrated), None)?;
+    let tp = usize::from(Grade::TruePositive.class_id());
+    let p_tp = calibrated.chunks_exact(N_CLASSES).map(|p| p[tp]).collect();
     Ok(Calibrated {
         calibration,
         conformal: Some(conformal),
@@ -474,5 +493,6 @@ fn calibrate(
             calibration: Some(tenant_report),
             conformal: Some(conformal_report),
         },
+        p_tp: Some(p_tp),
     })
 }

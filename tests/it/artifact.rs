@@ -190,3 +190,94 @@ fn committed_default_model_matches_this_build_and_the_shipped_sample() {
     a.save(&p).unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), bytes);
 }
+
+/// The committed model carries the drift reference: every schema column, fitted on every
+/// training incident, shares adding up to one, score edges inside [0, 1].
+#[test]
+fn committed_default_model_carries_the_drift_reference() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let a = Artifact::load(&root.join("models/default.json.gz")).unwrap();
+    let r = a.reference.as_ref().expect("drift reference");
+    let schema = threatrank::features::schema();
+    assert_eq!(r.feature_names(), schema.names());
+    assert_eq!(r.feature_families(), schema.families());
+    assert_eq!(r.rows(), a.card.data.incidents);
+    for c in 0..schema.len() {
+        let s = r.feature_shares(c).unwrap();
+        assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{c}: {s:?}");
+    }
+    assert!(r.score_edges().iter().all(|e| (0.0..=1.0).contains(e)));
+    // Quantile edges on the calibrated P(TP): no value bin holds more than a fifth.
+    let s = r.score_shares();
+    assert!(s.iter().all(|&v| v < 0.2), "{s:?}");
+}
+
+/// Incidents the shared model never saw, from the same sample, counted against its reference:
+/// the score does not shift and neither does any feature outside the two target-encoded
+/// families, `global` and `tenant`. Those do (measured: 36 global and 15 tenant columns above
+/// 0.25): their out-of-fold training values come from per-fold encoders (each fold's own grade
+/// prior for unknown keys and for smoothing, per-tenant-fold snapshots), scoring uses the one
+/// fitted on everything, so a key's value at scoring time is a point between the fold values
+/// the model was trained on. The same rows scored upside down (1 − P(TP)) do shift.
+#[test]
+fn held_out_incidents_do_not_shift_the_score() {
+    use threatrank::drift::{Agreement, DriftCounts, DriftParams, DriftStatus};
+    let a = Artifact::load(shared_model()).unwrap();
+    let profile = a.reference.as_ref().expect("drift reference");
+    let (h, lines) = sample();
+    let mut text = format!("{h}\n");
+    for l in &lines[TRAIN_ROWS..TRAIN_ROWS + 3000] {
+        text.push_str(l);
+        text.push('\n');
+    }
+    let dir = tmp();
+    let path = dir.path().join("held_out.csv");
+    std::fs::write(&path, text).unwrap();
+    let params = threatrank::ingest::IngestParams::default().check().unwrap();
+    let l = threatrank::pipeline::load(&path, &params).unwrap();
+    let which: Vec<usize> = (0..l.corr.incidents.len()).collect();
+    let pred = a.predict(&l.evidence, &l.corr, &which, kn()).unwrap();
+    let p_tp: Vec<f32> = pred.probs.chunks(3).map(|p| p[0]).collect();
+    let mut counts = DriftCounts::new(profile);
+    counts.add_matrix(&pred.x, &p_tp).unwrap();
+    assert_eq!(counts.n(), which.len() as u64);
+    let agreement = Agreement::from_pairs(which.iter().enumerate().filter_map(|(r, &i)| {
+        let analyst = l.corr.incidents[i].grade?;
+        Some((
+            threatrank::domain::Grade::from_class_id(pred.grades[r])?,
+            analyst,
+        ))
+    }));
+    let drift = DriftParams::default().check().unwrap();
+    let r = profile.report(&counts, Some(agreement), &drift).unwrap();
+    // Measured: score PSI 0.07 over 2,211 incidents, agreement 0.80.
+    assert!(r.score_psi.unwrap() < 0.15, "{r:?}");
+    assert!(agreement.rate().unwrap() > 0.7, "{agreement:?}");
+    assert!(r.warnings.iter().all(|w| !w.starts_with("score")), "{r:?}");
+    let psi = profile.feature_psi(&counts).unwrap().unwrap();
+    let shifted: Vec<(&String, &String, f64)> = profile
+        .feature_names()
+        .iter()
+        .zip(profile.feature_families())
+        .zip(&psi)
+        .filter(|(_, &v)| v > 0.25)
+        .map(|((n, f), &v)| (n, f, v))
+        .collect();
+    assert!(
+        shifted
+            .iter()
+            .all(|(_, f, _)| *f == "global" || *f == "tenant"),
+        "{shifted:?}"
+    );
+
+    let flipped: Vec<f32> = p_tp.iter().map(|p| 1.0 - p).collect();
+    let mut upside_down = DriftCounts::new(profile);
+    upside_down.add_matrix(&pred.x, &flipped).unwrap();
+    let r = profile.report(&upside_down, None, &drift).unwrap();
+    assert_eq!(r.status, DriftStatus::Warning);
+    assert!(r.score_psi.unwrap() > 1.0, "{r:?}");
+    assert!(
+        r.warnings[0].starts_with("score distribution shifted"),
+        "{r:?}"
+    );
+}
