@@ -372,7 +372,71 @@ pub fn serve(params: &ServeParams, knowledge: Knowledge) -> Result<(), ServiceEr
     })
 }
 
-/// `GET /v1/drift` for one tenant (and globally above the tenant floor).
-pub fn drift_status(_state: &AppState, _tenant: u64) -> Result<serde_json::Value, api::ApiError> {
-    Err(api::ApiError::internal("drift: pending merge"))
+/// Drift of one tenant's (and, above the tenant floor, all tenants') recent threats against
+/// the model's training snapshot: the `GET /v1/drift` answer.
+pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, api::ApiError> {
+    use crate::drift::{Agreement, DriftCounts, DriftParams};
+    let engine = state.engine();
+    let p = state.params.get();
+    let thresholds = serde_json::json!({
+        "psi_warn": p.psi_warn,
+        "agreement_warn": p.agreement_warn,
+        "window_verdicts": p.drift_window,
+        "window_threats": p.drift_rows,
+        "min_tenants_global": p.min_tenants,
+    });
+    let Some(reference) = engine.artifact.reference.as_ref() else {
+        return Ok(serde_json::json!({
+            "status": "unavailable",
+            "warnings": ["the model carries no training snapshot (trained without calibration, or before drift monitoring existed): retrain it to monitor drift"],
+            "global": null,
+            "thresholds": thresholds,
+        }));
+    };
+    let params = DriftParams::default()
+        .psi_warn(p.psi_warn)
+        .agreement_warn(p.agreement_warn)
+        .window(p.drift_window)
+        .min_verdicts(p.drift_window.min(30))
+        .check()
+        .map_err(|e| api::ApiError::internal(format!("drift parameters: {e}")))?;
+    let internal = |e: crate::drift::DriftError| api::ApiError::internal(format!("drift: {e}"));
+    let window = |t: Option<u64>| -> Result<(DriftCounts, Agreement, u64, u64), api::ApiError> {
+        let pop = state.db.recent_features(t, p.drift_rows)?;
+        let mut counts = DriftCounts::new(reference);
+        for (row, p_tp) in &pop.rows {
+            counts.add(row, *p_tp).map_err(internal)?;
+        }
+        let (verdicts, vt) = state.db.recent_verdicts(t, p.drift_window)?;
+        let agreement = Agreement::from_pairs(verdicts.iter().map(|v| (v.predicted, v.grade)));
+        Ok((counts, agreement, pop.tenants, vt))
+    };
+    let (counts, agreement, _, _) = window(Some(tenant))?;
+    let mine = reference
+        .report(&counts, Some(agreement), &params)
+        .map_err(internal)?;
+    let (counts, agreement, pop_tenants, verdict_tenants) = window(None)?;
+    let global = if pop_tenants >= p.min_tenants {
+        let agreement = (verdict_tenants >= p.min_tenants).then_some(agreement);
+        let g = reference
+            .report(&counts, agreement, &params)
+            .map_err(internal)?;
+        // released without counts: rates and PSI only
+        serde_json::json!({
+            "status": g.status,
+            "score_psi": g.score_psi,
+            "score_psi_threshold": g.score_psi_threshold,
+            "feature_psi_max": g.feature_psi_max,
+            "top_features": g.top_features,
+            "agreement": g.agreement.as_ref().and_then(|a| a.rate()).map(|r| serde_json::json!({"rate": r})),
+            "warnings": g.warnings,
+        })
+    } else {
+        serde_json::Value::Null
+    };
+    let mut out =
+        serde_json::to_value(&mine).map_err(|e| api::ApiError::internal(e.to_string()))?;
+    out["global"] = global;
+    out["thresholds"] = thresholds;
+    Ok(out)
 }

@@ -1007,3 +1007,82 @@ fn retrain_folds_stored_verdicts_into_a_new_model() {
     );
     assert!(!dir.path().join("none.json").exists());
 }
+
+/// Drift: the tenant's report, a warning when analysts keep disagreeing, and the global report
+/// released only once enough tenants contribute, without counts.
+#[test]
+fn drift_reports_per_tenant_and_globally_above_the_floor() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let keys: Vec<String> = (0..5)
+        .map(|t| add_key(&db, t, &format!("analyst{t}")))
+        .collect();
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    assert_eq!(post_csv(&mut c, &keys[0], &tenant_csv(0, 400)).status, 200);
+    let d = c.get("/v1/drift", Some(&keys[0])).unwrap();
+    assert_eq!(d.status, 200, "{}", d.text());
+    let d = d.json();
+    assert!(
+        ["ok", "warning", "insufficient_data"].contains(&d["status"].as_str().unwrap()),
+        "{d}"
+    );
+    assert!(d["rows"].as_u64().unwrap() > 0);
+    assert!(d["score_psi"].as_f64().is_some());
+    assert!(
+        d["global"].is_null(),
+        "one tenant is below the floor of 5: {d}"
+    );
+    assert_eq!(d["thresholds"]["psi_warn"], 0.25);
+
+    // analysts disagree with every predicted grade: agreement 0 < 0.6 over ≥ 30 verdicts
+    let q = c.get("/v1/queue?top=1000", Some(&keys[0])).unwrap().json();
+    let threats = q["threats"].as_array().unwrap();
+    assert!(threats.len() >= 30, "{} threats", threats.len());
+    for t in &threats[..30] {
+        let other = if t["predicted"] == "TP" { "FP" } else { "TP" };
+        let r = verdict(
+            &mut c,
+            &keys[0],
+            t["id"].as_str().unwrap(),
+            &format!(r#"{{"grade":"{other}"}}"#),
+        );
+        assert_eq!(r.status, 201);
+    }
+    let d = c.get("/v1/drift", Some(&keys[0])).unwrap().json();
+    assert_eq!(d["status"], "warning", "{d}");
+    assert_eq!(d["agreement"]["verdicts"], 30);
+    assert_eq!(d["agreement"]["rate"], 0.0);
+    assert!(
+        d["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("agree")),
+        "{d}"
+    );
+    // another tenant's drift is its own: no verdicts, no agreement warning
+    assert_eq!(post_csv(&mut c, &keys[1], &tenant_csv(1, 100)).status, 200);
+    let d1 = c.get("/v1/drift", Some(&keys[1])).unwrap().json();
+    assert_eq!(d1["agreement"]["verdicts"], 0, "{d1}");
+    assert!(d1["global"].is_null());
+
+    for t in 2..5 {
+        assert_eq!(
+            post_csv(&mut c, &keys[t], &tenant_csv(t as u64, 60)).status,
+            200
+        );
+    }
+    let d = c.get("/v1/drift", Some(&keys[1])).unwrap().json();
+    let g = &d["global"];
+    assert!(g.is_object(), "five tenants reach the floor: {d}");
+    assert!(g["score_psi"].as_f64().is_some());
+    assert!(
+        g.get("rows").is_none(),
+        "the global report carries no counts: {g}"
+    );
+    assert!(
+        g["agreement"].is_null(),
+        "verdicts come from one tenant only: {g}"
+    );
+}
