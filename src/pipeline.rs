@@ -77,6 +77,23 @@ pub struct Loaded {
     pub sha256: String,
 }
 
+impl Loaded {
+    /// Evidence held in memory (the service's stored rows, retraining sets): records renumbered
+    /// in order, incidents grouped by their given ids, no ingest report, no input hash.
+    pub fn in_memory(mut evidence: Vec<Evidence>) -> Loaded {
+        for (i, e) in evidence.iter_mut().enumerate() {
+            e.record = i as u32;
+        }
+        let corr = group_incidents(&evidence);
+        Loaded {
+            evidence,
+            corr,
+            report: IngestReport::default(),
+            sha256: String::new(),
+        }
+    }
+}
+
 struct HashingReader<R> {
     inner: R,
     hasher: Sha256,

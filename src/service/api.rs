@@ -2,7 +2,6 @@
 
 use super::db::{self, KeyInfo, QueueFilter, StoredThreat, Verdict};
 use super::{notify, on_rayon, AppState};
-use crate::correlate::group_incidents;
 use crate::domain::{Evidence, Grade, ENTITY_COLUMNS};
 use crate::ingest::{self, format_rfc3339, IngestParams, InputFormat};
 use crate::pipeline::{self, Loaded};
@@ -401,17 +400,8 @@ fn rescore(
         .map_or(0, |l| l.window_seconds());
     let span = loose.map(|(lo, hi)| (lo.saturating_sub(window), hi.saturating_add(window)));
     let db::Rescoring { rows, touched } = state.db.evidence_for(tenant, given, span)?;
-    let (seqs, mut evidence): (Vec<i64>, Vec<Evidence>) = rows.into_iter().unzip();
-    for (i, e) in evidence.iter_mut().enumerate() {
-        e.record = i as u32;
-    }
-    let corr = group_incidents(&evidence);
-    let loaded = Loaded {
-        evidence,
-        corr,
-        report: Default::default(),
-        sha256: String::new(),
-    };
+    let (seqs, evidence): (Vec<i64>, Vec<Evidence>) = rows.into_iter().unzip();
+    let loaded = Loaded::in_memory(evidence);
     let reasons = state.params.get().reasons;
     let scored = pipeline::score_loaded(&engine.artifact, loaded, reasons, &engine.knowledge)
         .map_err(|e| ApiError::internal(format!("scoring: {e}")))?;

@@ -859,105 +859,17 @@ impl Db {
         })
     }
 
+    /// Verdicts of a query selecting `seq, threat, grade, reason, analyst, at, predicted,
+    /// tenant`, each with its tenant.
     fn verdict_rows(
         &self,
         sql: &str,
         args: impl rusqlite::Params,
-    ) -> Result<Vec<Verdict>, DbError> {
+    ) -> Result<Vec<(Verdict, u64)>, DbError> {
         self.read(|c| {
             let mut st = c.prepare_cached(sql).map_err(|e| self.sql(e))?;
             let rows = st
                 .query_map(args, |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Option<String>>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get::<_, i64>(5)?,
-                        r.get::<_, String>(6)?,
-                    ))
-                })
-                .map_err(|e| self.sql(e))?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (seq, threat, grade, reason, analyst, at, predicted) =
-                    row.map_err(|e| self.sql(e))?;
-                out.push(Verdict {
-                    seq,
-                    threat: id_from_sql(threat),
-                    grade: grade_from_sql(&self.file, &grade)?,
-                    reason,
-                    analyst,
-                    at,
-                    predicted: grade_from_sql(&self.file, &predicted)?,
-                });
-            }
-            Ok(out)
-        })
-    }
-
-    /// A threat's verdicts, oldest first.
-    pub fn verdicts(&self, tenant: u64, threat: u64) -> Result<Vec<Verdict>, DbError> {
-        self.verdict_rows(
-            "SELECT seq, threat, grade, reason, analyst, at, predicted FROM verdicts
-             WHERE tenant = ?1 AND threat = ?2 ORDER BY seq",
-            params![id_to_sql(tenant), id_to_sql(threat)],
-        )
-    }
-
-    /// The last `window` verdicts of a tenant (or of all tenants), newest first, with the
-    /// number of distinct tenants among them.
-    pub fn recent_verdicts(
-        &self,
-        tenant: Option<u64>,
-        window: usize,
-    ) -> Result<(Vec<Verdict>, u64), DbError> {
-        let rows = match tenant {
-            Some(t) => self.verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted FROM verdicts
-                 WHERE tenant = ?1 ORDER BY seq DESC LIMIT ?2",
-                params![id_to_sql(t), window as i64],
-            )?,
-            None => self.verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted FROM verdicts
-                 ORDER BY seq DESC LIMIT ?1",
-                params![window as i64],
-            )?,
-        };
-        let tenants = match tenant {
-            Some(_) => 1,
-            None => self.read(|c| {
-                let n: i64 = c
-                    .query_row(
-                        "SELECT COUNT(DISTINCT tenant) FROM
-                         (SELECT tenant FROM verdicts ORDER BY seq DESC LIMIT ?1)",
-                        [window as i64],
-                        |r| r.get(0),
-                    )
-                    .map_err(|e| self.sql(e))?;
-                Ok(n as u64)
-            })?,
-        };
-        Ok((rows, tenants))
-    }
-
-    /// The latest verdict of each verdicted threat of every tenant, with the threat's
-    /// evidence: what `threatrank retrain` learns from. Ordered by verdict seq.
-    pub fn latest_verdicts(&self) -> Result<Vec<(Verdict, u64)>, DbError> {
-        self.read(|c| {
-            let mut st = c
-                .prepare(
-                    "SELECT v.seq, v.threat, v.grade, v.reason, v.analyst, v.at, v.predicted,
-                            v.tenant
-                     FROM verdicts v
-                     WHERE v.seq = (SELECT MAX(seq) FROM verdicts w
-                                    WHERE w.tenant = v.tenant AND w.threat = v.threat)
-                     ORDER BY v.seq",
-                )
-                .map_err(|e| self.sql(e))?;
-            let rows = st
-                .query_map([], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, i64>(1)?,
@@ -985,10 +897,64 @@ impl Db {
                         predicted: grade_from_sql(&self.file, &predicted)?,
                     },
                     id_from_sql(tenant),
-                ))
+                ));
             }
             Ok(out)
         })
+    }
+
+    /// A threat's verdicts, oldest first.
+    pub fn verdicts(&self, tenant: u64, threat: u64) -> Result<Vec<Verdict>, DbError> {
+        Ok(self
+            .verdict_rows(
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant FROM verdicts
+                 WHERE tenant = ?1 AND threat = ?2 ORDER BY seq",
+                params![id_to_sql(tenant), id_to_sql(threat)],
+            )?
+            .into_iter()
+            .map(|(v, _)| v)
+            .collect())
+    }
+
+    /// The last `window` verdicts of a tenant (or of all tenants), newest first, with the
+    /// number of distinct tenants among them.
+    pub fn recent_verdicts(
+        &self,
+        tenant: Option<u64>,
+        window: usize,
+    ) -> Result<(Vec<Verdict>, u64), DbError> {
+        let rows = match tenant {
+            Some(t) => self.verdict_rows(
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant FROM verdicts
+                 WHERE tenant = ?1 ORDER BY seq DESC LIMIT ?2",
+                params![id_to_sql(t), window as i64],
+            )?,
+            None => self.verdict_rows(
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant FROM verdicts
+                 ORDER BY seq DESC LIMIT ?1",
+                params![window as i64],
+            )?,
+        };
+        let tenants = rows
+            .iter()
+            .map(|(_, t)| *t)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len() as u64;
+        let rows = rows.into_iter().map(|(v, _)| v).collect();
+        Ok((rows, tenants))
+    }
+
+    /// The latest verdict of each verdicted threat of every tenant, with the threat's
+    /// evidence: what `threatrank retrain` learns from. Ordered by verdict seq.
+    pub fn latest_verdicts(&self) -> Result<Vec<(Verdict, u64)>, DbError> {
+        self.verdict_rows(
+            "SELECT v.seq, v.threat, v.grade, v.reason, v.analyst, v.at, v.predicted, v.tenant
+             FROM verdicts v
+             WHERE v.seq = (SELECT MAX(seq) FROM verdicts w
+                            WHERE w.tenant = v.tenant AND w.threat = v.threat)
+             ORDER BY v.seq",
+            [],
+        )
     }
 
     /// A cheap liveness probe of the file: `ok`, or the error.

@@ -163,18 +163,34 @@ impl ServeParams {
         if !(1..=64).contains(&self.db_readers) {
             return bad("db_readers", format!("{} is outside 1–64", self.db_readers));
         }
-        Ok(ValidServeParams(self.clone()))
+        // the drift library checks its own thresholds
+        let drift = crate::drift::DriftParams::default()
+            .psi_warn(self.psi_warn)
+            .agreement_warn(self.agreement_warn)
+            .window(self.drift_window)
+            .min_verdicts(self.drift_window.min(30))
+            .check()
+            .map_err(|e| ServiceError::Param {
+                name: "drift",
+                reason: e.to_string(),
+            })?;
+        Ok(ValidServeParams(self.clone(), drift))
     }
 }
 
-/// Checked [`ServeParams`].
+/// Checked [`ServeParams`], with the drift parameters they imply.
 #[derive(Debug, Clone)]
-pub struct ValidServeParams(ServeParams);
+pub struct ValidServeParams(ServeParams, crate::drift::DriftValidParams);
 
 impl ValidServeParams {
     /// The checked values.
     pub fn get(&self) -> &ServeParams {
         &self.0
+    }
+
+    /// Drift thresholds and windows (from `psi_warn`, `agreement_warn`, `drift_window`).
+    pub fn drift(&self) -> &crate::drift::DriftValidParams {
+        &self.1
     }
 }
 
@@ -375,7 +391,7 @@ pub fn serve(params: &ServeParams, knowledge: Knowledge) -> Result<(), ServiceEr
 /// Drift of one tenant's (and, above the tenant floor, all tenants') recent threats against
 /// the model's training snapshot: the `GET /v1/drift` answer.
 pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, api::ApiError> {
-    use crate::drift::{Agreement, DriftCounts, DriftParams};
+    use crate::drift::{Agreement, DriftCounts};
     let engine = state.engine();
     let p = state.params.get();
     let thresholds = serde_json::json!({
@@ -393,13 +409,7 @@ pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, 
             "thresholds": thresholds,
         }));
     };
-    let params = DriftParams::default()
-        .psi_warn(p.psi_warn)
-        .agreement_warn(p.agreement_warn)
-        .window(p.drift_window)
-        .min_verdicts(p.drift_window.min(30))
-        .check()
-        .map_err(|e| api::ApiError::internal(format!("drift parameters: {e}")))?;
+    let params = state.params.drift();
     let internal = |e: crate::drift::DriftError| api::ApiError::internal(format!("drift: {e}"));
     let window = |t: Option<u64>| -> Result<(DriftCounts, Agreement, u64, u64), api::ApiError> {
         let pop = state.db.recent_features(t, p.drift_rows)?;
@@ -413,13 +423,13 @@ pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, 
     };
     let (counts, agreement, _, _) = window(Some(tenant))?;
     let mine = reference
-        .report(&counts, Some(agreement), &params)
+        .report(&counts, Some(agreement), params)
         .map_err(internal)?;
     let (counts, agreement, pop_tenants, verdict_tenants) = window(None)?;
     let global = if pop_tenants >= p.min_tenants {
         let agreement = (verdict_tenants >= p.min_tenants).then_some(agreement);
         let g = reference
-            .report(&counts, agreement, &params)
+            .report(&counts, agreement, params)
             .map_err(internal)?;
         // released without counts: rates and PSI only
         serde_json::json!({

@@ -164,17 +164,10 @@ fn measure(
         .iter()
         .flat_map(|l| l.evidence.iter().cloned())
         .collect();
-    for (i, e) in evidence.iter_mut().enumerate() {
-        e.record = i as u32;
+    for e in &mut evidence {
         e.grade = None;
     }
-    let corr = group_incidents(&evidence);
-    let loaded = Loaded {
-        evidence,
-        corr,
-        report: Default::default(),
-        sha256: String::new(),
-    };
+    let loaded = Loaded::in_memory(evidence);
     let scored = pipeline::score_loaded(artifact, loaded, 0, kn)
         .map_err(|e| ServiceError::Retrain(format!("scoring held-out verdicts: {e}")))?;
     let truth: BTreeMap<IncidentKey, Grade> = held
