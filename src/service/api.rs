@@ -374,37 +374,68 @@ fn ingest_batch(
         .fold(None, |span: Option<(i64, i64)>, t| {
             Some(span.map_or((t, t), |(lo, hi)| (lo.min(t), hi.max(t))))
         });
-    let threats = rescore(state, tenant, &given, loose)?;
+    let targets = Targets {
+        given,
+        loose_span: loose,
+        threats: Vec::new(),
+    };
+    let threats = rescore(state, tenant, &targets, false)?;
     out.threats = threats.into_iter().map(|t| t.to_string()).collect();
     Ok(out)
 }
 
-/// Scores again the given incidents of a tenant with all their stored evidence, and, when the
-/// batch brought alerts without an incident id (`loose`: their time span), re-correlates the
-/// candidate threats they can touch: those with an alert within the linker's window of the
-/// span, each with all of its evidence. A new alert links only to alerts within the window
-/// (single linkage, stoplist learnt at training, never from the batch), so threats outside it
-/// cannot change and are left alone; the cost of a batch is bounded by the alerts near it in
-/// time, not by the tenant's history. Stores the result.
-fn rescore(
-    state: &AppState,
-    tenant: u64,
-    given: &[u64],
-    loose: Option<(i64, i64)>,
-) -> ApiResult<Vec<u64>> {
+/// What to score again for one tenant.
+#[derive(Debug, Clone, Default)]
+struct Targets {
+    /// given incident ids (all their stored evidence)
+    given: Vec<u64>,
+    /// time span of a batch's loose alerts: the candidate threats within the linker's window
+    /// of it are re-correlated
+    loose_span: Option<(i64, i64)>,
+    /// stored correlated threats, whole (explaining on read)
+    threats: Vec<u64>,
+}
+
+/// Scores again, with all their stored evidence, the given incidents of a tenant and the
+/// correlated threats named in `targets`; when the batch brought alerts without an incident id
+/// (`loose_span`), re-correlates the candidate threats they can touch: those with an alert
+/// within the linker's window of the span, each with all of its evidence. A new alert links
+/// only to alerts within the window (single linkage, stoplist learnt at training, never from
+/// the batch), so threats outside it cannot change and are left alone; the cost of a batch is
+/// bounded by the alerts near it in time, not by the tenant's history. A correlated threat
+/// loaded whole correlates into itself again (its rows are one connected group). With
+/// `explain`, exact reasons are computed too; without, the threats are stored unexplained and
+/// the first read explains them ([`ensure_explained`]). Stores the result.
+fn rescore(state: &AppState, tenant: u64, targets: &Targets, explain: bool) -> ApiResult<Vec<u64>> {
     let engine = state.engine();
     let window = engine
         .artifact
         .correlation
         .as_ref()
         .map_or(0, |l| l.window_seconds());
-    let span = loose.map(|(lo, hi)| (lo.saturating_sub(window), hi.saturating_add(window)));
-    let db::Rescoring { rows, touched } = state.db.evidence_for(tenant, given, span)?;
+    let span = targets
+        .loose_span
+        .map(|(lo, hi)| (lo.saturating_sub(window), hi.saturating_add(window)));
+    let db::Rescoring { mut rows, touched } =
+        state.db.evidence_for(tenant, &targets.given, span)?;
+    if !targets.threats.is_empty() {
+        rows.extend(state.db.evidence_of_threats(tenant, &targets.threats)?);
+        rows.sort_by_key(|(s, _)| *s);
+        rows.dedup_by_key(|(s, _)| *s);
+    }
     let (seqs, evidence): (Vec<i64>, Vec<Evidence>) = rows.into_iter().unzip();
     let loaded = Loaded::in_memory(evidence);
     let reasons = state.params.get().reasons;
-    let scored = pipeline::score_loaded(&engine.artifact, loaded, reasons, &engine.knowledge)
-        .map_err(|e| ApiError::internal(format!("scoring: {e}")))?;
+    let none = |_: &[ScoredIncident]| Vec::new();
+    let select: Option<pipeline::ExplainSelect<'_>> = if explain { None } else { Some(&none) };
+    let scored = pipeline::score_loaded_explaining(
+        &engine.artifact,
+        loaded,
+        reasons,
+        &engine.knowledge,
+        select,
+    )
+    .map_err(|e| ApiError::internal(format!("scoring: {e}")))?;
     let now = db::now();
     let mut evidence_threat = Vec::new();
     let mut stored = Vec::with_capacity(scored.incidents.len());
@@ -416,7 +447,7 @@ fn rescore(
         .zip(&scored.incidents)
         .enumerate()
     {
-        if !inc.key.incident.is_correlated() && !given.contains(&inc.key.incident.0) {
+        if !inc.key.incident.is_correlated() && !targets.given.contains(&inc.key.incident.0) {
             continue;
         }
         for &r in &inc.evidence {
@@ -429,6 +460,7 @@ fn rescore(
             features: scored.features.row(i).to_vec(),
             scored_at: now,
             model: engine.sha256.clone(),
+            explained: explain,
         });
     }
     let live: BTreeSet<u64> = stored.iter().map(|t| t.scored.key.incident.0).collect();
@@ -439,10 +471,58 @@ fn rescore(
     state
         .db
         .store_scored(tenant, &stored, &evidence_threat, &retired)?;
-    state
-        .metrics
-        .scored(stored.iter().map(|t| t.scored.priority));
+    if !explain {
+        state
+            .metrics
+            .scored(stored.iter().map(|t| t.scored.priority));
+    }
     Ok(stored.iter().map(|t| t.scored.key.incident.0).collect())
+}
+
+/// Explains the threats of a read that are not explained yet (under the tenant's writer lock,
+/// from their current evidence) and returns the list with them replaced; a threat merged away
+/// meanwhile drops out. Hunters read the heads of their queues: TreeSHAP is paid for what is
+/// read, once.
+async fn ensure_explained(
+    state: &Shared,
+    tenant: u64,
+    threats: Vec<StoredThreat>,
+) -> ApiResult<Vec<StoredThreat>> {
+    let missing: Vec<u64> = threats
+        .iter()
+        .filter(|t| !t.explained)
+        .map(|t| t.scored.key.incident.0)
+        .collect();
+    if missing.is_empty() {
+        return Ok(threats);
+    }
+    let lock = state.tenant_lock(tenant);
+    let _guard = lock.lock().await;
+    let (correlated, given): (Vec<u64>, Vec<u64>) = missing
+        .iter()
+        .partition(|&&id| crate::domain::IncidentId(id).is_correlated());
+    let targets = Targets {
+        given,
+        loose_span: None,
+        threats: correlated,
+    };
+    let st = state.clone();
+    on_rayon(move || rescore(&st, tenant, &targets, true))
+        .await
+        .map_err(|p| ApiError::internal(format!("explaining failed: {p}")))??;
+    let db = state.db.clone();
+    blocking(move || {
+        let mut out = Vec::with_capacity(threats.len());
+        for t in threats {
+            if t.explained {
+                out.push(t);
+            } else if let Some(fresh) = db.threat(tenant, t.scored.key.incident.0)? {
+                out.push(fresh);
+            }
+        }
+        Ok(out)
+    })
+    .await
 }
 
 // ---- queue and threats ------------------------------------------------------------------
@@ -626,11 +706,14 @@ async fn queue(
     let top = parse_bounded(&q, "top", 50, 1000)? as usize;
     let filter = queue_filter(&q)?;
     let db = state.db.clone();
+    let tenant = key.tenant;
+    let (total, threats) = blocking(move || Ok(db.queue(tenant, &filter, top)?)).await?;
+    let threats = ensure_explained(&state, tenant, threats).await?;
+    let db = state.db.clone();
     blocking(move || {
-        let (total, threats) = db.queue(key.tenant, &filter, top)?;
         let mut out = Vec::with_capacity(threats.len());
         for t in &threats {
-            let vs = db.verdicts(key.tenant, t.scored.key.incident.0)?;
+            let vs = db.verdicts(tenant, t.scored.key.incident.0)?;
             out.push(summary(t, vs.last()));
         }
         Ok(Json(QueueOut {
@@ -738,10 +821,18 @@ async fn threat(
     let key = caller(&state, &headers).await?;
     let id = parse_threat_id(&id)?;
     let db = state.db.clone();
+    let tenant = key.tenant;
+    let t = blocking(move || {
+        db.threat(tenant, id)?
+            .ok_or_else(|| ApiError::not_found(format!("no threat {id} for this key")))
+    })
+    .await?;
+    let t = ensure_explained(&state, tenant, vec![t])
+        .await?
+        .pop()
+        .ok_or_else(|| ApiError::not_found(format!("no threat {id} for this key")))?;
+    let db = state.db.clone();
     blocking(move || {
-        let t = db
-            .threat(key.tenant, id)?
-            .ok_or_else(|| ApiError::not_found(format!("no threat {id} for this key")))?;
         let vs = db.verdicts(key.tenant, id)?;
         let ev = db.threat_evidence(key.tenant, id)?;
         Ok(Json(ThreatOut {

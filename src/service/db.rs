@@ -88,6 +88,7 @@ CREATE TABLE IF NOT EXISTS threats(
   model TEXT NOT NULL,
   body TEXT NOT NULL,
   features BLOB NOT NULL,
+  explained INTEGER NOT NULL,
   PRIMARY KEY(tenant, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS threats_queue ON threats(tenant, priority DESC, p_tp DESC, ord);
@@ -183,6 +184,9 @@ pub struct StoredThreat {
     pub scored_at: i64,
     /// SHA-256 of the artifact that scored it
     pub model: String,
+    /// whether `scored.reasons`/`families` were computed (exact TreeSHAP costs far more than
+    /// scoring, so a pushed batch scores without them and the first read explains)
+    pub explained: bool,
 }
 
 /// Queue filters.
@@ -545,13 +549,27 @@ impl Db {
         Ok(Rescoring { rows: out, touched })
     }
 
+    /// Every evidence row of these threats of one tenant, `(seq, evidence)` by seq.
+    pub fn evidence_of_threats(
+        &self,
+        tenant: u64,
+        threats: &[u64],
+    ) -> Result<Vec<(i64, Evidence)>, DbError> {
+        let mut out = Vec::new();
+        for &t in threats {
+            out.extend(self.evidence_query(
+                "SELECT seq, body FROM evidence WHERE tenant = ?1 AND threat = ?2 ORDER BY seq",
+                params![id_to_sql(tenant), id_to_sql(t)],
+            )?);
+        }
+        out.sort_by_key(|(s, _)| *s);
+        Ok(out)
+    }
+
     /// The evidence of one threat of one tenant, by seq.
     pub fn threat_evidence(&self, tenant: u64, threat: u64) -> Result<Vec<Evidence>, DbError> {
         Ok(self
-            .evidence_query(
-                "SELECT seq, body FROM evidence WHERE tenant = ?1 AND threat = ?2 ORDER BY seq",
-                params![id_to_sql(tenant), id_to_sql(threat)],
-            )?
+            .evidence_of_threats(tenant, &[threat])?
             .into_iter()
             .map(|(_, e)| e)
             .collect())
@@ -617,8 +635,8 @@ impl Db {
                     .prepare_cached(
                         "INSERT OR REPLACE INTO threats
                          (tenant, id, ord, priority, p_tp, predicted, tactics, scored_at, model,
-                          body, features)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                          body, features, explained)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                     )
                     .map_err(|e| self.sql(e))?;
                 for t in threats {
@@ -638,7 +656,8 @@ impl Db {
                         t.scored_at,
                         t.model,
                         body,
-                        features
+                        features,
+                        t.explained
                     ])
                     .map_err(|e| self.sql(e))?;
                 }
@@ -668,6 +687,7 @@ impl Db {
             features,
             scored_at: r.get(2).map_err(|e| self.sql(e))?,
             model: r.get(3).map_err(|e| self.sql(e))?,
+            explained: r.get(4).map_err(|e| self.sql(e))?,
         })
     }
 
@@ -676,7 +696,7 @@ impl Db {
         self.read(|c| {
             let mut st = c
                 .prepare_cached(
-                    "SELECT body, features, scored_at, model FROM threats
+                    "SELECT body, features, scored_at, model, explained FROM threats
                      WHERE tenant = ?1 AND id = ?2",
                 )
                 .map_err(|e| self.sql(e))?;
@@ -738,7 +758,7 @@ impl Db {
                 .map_err(|e| self.sql(e))?;
             let mut st = c
                 .prepare_cached(&format!(
-                    "SELECT body, features, scored_at, model FROM threats WHERE {cond}
+                    "SELECT body, features, scored_at, model, explained FROM threats WHERE {cond}
                      ORDER BY priority DESC, p_tp DESC, ord ASC LIMIT {}",
                     top
                 ))
