@@ -34,7 +34,7 @@ pub use artifact::{Artifact, ArtifactError, CardMetrics, DataInfo, ModelCard, FO
 
 use crate::correlate::{CorrelateParams, CorrelateValidParams, Correlated, Linker};
 use crate::domain::{Evidence, Grade};
-use crate::drift::ReferenceProfile;
+use crate::drift::{ReferenceProfile, MIN_TENANT_ROWS};
 use crate::eval;
 use crate::features::{self, FeatureError, FeatureParams};
 use crate::matrix::FeatureMatrix;
@@ -334,7 +334,7 @@ pub fn fit(
     // The drift snapshot: out-of-fold rows and calibrated out-of-fold P(TP) look like the
     // incidents the final model will score (see `drift`).
     let reference = p_tp
-        .map(|p| ReferenceProfile::fit(&x, &schema, &p))
+        .map(|p| ReferenceProfile::fit(&x, &schema, &p, &tenant_of_row, MIN_TENANT_ROWS))
         .transpose()?;
     let model = params.model.fit_grouped(&x, &y, &row_ids(x.n_rows()))?;
     let ranker = match &params.ranker {
