@@ -11,7 +11,8 @@
 //!    (`models::conformal`: prediction sets at the configured coverage, `uncertain` when a set
 //!    holds more than one grade) → decision rules → the drift reference profile
 //!    (`drift::ReferenceProfile`: bins and training counts of the out-of-fold matrix and of the
-//!    calibrated out-of-fold P(TP), no extra training pass);
+//!    calibrated out-of-fold P(TP), of all rows and of each tenant with at least
+//!    `drift::MIN_TENANT_ROWS` of them, no extra training pass);
 //! 3. final model on all training incidents (the GBDT's early stopping holds out whole
 //!    incidents); artifact with model card.
 //!
