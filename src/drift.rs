@@ -2,11 +2,13 @@
 //! on, and how often analysts agree with its grades.
 //!
 //! Sits at the end of the pipeline, beside `rank`: `train` fits a [`ReferenceProfile`] on the
-//! out-of-fold training matrix and the calibrated out-of-fold P(TP) and stores it in the
-//! artifact (`Artifact::reference`); a caller (the scoring service's `GET /v1/drift`) counts the
-//! feature rows and scores it has produced in a [`DriftCounts`] and asks the profile for a
-//! [`DriftReport`]: population stability (PSI) of every feature and of the score against the
-//! training snapshot, plus the [`Agreement`] between predicted and analyst grades over the last
+//! out-of-fold training matrix, the calibrated out-of-fold P(TP) and each row's tenant, and
+//! stores it in the artifact (`Artifact::reference`); a caller (the scoring service's
+//! `GET /v1/drift`) counts the feature rows and scores it has produced in a [`DriftCounts`] (one
+//! per tenant, merged for the global figure) and asks the profile for a [`DriftReport`]
+//! ([`ReferenceProfile::report_for`]): population stability (PSI) of every feature and of the
+//! score against a training baseline — the tenant's own training incidents, or all of them for
+//! the global report — plus the [`Agreement`] between predicted and analyst grades over the last
 //! verdicts, against the thresholds of [`DriftParams`].
 //!
 //! Why out-of-fold: new incidents are not in the encoders' tenant history and not in the final
@@ -48,20 +50,75 @@
 //! `psi_warn`. χ² quantiles by Wilson & Hilferty (1931), the normal quantile by Acklam's
 //! rational approximation (relative error < 1.2e-9).
 //!
-//! # Limits (measured on the shipped sample)
+//! # Per-tenant baselines
 //!
-//! - The target-encoded columns (families `global` and `tenant`) of the out-of-fold matrix come
-//!   from per-fold encoders: each fold's own grade prior (the value of unknown keys, and what
-//!   tenant rates are smoothed toward) and per-tenant-fold global snapshots. Scoring uses the
-//!   encoders fitted on all training incidents, so a key's value lands between the fold values
-//!   the model was trained on. Incidents held out of the same sample (no drift at all) show PSI
-//!   up to about 7 on 36 of the 48 `global` columns, and on `tenant` rates for tenants without
-//!   history, while the score (PSI 0.05–0.11) and every other family stay below 0.25. Giving the
-//!   out-of-fold encoders the full-data prior removed 21 of those 36 in a trial (not applied: it
-//!   changes the features and the model).
-//! - One tenant's counts against the pooled reference measure how that tenant differs from the
-//!   training population as much as any drift: every tenant with at least 30 held-out
-//!   incidents had a score PSI between 2 and 8.
+//! One tenant against all tenants' training incidents measures how that tenant differs from the
+//! others as much as any drift: holding out the last third of the shipped sample (no drift at
+//! all), every tenant with at least 30 held-out incidents had a score PSI between 1.1 and 8
+//! against the pooled reference. So [`ReferenceProfile::fit`] also stores, for every tenant with
+//! at least `min_tenant_rows` training incidents ([`MIN_TENANT_ROWS`] = 30 by default), that
+//! tenant's own training counts over the same bins (score and every feature), and
+//! [`ReferenceProfile::report_for`] judges the tenant against them ([`Baseline::Tenant`]; the
+//! sampling noise uses the tenant's training rows). Why 30: it is the fewest rows a PSI is
+//! judged on at all ([`DriftParams::min_rows`]), and the noise threshold grows with `1/m` for a
+//! baseline of `m` rows: 30 rows already double it for a 30-row sample (`1/30 + 1/30`), 10 would
+//! quadruple it, leaving only gross shifts visible, while ten bins cannot be described by fewer
+//! rows anyway. The shipped sample has 48 such tenants (+27 KB gzip in the artifact, stored
+//! densely: every bin of every column, which compresses well).
+//!
+//! A tenant without a baseline (fewer training incidents, or new) is shown its PSI against all
+//! tenants, for information: [`Baseline::None`], no PSI warning, a note saying why, status
+//! `insufficient_data` unless agreement warns (that PSI mostly measures the tenant itself).
+//!
+//! # Target-encoded families
+//!
+//! The target-encoded columns ([`INFORMATIONAL_FAMILIES`]: `global` and `tenant`) of the
+//! out-of-fold matrix come from per-fold encoders: each fold's own grade prior (the value of
+//! unknown keys, and what tenant rates are smoothed toward) and per-tenant-fold global
+//! snapshots. Scoring uses the encoders fitted on all training incidents, so a key's value lands
+//! between the fold values the model was trained on. Incidents held out of the same sample (no
+//! drift at all) show PSI up to about 7 on 36 of the 48 `global` columns, and on `tenant` rates
+//! for tenants without history, while the score and every other family stay below 0.25. Their
+//! PSI is therefore computed and reported apart ([`DriftReport::informational_features`],
+//! [`FeaturePsi::informational`]) but never warns and is left out of
+//! [`DriftReport::feature_psi_max`] and of the Bonferroni count; the score's PSI still covers
+//! what they do to the model. (Giving the out-of-fold encoders the full-data prior removed 21 of
+//! those 36 in a trial; not applied: it changes the features and the model.)
+//!
+//! # Score bins
+//!
+//! The score is binned by the priority a hunter sees, `round(100 · P(TP))`
+//! ([`crate::rank::priority`]), with the same rule as any column (one bin per value for few
+//! values, else deduplicated deciles): the shipped model's edges are priorities 0, 1, 2, 6, 18,
+//! 48, 97, priority 0 holding a third of the training incidents. Deciles of the raw P(TP) put
+//! four edges below 0.013 (0.0035, 0.0049, 0.0073, 0.0124), so a tenant whose incidents all
+//! score near 0 showed PSI up to 2.9 for moves from P(TP) 0.004 to 0.003 — a difference that
+//! changes no priority and no grade. Profiles stored before this keep their P(TP) edges
+//! (`score_unit` absent in the JSON; [`ReferenceProfile::score_in_priorities`]).
+//!
+//! # Measured (shipped sample, first two thirds trained, last third scored)
+//!
+//! 34 tenants get a baseline; 10 of them have at least 30 held-out incidents (2,426 held-out
+//! incidents in all). No drift, each tenant against its own baseline:
+//!
+//! | model | tenants `ok` / `warning` | score PSI against own baseline | against all tenants |
+//! | --- | --- | --- | --- |
+//! | logistic (`tests/it/artifact.rs`) | 10 / 0 | 0.00003–0.42 | 1.1–4.9 |
+//! | GBDT (the default) | 7 / 3 | 0–1.37 | 1.4–4.5 |
+//! | GBDT, P(TP) deciles instead of priorities | 3 / 7 | 0–2.9 | 2.6–4.3 |
+//!
+//! Globally (GBDT): score PSI 0.03, largest judged feature PSI 0.02, status `ok`; the largest
+//! informational one 6.9 (`family:bp_rate`). Upside-down scores (1 − P(TP)) warn for all 10
+//! tenants and globally (score PSI ≥ 7.9 per tenant, 2.7 global), and so does the `size`
+//! feature `log_evidence` shifted by 5 (PSI 1.4–10.2 per tenant, 10.5 global).
+//!
+//! Limit: the GBDT's three remaining tenant warnings are its final model scoring a tenant's new
+//! incidents a little more confidently than the inner-fold models scored its training
+//! incidents (the final model and the encoders saw the tenant's whole history): the held-out
+//! incidents move by one priority point (tenant 4: 67% at priority 1 in training, 97% held
+//! out; tenant 11: 18% → 60% at priority 2; tenant 3: 88% → 100% at priority 0, PSI 0.252 at a
+//! threshold of 0.25). A per-tenant warning on a GBDT model is therefore worth a look, not
+//! proof of drift, when the shift is of a priority point or two.
 //!
 //! # Bins
 //!
@@ -76,7 +133,9 @@
 //! occurred there); ±∞ fall into the end bins.
 //!
 //! ```
-//! use threatrank::drift::{Agreement, DriftCounts, DriftParams, DriftStatus, ReferenceProfile};
+//! use threatrank::drift::{
+//!     Agreement, Baseline, DriftCounts, DriftParams, DriftStatus, ReferenceProfile, MIN_TENANT_ROWS,
+//! };
 //! use threatrank::domain::Grade;
 //! use threatrank::matrix::{FeatureMatrix, FeatureSchema};
 //!
@@ -84,7 +143,8 @@
 //! let values: Vec<f32> = (0..100).map(|i| i as f32).collect();
 //! let p_tp: Vec<f32> = (0..100).map(|i| i as f32 / 100.0).collect();
 //! let x = FeatureMatrix::from_vec(100, 1, values.clone()).unwrap();
-//! let profile = ReferenceProfile::fit(&x, &schema, &p_tp).unwrap();
+//! let tenants = vec![7; 100]; // one tenant
+//! let profile = ReferenceProfile::fit(&x, &schema, &p_tp, &tenants, MIN_TENANT_ROWS).unwrap();
 //!
 //! // Incidents like the training ones: no shift.
 //! let mut counts = DriftCounts::new(&profile);
@@ -92,9 +152,13 @@
 //!     counts.add(&[*v], *p).unwrap();
 //! }
 //! let params = DriftParams::default().check().unwrap();
-//! let r = profile.report(&counts, None, &params).unwrap();
+//! let r = profile.report_for(Some(7), &counts, None, &params).unwrap();
+//! assert_eq!((r.baseline, r.baseline_rows), (Baseline::Tenant, 100));
 //! assert_eq!(r.status, DriftStatus::Ok);
 //! assert_eq!(r.score_psi, Some(0.0));
+//! // Tenant 8 has no training incidents: PSI against all tenants, for information only.
+//! let r = profile.report_for(Some(8), &counts, None, &params).unwrap();
+//! assert_eq!((r.baseline, r.status), (Baseline::None, DriftStatus::InsufficientData));
 //!
 //! // Every incident larger and scored higher than in training: a warning for each.
 //! let mut shifted = DriftCounts::new(&profile);
@@ -102,7 +166,7 @@
 //!     shifted.add(&[500.0], 0.99).unwrap();
 //! }
 //! let pairs = (0..50).map(|i| (Grade::TruePositive, if i % 2 == 0 { Grade::TruePositive } else { Grade::FalsePositive }));
-//! let r = profile.report(&shifted, Some(Agreement::from_pairs(pairs)), &params).unwrap();
+//! let r = profile.report_for(None, &shifted, Some(Agreement::from_pairs(pairs)), &params).unwrap();
 //! assert_eq!(r.status, DriftStatus::Warning);
 //! assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
 //! ```
@@ -119,8 +183,29 @@ pub const MAX_BINS: usize = 10;
 /// large but finite term.
 pub const SHARE_FLOOR: f64 = 1e-4;
 
-/// Features listed in [`DriftReport::top_features`].
+/// Features listed in [`DriftReport::top_features`] (and in
+/// [`DriftReport::informational_features`]).
 pub const TOP_FEATURES: usize = 5;
+
+/// Default fewest training incidents of a tenant for [`ReferenceProfile::fit`] to store that
+/// tenant's own baseline (see the module docs, "Per-tenant baselines").
+pub const MIN_TENANT_ROWS: u64 = 30;
+
+/// Feature families whose PSI is reported for information only, never warns and is left out of
+/// [`DriftReport::feature_psi_max`]: the target-encoded ones, whose out-of-fold training values
+/// are not comparable with scoring-time values (module docs, "Target-encoded families").
+pub const INFORMATIONAL_FAMILIES: [&str; 2] = ["global", "tenant"];
+
+/// Whether a feature of `family` is reported for information only ([`INFORMATIONAL_FAMILIES`]).
+///
+/// ```
+/// use threatrank::drift::is_informational;
+/// assert!(is_informational("global") && is_informational("tenant"));
+/// assert!(!is_informational("entities"));
+/// ```
+pub fn is_informational(family: &str) -> bool {
+    INFORMATIONAL_FAMILIES.contains(&family)
+}
 
 /// Errors of fitting a profile, counting rows and reporting.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -221,12 +306,14 @@ impl Bins {
 struct Binning {
     features: Vec<Bins>,
     score: Bins,
+    /// what the score bins hold
+    score_unit: ScoreUnit,
     /// start of each feature's bins in the flat count vector; `features.len() + 1` entries
     offsets: Vec<usize>,
 }
 
 impl Binning {
-    fn new(features: Vec<Bins>, score: Bins) -> Binning {
+    fn new(features: Vec<Bins>, score: Bins, score_unit: ScoreUnit) -> Binning {
         let mut offsets = Vec::with_capacity(features.len() + 1);
         let mut at = 0;
         offsets.push(at);
@@ -237,6 +324,7 @@ impl Binning {
         Binning {
             features,
             score,
+            score_unit,
             offsets,
         }
     }
@@ -285,7 +373,7 @@ impl DriftCounts {
         for ((bins, &start), &v) in b.features.iter().zip(&b.offsets).zip(row) {
             self.features[start + bins.bin(v)] += 1;
         }
-        self.score[b.score.bin(p_tp)] += 1;
+        self.score[b.score.bin(b.score_unit.value(p_tp))] += 1;
         self.rows += 1;
         Ok(())
     }
@@ -337,6 +425,13 @@ impl DriftCounts {
         Arc::ptr_eq(&self.binning, other) || *self.binning == **other
     }
 
+    fn into_data(self) -> DriftCountsData {
+        DriftCountsData {
+            features: self.features,
+            score: self.score,
+        }
+    }
+
     /// Counts of feature `col`: its value bins, then the missing bin.
     fn feature(&self, col: usize) -> &[u64] {
         let o = &self.binning.offsets;
@@ -365,6 +460,11 @@ pub struct ReferenceProfile {
     binning: Arc<Binning>,
     /// training counts, laid out like [`DriftCounts`]
     counts: DriftCountsData,
+    /// the `min_tenant_rows` the profile was fitted with; `None` for a stored profile from before
+    /// per-tenant baselines (it has none)
+    min_tenant_rows: Option<u64>,
+    /// per-tenant training counts over the same bins, by increasing tenant id
+    tenants: Vec<TenantBaseline>,
 }
 
 /// The counts of a profile (without the shared bins).
@@ -374,16 +474,34 @@ struct DriftCountsData {
     score: Vec<u64>,
 }
 
+/// One tenant's training counts.
+#[derive(Debug, Clone, PartialEq)]
+struct TenantBaseline {
+    tenant: u64,
+    rows: u64,
+    counts: DriftCountsData,
+}
+
+/// What a report is measured against: training rows and their counts.
+struct Against<'a> {
+    rows: u64,
+    counts: &'a DriftCountsData,
+}
+
 impl ReferenceProfile {
     /// Fits the profile: bins for every column of `x` (named by `schema`) and for `p_tp` (one
-    /// calibrated P(TP) per row), and the training counts per bin.
+    /// calibrated P(TP) per row), the training counts per bin, and, for every tenant with at
+    /// least `min_tenant_rows` rows (`tenant_of_row[i]` is row `i`'s tenant; default
+    /// [`MIN_TENANT_ROWS`]), that tenant's own counts over the same bins.
     ///
-    /// Errors when `x` has no row, its width is not the schema's, or `p_tp` is not one value per
-    /// row.
+    /// Errors when `x` has no row, its width is not the schema's, `p_tp` or `tenant_of_row` is
+    /// not one value per row, or `min_tenant_rows` is 0.
     pub fn fit(
         x: &FeatureMatrix,
         schema: &FeatureSchema,
         p_tp: &[f32],
+        tenant_of_row: &[u64],
+        min_tenant_rows: u64,
     ) -> Result<ReferenceProfile, DriftError> {
         if x.n_cols() != schema.len() {
             return Err(DriftError::Shape {
@@ -392,11 +510,19 @@ impl ReferenceProfile {
                 got: x.n_cols(),
             });
         }
-        if p_tp.len() != x.n_rows() {
-            return Err(DriftError::Shape {
-                what: "p_tp",
-                expected: x.n_rows(),
-                got: p_tp.len(),
+        for (what, got) in [("p_tp", p_tp.len()), ("tenant_of_row", tenant_of_row.len())] {
+            if got != x.n_rows() {
+                return Err(DriftError::Shape {
+                    what,
+                    expected: x.n_rows(),
+                    got,
+                });
+            }
+        }
+        if min_tenant_rows == 0 {
+            return Err(DriftError::Param {
+                name: "min_tenant_rows",
+                reason: "must be at least 1".into(),
             });
         }
         if x.n_rows() == 0 {
@@ -405,7 +531,9 @@ impl ReferenceProfile {
         let features = (0..x.n_cols())
             .map(|c| Bins::fit(x.rows().map(|r| r[c])))
             .collect();
-        let binning = Arc::new(Binning::new(features, Bins::fit(p_tp.iter().copied())));
+        let unit = ScoreUnit::Priority;
+        let score = Bins::fit(p_tp.iter().map(|&p| unit.value(p)));
+        let binning = Arc::new(Binning::new(features, score, unit));
         let mut profile = ReferenceProfile {
             rows: 0,
             names: schema.names().to_vec(),
@@ -415,14 +543,31 @@ impl ReferenceProfile {
                 features: Vec::new(),
                 score: Vec::new(),
             },
+            min_tenant_rows: Some(min_tenant_rows),
+            tenants: Vec::new(),
         };
         let mut counts = DriftCounts::new(&profile);
         counts.add_matrix(x, p_tp)?;
         profile.rows = counts.rows;
-        profile.counts = DriftCountsData {
-            features: counts.features,
-            score: counts.score,
-        };
+        profile.counts = counts.into_data();
+        let mut by_tenant: std::collections::BTreeMap<u64, Vec<usize>> = Default::default();
+        for (i, &t) in tenant_of_row.iter().enumerate() {
+            by_tenant.entry(t).or_default().push(i);
+        }
+        for (tenant, rows) in by_tenant {
+            if (rows.len() as u64) < min_tenant_rows {
+                continue;
+            }
+            let mut c = DriftCounts::new(&profile);
+            for i in rows {
+                c.add(x.row(i), p_tp[i])?;
+            }
+            profile.tenants.push(TenantBaseline {
+                tenant,
+                rows: c.rows,
+                counts: c.into_data(),
+            });
+        }
         Ok(profile)
     }
 
@@ -456,41 +601,90 @@ impl ReferenceProfile {
     pub fn feature_shares(&self, col: usize) -> Option<Vec<f64>> {
         let o = &self.binning.offsets;
         let (&start, &end) = (o.get(col)?, o.get(col + 1)?);
-        Some(self.shares(&self.counts.features[start..end]))
+        Some(shares(&self.counts.features[start..end], self.rows))
     }
 
-    /// Bin edges of the calibrated P(TP).
+    /// Bin edges of the score: priorities (0–100) for a profile fitted by this build, the
+    /// calibrated P(TP) for one stored before priority bins ([`Self::score_in_priorities`]).
     pub fn score_edges(&self) -> &[f32] {
         &self.binning.score.edges
     }
 
-    /// Training shares of the calibrated P(TP): value bins, then the missing bin.
+    /// Whether the score is binned by priority (every profile [`Self::fit`] makes) rather than
+    /// by the calibrated P(TP) itself (profiles stored before priority bins).
+    pub fn score_in_priorities(&self) -> bool {
+        self.binning.score_unit == ScoreUnit::Priority
+    }
+
+    /// Training shares of the score: value bins, then the missing bin.
     pub fn score_shares(&self) -> Vec<f64> {
-        self.shares(&self.counts.score)
+        shares(&self.counts.score, self.rows)
     }
 
-    fn shares(&self, counts: &[u64]) -> Vec<f64> {
-        counts
-            .iter()
-            .map(|&c| c as f64 / self.rows as f64)
-            .collect()
+    /// The fewest training rows of a tenant with a baseline, as fitted; `None` for a stored
+    /// profile from before per-tenant baselines (it has none).
+    pub fn min_tenant_rows(&self) -> Option<u64> {
+        self.min_tenant_rows
     }
 
-    /// PSI of every feature (schema order) between the training rows and `counts`; `None` when
-    /// `counts` holds no row.
+    /// Tenants with a baseline, increasing.
+    pub fn baseline_tenants(&self) -> impl ExactSizeIterator<Item = u64> + '_ {
+        self.tenants.iter().map(|t| t.tenant)
+    }
+
+    /// Training rows of `tenant`'s baseline (`None` without one).
+    pub fn tenant_rows(&self, tenant: u64) -> Option<u64> {
+        self.baseline(tenant).map(|b| b.rows)
+    }
+
+    /// Training shares of the calibrated P(TP) of `tenant`'s baseline (`None` without one).
+    pub fn tenant_score_shares(&self, tenant: u64) -> Option<Vec<f64>> {
+        self.baseline(tenant)
+            .map(|b| shares(&b.counts.score, b.rows))
+    }
+
+    fn baseline(&self, tenant: u64) -> Option<&TenantBaseline> {
+        self.tenants
+            .binary_search_by_key(&tenant, |t| t.tenant)
+            .ok()
+            .map(|i| &self.tenants[i])
+    }
+
+    fn pooled(&self) -> Against<'_> {
+        Against {
+            rows: self.rows,
+            counts: &self.counts,
+        }
+    }
+
+    /// PSI of every feature (schema order) between all training rows and `counts`; `None`
+    /// when `counts` holds no row.
     pub fn feature_psi(&self, counts: &DriftCounts) -> Result<Option<Vec<f64>>, DriftError> {
         self.check_counts(counts)?;
+        self.feature_psi_against(&self.pooled(), counts)
+    }
+
+    fn feature_psi_against(
+        &self,
+        reference: &Against,
+        counts: &DriftCounts,
+    ) -> Result<Option<Vec<f64>>, DriftError> {
         if counts.rows == 0 {
             return Ok(None);
         }
         let o = &self.binning.offsets;
         let psi = (0..self.names.len())
-            .map(|c| psi(&self.counts.features[o[c]..o[c + 1]], counts.feature(c)))
+            .map(|c| {
+                psi(
+                    &reference.counts.features[o[c]..o[c + 1]],
+                    counts.feature(c),
+                )
+            })
             .collect::<Result<Vec<f64>, DriftError>>()?;
         Ok(Some(psi))
     }
 
-    /// PSI of the calibrated P(TP) between the training rows and `counts`; `None` when
+    /// PSI of the calibrated P(TP) between all training rows and `counts`; `None` when
     /// `counts` holds no row.
     pub fn score_psi(&self, counts: &DriftCounts) -> Result<Option<f64>, DriftError> {
         self.check_counts(counts)?;
@@ -508,78 +702,142 @@ impl ReferenceProfile {
         }
     }
 
-    /// The drift report of `counts` (and of the verdict window's `agreement`, when given)
-    /// against this profile and the thresholds of `params`.
-    ///
-    /// Warnings: the score's PSI above its threshold; any feature's PSI above its threshold (one
-    /// warning naming how many and the largest); agreement below `agreement_warn` over at least
-    /// `min_verdicts` verdicts. A PSI's threshold is `max(psi_warn, sampling noise)` (module
-    /// docs). PSI warnings need at least `min_rows` rows. Status: `warning`
-    /// when there is a warning (an agreement warning is shown even when there are too few rows
-    /// for PSI), else `insufficient_data` when `rows < min_rows`, else `ok`.
-    ///
-    /// Counts binned by another profile are an error ([`DriftError::ProfileMismatch`]).
+    /// The global drift report: [`ReferenceProfile::report_for`] with `tenant = None`.
     pub fn report(
         &self,
         counts: &DriftCounts,
         agreement: Option<Agreement>,
         params: &DriftValidParams,
     ) -> Result<DriftReport, DriftError> {
+        self.report_for(None, counts, agreement, params)
+    }
+
+    /// The drift report of `counts` (and of the verdict window's `agreement`, when given)
+    /// against a training baseline and the thresholds of `params`.
+    ///
+    /// Baseline ([`DriftReport::baseline`]): `tenant = None` → all training rows
+    /// ([`Baseline::AllTenants`], global drift, `counts` being every tenant's); `Some(t)` for a
+    /// tenant with a stored baseline → its own training rows ([`Baseline::Tenant`]); `Some(t)`
+    /// without one → all training rows for information only ([`Baseline::None`]: no PSI
+    /// warning, a note says why; a tenant differs from the pooled population without any drift,
+    /// see the module docs).
+    ///
+    /// Warnings: the score's PSI above its threshold; any judged feature's PSI above its
+    /// threshold (one warning naming how many and the largest); agreement below
+    /// `agreement_warn` over at least `min_verdicts` verdicts. Features of the
+    /// [`INFORMATIONAL_FAMILIES`] are reported apart (`informational_features`) and never
+    /// warn. A PSI's threshold is `max(psi_warn, sampling noise)` (module docs), the noise
+    /// computed with the baseline's training rows. PSI warnings need at least `min_rows` rows.
+    /// Status: `warning` when there is a warning (an agreement warning is shown even when there
+    /// are too few rows for PSI or no baseline), else `insufficient_data` when
+    /// `rows < min_rows` or the baseline is `none` (PSI cannot be judged), else `ok`.
+    ///
+    /// Counts binned by another profile are an error ([`DriftError::ProfileMismatch`]).
+    pub fn report_for(
+        &self,
+        tenant: Option<u64>,
+        counts: &DriftCounts,
+        agreement: Option<Agreement>,
+        params: &DriftValidParams,
+    ) -> Result<DriftReport, DriftError> {
+        self.check_counts(counts)?;
+        let mut notes = Vec::new();
+        let (baseline, reference) = match tenant.map(|t| self.baseline(t)) {
+            None => (Baseline::AllTenants, self.pooled()),
+            Some(Some(b)) => (
+                Baseline::Tenant,
+                Against {
+                    rows: b.rows,
+                    counts: &b.counts,
+                },
+            ),
+            Some(None) => {
+                notes.push(match self.min_tenant_rows {
+                    Some(m) => format!(
+                        "no training baseline for this tenant (fewer than {m} training incidents): PSI shown against all tenants, for information; only analyst agreement can warn"
+                    ),
+                    None => "no training baseline for this tenant (this model stores no per-tenant baselines; retrain to get them): PSI shown against all tenants, for information; only analyst agreement can warn".into(),
+                });
+                (Baseline::None, self.pooled())
+            }
+        };
+        let judged = baseline != Baseline::None;
         let p = &params.0;
-        let score_psi = self.score_psi(counts)?;
-        let feature_psi = self.feature_psi(counts)?;
-        let mut warnings = Vec::new();
-        let enough_rows = counts.rows >= p.min_rows;
         let n = counts.rows;
+        let m = reference.rows;
+        let enough_rows = n >= p.min_rows;
+        let may_warn = enough_rows && judged;
+        let score_psi = if n == 0 {
+            None
+        } else {
+            Some(psi(&reference.counts.score, &counts.score)?)
+        };
+        let mut warnings = Vec::new();
         let score_psi_threshold = score_psi.map(|_| {
-            let df = df(&self.counts.score);
-            p.psi_warn.max(noise_psi(df, p.alpha, n, self.rows))
+            let df = df(&reference.counts.score);
+            p.psi_warn.max(noise_psi(df, p.alpha, n, m))
         });
-        if let (true, Some(s), Some(t)) = (enough_rows, score_psi, score_psi_threshold) {
+        if let (true, Some(s), Some(t)) = (may_warn, score_psi, score_psi_threshold) {
             if s > t {
                 warnings.push(format!("score distribution shifted: PSI {s:.2} > {t:.2}"));
             }
         }
         let mut top_features = Vec::new();
+        let mut informational_features = Vec::new();
         let mut feature_psi_max = None;
-        if let Some(psi) = &feature_psi {
+        if let Some(psi) = self.feature_psi_against(&reference, counts)? {
             let o = &self.binning.offsets;
-            let alpha = p.alpha / psi.len().max(1) as f64;
+            let informational: Vec<bool> =
+                self.families.iter().map(|f| is_informational(f)).collect();
+            let n_judged = informational.iter().filter(|&&i| !i).count();
+            // Bonferroni over the features that can warn.
+            let alpha = p.alpha / n_judged.max(1) as f64;
             let threshold: Vec<f64> = (0..psi.len())
                 .map(|c| {
-                    let df = df(&self.counts.features[o[c]..o[c + 1]]);
-                    p.psi_warn.max(noise_psi(df, alpha, n, self.rows))
+                    let df = df(&reference.counts.features[o[c]..o[c + 1]]);
+                    p.psi_warn.max(noise_psi(df, alpha, n, m))
                 })
                 .collect();
             let mut order: Vec<usize> = (0..psi.len()).collect();
             // Largest first; ties by column order (total: PSI is never NaN).
             order.sort_by(|&a, &b| psi[b].total_cmp(&psi[a]).then(a.cmp(&b)));
-            feature_psi_max = order.first().map(|&c| psi[c]);
-            top_features = order
+            let (info, judged_cols): (Vec<usize>, Vec<usize>) =
+                order.into_iter().partition(|&c| informational[c]);
+            feature_psi_max = judged_cols.first().map(|&c| psi[c]);
+            let entry = |c: usize| FeaturePsi {
+                name: self.names[c].clone(),
+                family: self.families[c].clone(),
+                psi: psi[c],
+                threshold: threshold[c],
+                informational: informational[c],
+            };
+            top_features = judged_cols
                 .iter()
                 .take(TOP_FEATURES)
-                .map(|&c| FeaturePsi {
-                    name: self.names[c].clone(),
-                    family: self.families[c].clone(),
-                    psi: psi[c],
-                    threshold: threshold[c],
-                })
+                .map(|&c| entry(c))
                 .collect();
-            let over: Vec<usize> = order
+            informational_features = info.iter().take(TOP_FEATURES).map(|&c| entry(c)).collect();
+            let over: Vec<usize> = judged_cols
                 .iter()
                 .copied()
                 .filter(|&c| psi[c] > threshold[c])
                 .collect();
-            if let (true, Some(&c)) = (enough_rows, over.first()) {
+            if let (true, Some(&c)) = (may_warn, over.first()) {
                 warnings.push(format!(
                     "feature distribution shifted: {} of {} features have PSI above their threshold (≥ {:.2}), largest {} ({}) PSI {:.2} > {:.2}",
                     over.len(),
-                    psi.len(),
+                    n_judged,
                     p.psi_warn,
                     self.names[c],
                     self.families[c],
                     psi[c],
                     threshold[c]
+                ));
+            }
+            if !info.is_empty() {
+                notes.push(format!(
+                    "PSI of the target-encoded families ({}) is shown for information and never warns: their out-of-fold training values are not comparable with scoring-time values; the score PSI covers their effect",
+                    INFORMATIONAL_FAMILIES.join(", ")
                 ));
             }
         }
@@ -595,22 +853,54 @@ impl ReferenceProfile {
         }
         let status = if !warnings.is_empty() {
             DriftStatus::Warning
-        } else if !enough_rows {
+        } else if !may_warn {
             DriftStatus::InsufficientData
         } else {
             DriftStatus::Ok
         };
         Ok(DriftReport {
-            rows: counts.rows,
+            rows: n,
+            baseline,
+            baseline_rows: m,
             score_psi,
             score_psi_threshold,
             feature_psi_max,
             top_features,
+            informational_features,
             agreement,
             status,
             warnings,
+            notes,
         })
     }
+}
+
+/// What the score column bins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ScoreUnit {
+    /// the priority a calibrated P(TP) is shown as ([`crate::rank::priority`], 0–100): what
+    /// [`ReferenceProfile::fit`] uses (module docs, "Score bins")
+    Priority,
+    /// the calibrated P(TP) itself: profiles stored before priorities (no `score_unit` field)
+    #[default]
+    PTp,
+}
+
+impl ScoreUnit {
+    /// The value binned for a calibrated P(TP); NaN stays NaN (the missing bin).
+    fn value(self, p_tp: f32) -> f32 {
+        match self {
+            _ if p_tp.is_nan() => f32::NAN,
+            ScoreUnit::Priority => f32::from(crate::rank::priority(p_tp)),
+            ScoreUnit::PTp => p_tp,
+        }
+    }
+}
+
+/// `counts / rows` per bin.
+fn shares(counts: &[u64], rows: u64) -> Vec<f64> {
+    counts.iter().map(|&c| c as f64 / rows as f64).collect()
 }
 
 /// PSI between two count vectors over the same bins (`expected` = reference, `actual` =
@@ -913,8 +1203,23 @@ pub enum DriftStatus {
     Ok,
     /// at least one warning
     Warning,
-    /// fewer rows than `min_rows` and no warning
+    /// no warning, and fewer rows than `min_rows` or no baseline to judge PSI against
+    /// ([`Baseline::None`])
     InsufficientData,
+}
+
+/// What a [`DriftReport`]'s PSI is measured against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    /// the tenant's own training incidents (a tenant with at least `min_tenant_rows` of them)
+    Tenant,
+    /// all training incidents (the global report)
+    AllTenants,
+    /// a tenant without a baseline of its own: PSI against all training incidents, shown for
+    /// information only (never warns; one tenant differs from the pooled population without
+    /// any drift)
+    None,
 }
 
 /// One feature's PSI.
@@ -924,41 +1229,85 @@ pub struct FeaturePsi {
     pub name: String,
     /// its family
     pub family: String,
-    /// PSI against the training snapshot
+    /// PSI against the baseline
     pub psi: f64,
     /// what `psi` is held to: `max(psi_warn, sampling noise at these rows)`
     pub threshold: f64,
+    /// a feature of the [`INFORMATIONAL_FAMILIES`]: shown, never warns
+    pub informational: bool,
 }
 
-/// What [`ReferenceProfile::report`] finds.
+/// What [`ReferenceProfile::report_for`] finds.
+///
+/// JSON (`serde_json::to_value`):
+///
+/// ```text
+/// {"rows": 412, "baseline": "tenant", "baseline_rows": 136,
+///  "score_psi": 0.08, "score_psi_threshold": 0.37, "feature_psi_max": 0.21,
+///  "top_features": [{"name": "…", "family": "…", "psi": 0.21, "threshold": 1.9,
+///                    "informational": false}, …],
+///  "informational_features": [{…, "family": "global", "informational": true}, …],
+///  "agreement": {"verdicts": 200, "agreed": 161, "rate": 0.805} | null,
+///  "status": "ok" | "warning" | "insufficient_data",
+///  "warnings": ["…"], "notes": ["…"]}
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DriftReport {
     /// rows counted
     pub rows: u64,
+    /// what the PSI is measured against
+    pub baseline: Baseline,
+    /// training rows of that baseline (all training rows for `all_tenants` and `none`)
+    pub baseline_rows: u64,
     /// PSI of the calibrated P(TP) (`None` without rows)
     pub score_psi: Option<f64>,
     /// what `score_psi` is held to: `max(psi_warn, sampling noise at these rows)` (`None`
     /// without rows)
     pub score_psi_threshold: Option<f64>,
-    /// largest feature PSI (`None` without rows or features)
+    /// largest PSI of a feature outside the [`INFORMATIONAL_FAMILIES`] (`None` without rows or
+    /// such features)
     pub feature_psi_max: Option<f64>,
-    /// the [`TOP_FEATURES`] features with the largest PSI, largest first (ties by column
-    /// order); empty without rows
+    /// the [`TOP_FEATURES`] features outside the [`INFORMATIONAL_FAMILIES`] with the largest
+    /// PSI, largest first (ties by column order); empty without rows
     pub top_features: Vec<FeaturePsi>,
+    /// the same for the features of the [`INFORMATIONAL_FAMILIES`] (shown, never warn)
+    pub informational_features: Vec<FeaturePsi>,
     /// predicted vs analyst grades over the verdict window, when given
     pub agreement: Option<Agreement>,
     /// overall state
     pub status: DriftStatus,
     /// what crossed a threshold, in words
     pub warnings: Vec<String>,
+    /// what a reader needs to know to read the figures (no baseline for the tenant,
+    /// informational families), in words; never changes `status`
+    pub notes: Vec<String>,
 }
 
 /// The stored form of a [`ReferenceProfile`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ProfileData {
     rows: u64,
+    /// absent (= `p_tp`) in profiles stored before priority bins
+    #[serde(default)]
+    score_unit: ScoreUnit,
     score: ColumnData,
     features: Vec<FeatureData>,
+    /// absent in profiles stored before per-tenant baselines
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    min_tenant_rows: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tenants: Vec<TenantData>,
+}
+
+/// A tenant's baseline: its training rows per bin, every bin listed (value bins, then the
+/// missing bin), over the profile's edges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TenantData {
+    tenant: u64,
+    rows: u64,
+    score: Vec<u64>,
+    /// one list per feature, schema order
+    features: Vec<Vec<u64>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1042,11 +1391,98 @@ impl From<ReferenceProfile> for ProfileData {
                 }
             })
             .collect();
+        let tenants = p
+            .tenants
+            .iter()
+            .map(|t| TenantData {
+                tenant: t.tenant,
+                rows: t.rows,
+                score: t.counts.score.clone(),
+                features: b
+                    .offsets
+                    .windows(2)
+                    .map(|w| t.counts.features[w[0]..w[1]].to_vec())
+                    .collect(),
+            })
+            .collect();
         ProfileData {
             rows: p.rows,
+            score_unit: b.score_unit,
             score: ColumnData::new(&b.score, &p.counts.score),
             features,
+            min_tenant_rows: p.min_tenant_rows,
+            tenants,
         }
+    }
+}
+
+impl TenantData {
+    /// The baseline, checked against the profile's bins and counts: every column's counts add
+    /// up to the tenant's rows, at least `min_tenant_rows` of them, and no bin holds more than
+    /// all tenants' training rows do.
+    fn into_baseline(
+        self,
+        binning: &Binning,
+        pooled: &DriftCountsData,
+        min_tenant_rows: u64,
+    ) -> Result<TenantBaseline, DriftError> {
+        let what = format!("tenant {}", self.tenant);
+        let invalid = |reason: String| DriftError::Invalid {
+            reason: format!("{what}: {reason}"),
+        };
+        if self.rows < min_tenant_rows.max(1) {
+            return Err(invalid(format!(
+                "{} rows, a baseline needs at least {}",
+                self.rows,
+                min_tenant_rows.max(1)
+            )));
+        }
+        if self.features.len() != binning.features.len() {
+            return Err(invalid(format!(
+                "{} feature columns, the profile has {}",
+                self.features.len(),
+                binning.features.len()
+            )));
+        }
+        let columns = std::iter::once(("score", &self.score, binning.score.len())).chain(
+            self.features
+                .iter()
+                .zip(&binning.features)
+                .map(|(c, b)| ("a feature", c, b.len())),
+        );
+        for (column, counts, bins) in columns {
+            if counts.len() != bins {
+                return Err(invalid(format!(
+                    "{column} has {} counts for {bins} bins",
+                    counts.len()
+                )));
+            }
+            let total = counts
+                .iter()
+                .try_fold(0u64, |s, &c| s.checked_add(c))
+                .unwrap_or(u64::MAX);
+            if total != self.rows {
+                return Err(invalid(format!(
+                    "{column}'s counts add up to {total}, the baseline has {} rows",
+                    self.rows
+                )));
+            }
+        }
+        let features: Vec<u64> = self.features.into_iter().flatten().collect();
+        let above_pooled = |mine: &[u64], all: &[u64]| mine.iter().zip(all).any(|(a, b)| a > b);
+        if above_pooled(&self.score, &pooled.score) || above_pooled(&features, &pooled.features) {
+            return Err(invalid(
+                "a bin holds more rows than all tenants' training rows".into(),
+            ));
+        }
+        Ok(TenantBaseline {
+            tenant: self.tenant,
+            rows: self.rows,
+            counts: DriftCountsData {
+                features,
+                score: self.score,
+            },
+        })
     }
 }
 
@@ -1074,15 +1510,50 @@ impl TryFrom<ProfileData> for ReferenceProfile {
             bins.push(b);
             counts.extend(c);
         }
+        let binning = Arc::new(Binning::new(bins, score, d.score_unit));
+        let counts = DriftCountsData {
+            features: counts,
+            score: score_counts,
+        };
+        if d.min_tenant_rows == Some(0) {
+            return Err(DriftError::Invalid {
+                reason: "min_tenant_rows is 0".into(),
+            });
+        }
+        if !d.tenants.is_empty() && d.min_tenant_rows.is_none() {
+            return Err(DriftError::Invalid {
+                reason: "tenant baselines without min_tenant_rows".into(),
+            });
+        }
+        if d.tenants.windows(2).any(|w| w[0].tenant >= w[1].tenant) {
+            return Err(DriftError::Invalid {
+                reason: "tenant baselines are not in strictly increasing tenant order".into(),
+            });
+        }
+        let tenant_rows = d
+            .tenants
+            .iter()
+            .map(|t| t.rows)
+            .fold(0u64, u64::saturating_add);
+        if tenant_rows > rows {
+            return Err(DriftError::Invalid {
+                reason: format!("tenant baselines hold {tenant_rows} rows, the profile has {rows}"),
+            });
+        }
+        let min = d.min_tenant_rows.unwrap_or(1);
+        let tenants = d
+            .tenants
+            .into_iter()
+            .map(|t| t.into_baseline(&binning, &counts, min))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ReferenceProfile {
             rows,
             names,
             families,
-            binning: Arc::new(Binning::new(bins, score)),
-            counts: DriftCountsData {
-                features: counts,
-                score: score_counts,
-            },
+            binning,
+            counts,
+            min_tenant_rows: d.min_tenant_rows,
+            tenants,
         })
     }
 }
@@ -1132,6 +1603,16 @@ mod tests {
         let mut c = DriftCounts::new(profile);
         c.add_matrix(x, p).unwrap();
         c
+    }
+
+    /// A profile with four tenants (row `i` is tenant `i % 4`), default `min_tenant_rows`.
+    fn fit(
+        x: &FeatureMatrix,
+        schema: &FeatureSchema,
+        p: &[f32],
+    ) -> Result<ReferenceProfile, DriftError> {
+        let tenants: Vec<u64> = (0..x.n_rows() as u64).map(|i| i % 4).collect();
+        ReferenceProfile::fit(x, schema, p, &tenants, MIN_TENANT_ROWS)
     }
 
     fn params() -> DriftValidParams {
@@ -1203,10 +1684,199 @@ mod tests {
         assert_eq!(b.edges, vec![1.0]);
     }
 
+    /// Tenant `t`'s rows are the standard sample shifted by `2t` standard deviations: every
+    /// tenant differs from the pooled population without any drift.
+    fn tenants_sample(sizes: &[usize], seed: u64) -> (FeatureMatrix, Vec<f32>, Vec<u64>) {
+        let mut x = FeatureMatrix::with_columns(3);
+        let (mut p, mut t) = (Vec::new(), Vec::new());
+        for (tenant, &n) in sizes.iter().enumerate() {
+            let (xt, pt) = sample(n, seed + tenant as u64, 2.0 * tenant as f64);
+            x.extend(&xt).unwrap();
+            p.extend(pt);
+            t.extend(std::iter::repeat_n(tenant as u64, n));
+        }
+        (x, p, t)
+    }
+
+    #[test]
+    fn tenants_are_judged_against_their_own_baseline() {
+        // Tenants 0, 1, 2 with 400, 300, 29 training rows: 2 has no baseline.
+        let (x, p, t) = tenants_sample(&[400, 300, 29], 40);
+        let profile = ReferenceProfile::fit(&x, &schema(3), &p, &t, MIN_TENANT_ROWS).unwrap();
+        assert_eq!(profile.baseline_tenants().collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(
+            (
+                profile.tenant_rows(0),
+                profile.tenant_rows(1),
+                profile.tenant_rows(2)
+            ),
+            (Some(400), Some(300), None)
+        );
+        assert_eq!(profile.min_tenant_rows(), Some(MIN_TENANT_ROWS));
+        let s = profile.tenant_score_shares(1).unwrap();
+        assert!((s.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        // New rows of tenant 1, same population: ok against its own rows, shifted against all.
+        let (x1, p1) = sample(200, 77, 2.0);
+        let c = counts_of(&profile, &x1, &p1);
+        let own = profile.report_for(Some(1), &c, None, &params()).unwrap();
+        assert_eq!((own.baseline, own.baseline_rows), (Baseline::Tenant, 300));
+        assert_eq!(own.status, DriftStatus::Ok, "{own:?}");
+        assert!(own.notes.is_empty(), "{own:?}");
+        let pooled = profile.report_for(None, &c, None, &params()).unwrap();
+        assert_eq!(
+            (pooled.baseline, pooled.baseline_rows),
+            (Baseline::AllTenants, 729)
+        );
+        assert_eq!(pooled.status, DriftStatus::Warning, "{pooled:?}");
+        assert_eq!(profile.report(&c, None, &params()).unwrap(), pooled);
+        // Its own training rows: PSI 0 against its baseline.
+        let rows: Vec<usize> = (400..700).collect();
+        let c = counts_of(&profile, &x.select_rows(&rows), &p[400..700]);
+        let own = profile.report_for(Some(1), &c, None, &params()).unwrap();
+        assert_eq!(own.score_psi, Some(0.0));
+        assert_eq!(own.feature_psi_max, Some(0.0));
+        // Tenant 1 moving one more standard deviation up warns against its baseline.
+        let (x2, p2) = sample(200, 78, 3.0);
+        let c = counts_of(&profile, &x2, &p2);
+        let r = profile.report_for(Some(1), &c, None, &params()).unwrap();
+        assert_eq!(r.status, DriftStatus::Warning, "{r:?}");
+        assert!(
+            r.warnings[0].starts_with("score distribution shifted"),
+            "{r:?}"
+        );
+    }
+
+    #[test]
+    fn a_tenant_without_baseline_is_shown_but_only_agreement_warns() {
+        use Grade::*;
+        let (x, p, t) = tenants_sample(&[400, 300, 29], 40);
+        let profile = ReferenceProfile::fit(&x, &schema(3), &p, &t, MIN_TENANT_ROWS).unwrap();
+        // Far from everything: PSI is large, but there is nothing of its own to compare with.
+        let (x2, p2) = sample(200, 79, 6.0);
+        let c = counts_of(&profile, &x2, &p2);
+        for tenant in [2, 99] {
+            let r = profile
+                .report_for(Some(tenant), &c, None, &params())
+                .unwrap();
+            assert_eq!((r.baseline, r.baseline_rows), (Baseline::None, 729));
+            assert!(r.score_psi.unwrap() > 1.0, "{r:?}");
+            assert!(r.warnings.is_empty(), "{r:?}");
+            assert_eq!(r.status, DriftStatus::InsufficientData);
+            assert_eq!(r.notes.len(), 1);
+            assert!(
+                r.notes[0].starts_with("no training baseline for this tenant (fewer than 30")
+                    && r.notes[0].contains("for information"),
+                "{:?}",
+                r.notes
+            );
+            let v = serde_json::to_value(&r).unwrap();
+            assert_eq!(v["baseline"], "none");
+            assert_eq!(v["status"], "insufficient_data");
+        }
+        // Agreement still warns.
+        let bad = Agreement::from_pairs((0..100).map(|_| (TruePositive, FalsePositive)));
+        let r = profile
+            .report_for(Some(2), &c, Some(bad), &params())
+            .unwrap();
+        assert_eq!(r.status, DriftStatus::Warning);
+        assert_eq!(r.warnings.len(), 1);
+        assert!(r.warnings[0].starts_with("analysts agree"), "{r:?}");
+        // A smaller min_tenant_rows gives tenant 2 a baseline.
+        let p10 = ReferenceProfile::fit(&x, &schema(3), &p, &t, 10).unwrap();
+        assert_eq!(p10.tenant_rows(2), Some(29));
+        let r = p10.report_for(Some(2), &c, None, &params()).unwrap();
+        assert_eq!(r.baseline, Baseline::Tenant);
+        assert_eq!(r.status, DriftStatus::Warning);
+    }
+
+    #[test]
+    fn informational_families_are_reported_apart_and_never_warn() {
+        // f0 (global) and f1 (tenant) are informational, f2 (size) is judged.
+        let schema = FeatureSchema::new(
+            1,
+            vec![
+                ("f0".into(), "global".into()),
+                ("f1".into(), "tenant".into()),
+                ("f2".into(), "size".into()),
+            ],
+        );
+        let (x, p) = sample(2000, 7, 0.0);
+        let t = vec![0; 2000];
+        let profile = ReferenceProfile::fit(&x, &schema, &p, &t, MIN_TENANT_ROWS).unwrap();
+        // f0 shifted, score unchanged: no warning, f0 listed as informational.
+        let (mut x2, _) = sample(1000, 8, 0.0);
+        for i in 0..1000 {
+            x2.row_mut(i)[0] += 3.0;
+        }
+        let p2 = p[..1000].to_vec();
+        let c = counts_of(&profile, &x2, &p2);
+        for tenant in [None, Some(0)] {
+            let r = profile.report_for(tenant, &c, None, &params()).unwrap();
+            assert_eq!(r.status, DriftStatus::Ok, "{r:?}");
+            assert!(r.warnings.is_empty());
+            assert_eq!(r.top_features.len(), 1);
+            assert_eq!(r.top_features[0].name, "f2");
+            assert!(!r.top_features[0].informational);
+            assert_eq!(r.feature_psi_max, Some(r.top_features[0].psi));
+            assert!(r.feature_psi_max.unwrap() < 0.05, "{r:?}");
+            let info: Vec<&str> = r
+                .informational_features
+                .iter()
+                .map(|f| f.name.as_str())
+                .collect();
+            assert_eq!(info, vec!["f0", "f1"]);
+            assert!(r.informational_features.iter().all(|f| f.informational));
+            assert!(r.informational_features[0].psi > 1.0, "{r:?}");
+            assert!(
+                r.notes.iter().any(|n| n.contains("(global, tenant)")),
+                "{r:?}"
+            );
+        }
+        // The judged column shifted: it warns, and the count names only judged features.
+        for i in 0..1000 {
+            x2.row_mut(i)[2] = 1.0 - x2.row(i)[2];
+        }
+        let c = counts_of(&profile, &x2, &p2);
+        let r = profile.report(&c, None, &params()).unwrap();
+        assert_eq!(r.status, DriftStatus::Warning);
+        assert!(r.warnings[0].contains("1 of 1 features"), "{r:?}");
+        assert!(is_informational("global") && !is_informational("size"));
+    }
+
+    #[test]
+    fn score_bins_are_priorities() {
+        // P(TP) differing below one priority point (all round to 0) never shifts.
+        let x = FeatureMatrix::from_vec(100, 1, vec![0.0; 100]).unwrap();
+        let p: Vec<f32> = (0..100)
+            .map(|i| {
+                if i < 50 {
+                    0.001
+                } else {
+                    0.2 + i as f32 / 200.0
+                }
+            })
+            .collect();
+        let profile =
+            ReferenceProfile::fit(&x, &schema(1), &p, &[0; 100], MIN_TENANT_ROWS).unwrap();
+        assert_eq!(profile.score_edges()[0], 0.0);
+        assert!(profile
+            .score_edges()
+            .iter()
+            .all(|e| e.fract() == 0.0 && (0.0..=100.0).contains(e)));
+        let mut c = DriftCounts::new(&profile);
+        for (i, &v) in p.iter().enumerate() {
+            c.add(&[0.0], if i < 50 { 0.004_9 } else { v }).unwrap();
+        }
+        assert_eq!(profile.score_psi(&c).unwrap(), Some(0.0));
+        // NaN goes to the missing bin.
+        c.add(&[0.0], f32::NAN).unwrap();
+        assert!(profile.score_psi(&c).unwrap().unwrap() > 0.0);
+    }
+
     #[test]
     fn training_matrix_has_zero_psi_everywhere() {
         let (x, p) = sample(2000, 7, 0.0);
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         assert_eq!(profile.rows(), 2000);
         let c = counts_of(&profile, &x, &p);
         assert_eq!(c.n(), 2000);
@@ -1231,7 +1901,7 @@ mod tests {
     #[test]
     fn another_sample_of_the_same_population_does_not_warn() {
         let (x, p) = sample(2000, 7, 0.0);
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         let (x2, p2) = sample(1000, 8, 0.0);
         let c = counts_of(&profile, &x2, &p2);
         let r = profile.report(&c, None, &params()).unwrap();
@@ -1243,7 +1913,7 @@ mod tests {
     #[test]
     fn a_shifted_population_warns() {
         let (x, p) = sample(2000, 7, 0.0);
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         // One standard deviation up: the first feature and the score move, the others do not.
         let (x2, p2) = sample(1000, 8, 1.0);
         let c = counts_of(&profile, &x2, &p2);
@@ -1276,7 +1946,7 @@ mod tests {
     #[test]
     fn too_few_rows_is_insufficient_data_without_psi_warnings() {
         let (x, p) = sample(500, 7, 0.0);
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         let mut c = DriftCounts::new(&profile);
         let r = profile.report(&c, None, &params()).unwrap();
         assert_eq!(r.status, DriftStatus::InsufficientData);
@@ -1298,7 +1968,7 @@ mod tests {
     fn agreement_below_the_threshold_warns_with_enough_verdicts() {
         use Grade::*;
         let (x, p) = sample(500, 7, 0.0);
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         let c = counts_of(&profile, &x, &p);
         let pairs = |n: usize, agree: usize| {
             Agreement::from_pairs((0..n).map(|i| {
@@ -1337,7 +2007,7 @@ mod tests {
     #[test]
     fn merged_counts_equal_counts_of_the_whole() {
         let (x, p) = sample(600, 7, 0.0);
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         let (x2, p2) = sample(300, 9, 0.5);
         let whole = counts_of(&profile, &x2, &p2);
         let mut a = DriftCounts::new(&profile);
@@ -1351,7 +2021,7 @@ mod tests {
         assert_eq!(a.n(), 300);
         // Counts over another profile's bins are refused everywhere.
         let (x3, p3) = sample(600, 11, 3.0);
-        let other = ReferenceProfile::fit(&x3, &schema(3), &p3).unwrap();
+        let other = fit(&x3, &schema(3), &p3).unwrap();
         let foreign = DriftCounts::new(&other);
         assert_eq!(a.merge(&foreign), Err(DriftError::ProfileMismatch));
         assert_eq!(a, whole);
@@ -1369,7 +2039,7 @@ mod tests {
     fn wrong_shapes_are_errors() {
         let (x, p) = sample(50, 7, 0.0);
         assert!(matches!(
-            ReferenceProfile::fit(&x, &schema(4), &p),
+            fit(&x, &schema(4), &p),
             Err(DriftError::Shape {
                 expected: 4,
                 got: 3,
@@ -1377,14 +2047,29 @@ mod tests {
             })
         ));
         assert!(matches!(
-            ReferenceProfile::fit(&x, &schema(3), &p[1..]),
+            fit(&x, &schema(3), &p[1..]),
             Err(DriftError::Shape { what: "p_tp", .. })
         ));
+        assert!(matches!(
+            ReferenceProfile::fit(&x, &schema(3), &p, &[0; 49], MIN_TENANT_ROWS),
+            Err(DriftError::Shape {
+                what: "tenant_of_row",
+                expected: 50,
+                got: 49
+            })
+        ));
+        assert!(matches!(
+            ReferenceProfile::fit(&x, &schema(3), &p, &[0; 50], 0),
+            Err(DriftError::Param {
+                name: "min_tenant_rows",
+                ..
+            })
+        ));
         assert_eq!(
-            ReferenceProfile::fit(&FeatureMatrix::with_columns(3), &schema(3), &[]),
+            fit(&FeatureMatrix::with_columns(3), &schema(3), &[]),
             Err(DriftError::Empty)
         );
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         let mut c = DriftCounts::new(&profile);
         assert!(c.add(&[1.0, 2.0], 0.5).is_err());
         assert_eq!(c.n(), 0);
@@ -1422,7 +2107,7 @@ mod tests {
     fn profile_round_trips_and_refuses_corruption() {
         let (mut x, p) = sample(400, 7, 0.0);
         x.row_mut(3)[1] = f32::NAN;
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         let json = serde_json::to_string(&profile).unwrap();
         let back: ReferenceProfile = serde_json::from_str(&json).unwrap();
         assert_eq!(back, profile);
@@ -1447,6 +2132,81 @@ mod tests {
         assert!(e.contains("add up to"), "{e}");
         let e = bad(&|v| v["score"]["counts"] = serde_json::json!([400]));
         assert!(e.contains("score") && e.contains("counts for"), "{e}");
+        // Tenant baselines: four tenants of 100 rows, every bin listed, checked on load.
+        assert_eq!(v["min_tenant_rows"], 30);
+        assert_eq!(v["score_unit"], "priority");
+        let tenants = v["tenants"].as_array().unwrap();
+        assert_eq!(tenants.len(), 4);
+        assert_eq!(
+            (&tenants[1]["tenant"], &tenants[1]["rows"]),
+            (&1.into(), &100.into())
+        );
+        assert_eq!(tenants[1]["features"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            tenants[1]["features"][2],
+            serde_json::json!([
+                v["tenants"][1]["features"][2][0].as_u64().unwrap(),
+                100 - v["tenants"][1]["features"][2][0].as_u64().unwrap(),
+                0
+            ])
+        );
+        let e = bad(&|v| v["tenants"][1]["features"][0][0] = 1000.into());
+        assert!(e.contains("tenant 1") && e.contains("add up to"), "{e}");
+        let e = bad(&|v| {
+            let b = v["tenants"][1]["score"][0].as_u64().unwrap();
+            v["tenants"][1]["score"][0] = (b + 1).into();
+            v["tenants"][1]["rows"] = 101.into();
+        });
+        assert!(e.contains("tenant baselines hold 401 rows"), "{e}");
+        let e = bad(&|v| v["tenants"][2]["tenant"] = 0.into());
+        assert!(e.contains("increasing tenant order"), "{e}");
+        let e = bad(&|v| {
+            v["tenants"][3]["features"]
+                .as_array_mut()
+                .unwrap()
+                .pop()
+                .map(|_| ())
+                .unwrap()
+        });
+        assert!(e.contains("2 feature columns"), "{e}");
+        let e = bad(&|v| {
+            v["tenants"][3]["score"]
+                .as_array_mut()
+                .unwrap()
+                .push(0.into())
+        });
+        assert!(e.contains("score has"), "{e}");
+        let e = bad(&|v| v["min_tenant_rows"] = 101.into());
+        assert!(e.contains("at least 101"), "{e}");
+        // A bin of one tenant holding more rows than all tenants together.
+        let e = bad(&|v| {
+            let mine = v["tenants"][0]["features"][2][0].as_u64().unwrap();
+            let all = &mut v["features"][2]["counts"];
+            let total = all[0].as_u64().unwrap() + all[1].as_u64().unwrap();
+            all[0] = (mine - 1).into();
+            all[1] = (total - mine + 1).into();
+        });
+        assert!(e.contains("more rows than all tenants"), "{e}");
+        // A profile stored before tenant baselines loads and has none.
+        let old = bad_free(&v, &|v| {
+            let o = v.as_object_mut().unwrap();
+            o.remove("tenants");
+            o.remove("min_tenant_rows");
+            o.remove("score_unit");
+        });
+        assert_eq!(old.min_tenant_rows(), None);
+        assert!(!old.score_in_priorities() && profile.score_in_priorities());
+        assert_eq!(old.baseline_tenants().len(), 0);
+        let c = DriftCounts::new(&old);
+        let r = old.report_for(Some(1), &c, None, &params()).unwrap();
+        assert_eq!(r.baseline, Baseline::None);
+        assert!(r.notes[0].contains("retrain"), "{:?}", r.notes);
+    }
+
+    fn bad_free(v: &serde_json::Value, edit: &dyn Fn(&mut serde_json::Value)) -> ReferenceProfile {
+        let mut v = v.clone();
+        edit(&mut v);
+        serde_json::from_value(v).unwrap()
     }
 
     /// Tabulated quantiles (Abramowitz & Stegun, tables 26.1 and 26.8).
@@ -1483,7 +2243,7 @@ mod tests {
     #[test]
     fn small_samples_without_shift_rarely_warn() {
         let (x, p) = sample(5000, 7, 0.0);
-        let profile = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let profile = fit(&x, &schema(3), &p).unwrap();
         let (mut bare, mut warned) = (0, 0);
         let runs = 300;
         for seed in 0..runs {
@@ -1517,8 +2277,8 @@ mod tests {
     #[test]
     fn deterministic() {
         let (x, p) = sample(1500, 21, 0.0);
-        let a = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
-        let b = ReferenceProfile::fit(&x, &schema(3), &p).unwrap();
+        let a = fit(&x, &schema(3), &p).unwrap();
+        let b = fit(&x, &schema(3), &p).unwrap();
         assert_eq!(
             serde_json::to_string(&a).unwrap(),
             serde_json::to_string(&b).unwrap()
@@ -1533,7 +2293,7 @@ mod tests {
         // Equal PSI (two identical columns): column order decides.
         let tied =
             FeatureMatrix::from_vec(4, 2, vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0]).unwrap();
-        let prof = ReferenceProfile::fit(&tied, &schema(2), &[0.1, 0.2, 0.3, 0.4]).unwrap();
+        let prof = fit(&tied, &schema(2), &[0.1, 0.2, 0.3, 0.4]).unwrap();
         let mut c = DriftCounts::new(&prof);
         c.add(&[3.0, 3.0], 0.4).unwrap();
         let r = prof.report(&c, None, &params()).unwrap();

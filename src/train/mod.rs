@@ -11,7 +11,8 @@
 //!    (`models::conformal`: prediction sets at the configured coverage, `uncertain` when a set
 //!    holds more than one grade) → decision rules → the drift reference profile
 //!    (`drift::ReferenceProfile`: bins and training counts of the out-of-fold matrix and of the
-//!    calibrated out-of-fold P(TP), no extra training pass);
+//!    calibrated out-of-fold P(TP), of all rows and of each tenant with at least
+//!    `drift::MIN_TENANT_ROWS` of them, no extra training pass);
 //! 3. final model on all training incidents (the GBDT's early stopping holds out whole
 //!    incidents); artifact with model card.
 //!
@@ -34,7 +35,7 @@ pub use artifact::{Artifact, ArtifactError, CardMetrics, DataInfo, ModelCard, FO
 
 use crate::correlate::{CorrelateParams, CorrelateValidParams, Correlated, Linker};
 use crate::domain::{Evidence, Grade};
-use crate::drift::ReferenceProfile;
+use crate::drift::{ReferenceProfile, MIN_TENANT_ROWS};
 use crate::eval;
 use crate::features::{self, FeatureError, FeatureParams};
 use crate::matrix::FeatureMatrix;
@@ -334,7 +335,7 @@ pub fn fit(
     // The drift snapshot: out-of-fold rows and calibrated out-of-fold P(TP) look like the
     // incidents the final model will score (see `drift`).
     let reference = p_tp
-        .map(|p| ReferenceProfile::fit(&x, &schema, &p))
+        .map(|p| ReferenceProfile::fit(&x, &schema, &p, &tenant_of_row, MIN_TENANT_ROWS))
         .transpose()?;
     let model = params.model.fit_grouped(&x, &y, &row_ids(x.n_rows()))?;
     let ranker = match &params.ranker {
