@@ -423,13 +423,13 @@ pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, 
     };
     let (counts, agreement, _, _) = window(Some(tenant))?;
     let mine = reference
-        .report(&counts, Some(agreement), params)
+        .report_for(Some(tenant), &counts, Some(agreement), params)
         .map_err(internal)?;
     let (counts, agreement, pop_tenants, verdict_tenants) = window(None)?;
     let global = if pop_tenants >= p.min_tenants {
         let agreement = (verdict_tenants >= p.min_tenants).then_some(agreement);
         let g = reference
-            .report(&counts, agreement, params)
+            .report_for(None, &counts, agreement, params)
             .map_err(internal)?;
         // released without counts: rates and PSI only
         serde_json::json!({
@@ -438,8 +438,11 @@ pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, 
             "score_psi_threshold": g.score_psi_threshold,
             "feature_psi_max": g.feature_psi_max,
             "top_features": g.top_features,
+            "informational_features": g.informational_features,
+            "baseline": g.baseline,
             "agreement": g.agreement.as_ref().and_then(|a| a.rate()).map(|r| serde_json::json!({"rate": r})),
             "warnings": g.warnings,
+            "notes": g.notes,
         })
     } else {
         serde_json::Value::Null
