@@ -145,18 +145,6 @@ impl ServeParams {
                 format!("{} is outside 30–1000000", self.drift_rows),
             );
         }
-        if !(self.psi_warn > 0.0 && self.psi_warn.is_finite()) {
-            return bad(
-                "psi_warn",
-                format!("{} is not a positive number", self.psi_warn),
-            );
-        }
-        if !(0.0..=1.0).contains(&self.agreement_warn) {
-            return bad(
-                "agreement_warn",
-                format!("{} is outside 0–1", self.agreement_warn),
-            );
-        }
         if self.min_tenants < 2 {
             return bad("min_tenants", format!("{} is below 2", self.min_tenants));
         }
