@@ -116,12 +116,12 @@ impl ServeParams {
                 format!("{} is outside 1 KiB – 1 GiB", self.max_body_bytes),
             );
         }
-        if self.request_timeout < Duration::from_millis(100)
+        if self.request_timeout < Duration::from_millis(1)
             || self.request_timeout > Duration::from_secs(3600)
         {
             return bad(
                 "request_timeout",
-                format!("{:?} is outside 0.1 s – 1 h", self.request_timeout),
+                format!("{:?} is outside 1 ms – 1 h", self.request_timeout),
             );
         }
         if self.notify_priority > 100 {

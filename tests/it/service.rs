@@ -897,12 +897,17 @@ fn slow_requests_get_a_timeout_error() {
     let dir = common::tmp();
     let db = dir.path().join("s.db");
     let key = add_key(&db, 0, "alice");
-    let s = Server::start(&db, &default_model(), &["--request-timeout-seconds", "0.1"]);
+    let s = Server::start(
+        &db,
+        &default_model(),
+        &["--request-timeout-seconds", "0.001"],
+    );
     let mut c = s.client();
-    // scoring a few hundred rows with exact reasons takes far longer than 0.1 s
+    // storing (fsync) and scoring a few hundred rows takes far longer than 1 ms
     let r = post_csv(&mut c, &key, &tenant_csv(0, 400));
     assert_error(&r, 503, "timeout");
-    assert_eq!(c.get("/healthz", None).unwrap().status, 200);
+    // still serving: a static answer is ready at its first poll, inside any deadline
+    assert_eq!(c.get("/openapi.json", None).unwrap().status, 200);
 }
 
 /// Verdicts stored by the service fold into training: `threatrank retrain` writes a loadable
