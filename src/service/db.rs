@@ -6,11 +6,11 @@
 //! tenant: no query here can return or change another tenant's rows. Updates and deletes of
 //! `verdicts` are refused by triggers, whatever the caller.
 
-use crate::domain::{Evidence, Grade, IncidentId, TenantId, CORRELATED_INCIDENT_BIT};
+use crate::domain::{Evidence, Grade, IncidentId, CORRELATED_INCIDENT_BIT};
 use crate::rank::ScoredIncident;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -997,17 +997,6 @@ impl Db {
     }
 }
 
-/// Default database path beside the model: `<model dir>/threatrank.db`.
-pub fn default_path(model: &Path) -> PathBuf {
-    model
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(
-            || PathBuf::from("threatrank.db"),
-            |p| p.join("threatrank.db"),
-        )
-}
-
 /// Evidence relabelled as a given incident (retraining: a correlated threat becomes one
 /// incident with id `incident`).
 pub fn as_incident(mut e: Evidence, incident: u64, grade: Grade) -> Evidence {
@@ -1015,11 +1004,6 @@ pub fn as_incident(mut e: Evidence, incident: u64, grade: Grade) -> Evidence {
     e.incident_given = true;
     e.grade = Some(grade);
     e
-}
-
-/// Tenant of a key as a [`TenantId`].
-pub fn tenant_id(k: &KeyInfo) -> TenantId {
-    TenantId(k.tenant)
 }
 
 #[cfg(test)]
