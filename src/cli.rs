@@ -88,7 +88,7 @@ pub enum Command {
     /// in MODEL.rejects.csv. The default model is made by:
     ///   threatrank train --input datasets/guide/guide_sample.csv --model models/default.json.gz
     Train {
-        /// GUIDE CSV or native JSONL with grades (IncidentGrade / grade).
+        /// GUIDE CSV, native JSONL or Parquet (feature `parquet`) with grades (IncidentGrade / grade).
         #[arg(long)]
         input: PathBuf,
         /// Where to write the model artifact.
@@ -121,7 +121,7 @@ pub enum Command {
         /// Model artifact from `threatrank train`.
         #[arg(long)]
         model: PathBuf,
-        /// GUIDE CSV or native JSONL to score.
+        /// GUIDE CSV, native JSONL, or a Parquet file or folder (feature `parquet`) to score.
         #[arg(long)]
         input: PathBuf,
         /// Score CSV to write.
@@ -137,6 +137,17 @@ pub enum Command {
         /// Also write the run's figures as JSON (seconds, peak memory, counts), for benchmarks.
         #[arg(long)]
         stats_json: Option<PathBuf>,
+        /// Score on a Ballista cluster (df://HOST:PORT, nodes started with
+        /// threatrank-scheduler / threatrank-executor and the same model) instead of in
+        /// process. The output then has one row per incident (the threatrank_scores view,
+        /// ordered by tenant and incident), not one per input record.
+        #[cfg(feature = "distributed")]
+        #[arg(long)]
+        cluster: Option<String>,
+        /// With --cluster: give up (exit 1, no output) after this many seconds.
+        #[cfg(feature = "distributed")]
+        #[arg(long, default_value_t = 3600.0)]
+        timeout_seconds: f64,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -373,6 +384,74 @@ pub enum Command {
         #[command(flatten)]
         signals: SignalsArgs,
     },
+    /// GUIDE CSV ↔ Parquet. CSV in: every record is checked by the GUIDE reader (rejects in
+    /// OUT.rejects.csv), accepted rows are written zstd-compressed under
+    /// OUT/tenant=<OrgId>/day=<YYYY-MM-DD>/part-NNNNN.parquet. Parquet in (a file or folder):
+    /// one CSV with the stored columns.
+    #[cfg(feature = "parquet")]
+    Convert {
+        /// GUIDE CSV, or a Parquet file/folder.
+        #[arg(long)]
+        input: PathBuf,
+        /// Parquet folder (CSV in) or CSV file (Parquet in).
+        #[arg(long)]
+        out: PathBuf,
+        /// Rows buffered before part files are written (bounds memory).
+        #[arg(long, default_value_t = 1_000_000)]
+        buffer_rows: usize,
+        /// zstd level, 1..=22.
+        #[arg(long, default_value_t = 3)]
+        zstd_level: i32,
+    },
+    /// SQL over GUIDE-shaped alerts with the model as DataFusion functions.
+    ///
+    /// Tables and views: `alerts` (the input, CSV or Parquet), `threatrank_incidents` (one row
+    /// per incident: tenant, incident, alerts, rows, rejected, rejection, features) and
+    /// `threatrank_scores` (… predicted_grade, p_true_positive, p_benign_positive,
+    /// p_false_positive, priority, grade_set, certainty, model). Functions:
+    /// threatrank_features(<GUIDE columns>) (aggregate) and threatrank_score(tenant, features).
+    /// Without --query: the 20 top-priority incidents.
+    #[cfg(feature = "datafusion")]
+    Sql {
+        /// Model artifact.
+        #[arg(long, default_value = "models/default.json.gz")]
+        model: PathBuf,
+        /// GUIDE CSV, or a Parquet file or folder.
+        #[arg(long)]
+        input: PathBuf,
+        /// The query.
+        #[arg(long, conflicts_with = "query_file")]
+        query: Option<String>,
+        /// A file holding the query.
+        #[arg(long)]
+        query_file: Option<PathBuf>,
+        /// Write the result as CSV here (streamed) instead of a table on stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// DataFusion partitions (threads of the plan); default: the machine's cores.
+        #[arg(long)]
+        partitions: Option<usize>,
+        /// Ballista scheduler to run the query on (df://HOST:PORT) instead of in process.
+        #[cfg(feature = "distributed")]
+        #[arg(long)]
+        cluster: Option<String>,
+        /// Give up (exit 1, no output) after this many seconds.
+        #[arg(long)]
+        timeout_seconds: Option<f64>,
+        /// Also write the run's figures as JSON (seconds, peak memory, rows).
+        #[arg(long)]
+        stats_json: Option<PathBuf>,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
+    },
+    /// Saved hunting queries (hunts/*.sql): list them, or run one and queue its hits.
+    #[cfg(feature = "datafusion")]
+    Hunt {
+        /// What to do.
+        #[command(subcommand)]
+        command: HuntCommand,
+    },
     /// Manage the service's API keys (one tenant each; only their SHA-256 is stored).
     #[cfg(feature = "service")]
     Keys {
@@ -447,6 +526,41 @@ pub enum SignalsCommand {
         /// else the public development key, with a warning).
         #[arg(long, value_name = "FILE")]
         signals_key: Option<PathBuf>,
+    },
+}
+
+/// `threatrank hunt …`
+#[cfg(feature = "datafusion")]
+#[derive(Debug, Subcommand)]
+pub enum HuntCommand {
+    /// List the hunts: name, version, owner, techniques, description.
+    List {
+        /// Folder of hunt files.
+        #[arg(long, default_value = "hunts")]
+        hunts: PathBuf,
+    },
+    /// Run one hunt over an alert store; its hits are scored and printed as a queue.
+    Run {
+        /// Hunt name.
+        name: String,
+        /// GUIDE CSV, or a Parquet file or folder.
+        #[arg(long)]
+        input: PathBuf,
+        /// Model artifact that scores the hits.
+        #[arg(long, default_value = "models/default.json.gz")]
+        model: PathBuf,
+        /// Folder of hunt files.
+        #[arg(long, default_value = "hunts")]
+        hunts: PathBuf,
+        /// Write the queue as CSV here instead of a table on stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Also write the run's figures as JSON (seconds to find, to score, hits).
+        #[arg(long)]
+        stats_json: Option<PathBuf>,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
     },
 }
 
@@ -548,6 +662,19 @@ fn spinner(msg: &str) -> ProgressBar {
     pb
 }
 
+/// A positive, finite number of seconds.
+#[cfg(feature = "datafusion")]
+fn positive_seconds(s: f64, name: &'static str) -> Result<std::time::Duration, PipelineError> {
+    if s.is_finite() && s > 0.0 {
+        Ok(std::time::Duration::from_secs_f64(s))
+    } else {
+        Err(PipelineError::Input {
+            file: format!("--{}", name.replace('_', "-")),
+            reason: format!("{s} is not a positive number of seconds"),
+        })
+    }
+}
+
 fn eprint_report(r: &crate::ingest::IngestReport, rejects: Option<&Path>) {
     eprintln!("{}", r.summary());
     for rej in r.rejected.iter().take(5) {
@@ -606,8 +733,26 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             explain,
             memory_rows,
             stats_json,
+            #[cfg(feature = "distributed")]
+            cluster,
+            #[cfg(feature = "distributed")]
+            timeout_seconds,
             signals,
         } => {
+            #[cfg(feature = "distributed")]
+            if let Some(url) = cluster {
+                let run = crate::sql::run::SqlRun {
+                    model,
+                    input,
+                    query: crate::sql::CLUSTER_SCORE_QUERY.to_string(),
+                    output: Some(output),
+                    partitions: None,
+                    cluster: Some(url),
+                    timeout: Some(positive_seconds(timeout_seconds, "timeout_seconds")?),
+                    stats_json,
+                };
+                return crate::sql::run::sql(&run, signals.knowledge()?);
+            }
             let started = std::time::Instant::now();
             let kn = signals.knowledge()?;
             let params = crate::stream::StreamParams {
@@ -967,6 +1112,107 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             crate::service::serve(&p, kn)?;
             Ok(())
         }
+        #[cfg(feature = "parquet")]
+        Command::Convert {
+            input,
+            out,
+            buffer_rows,
+            zstd_level,
+        } => {
+            let params = crate::convert::ConvertParams {
+                buffer_rows,
+                zstd_level,
+                ..Default::default()
+            }
+            .check()?;
+            let pb = spinner(&format!("converting {}", input.display()));
+            let res = if crate::ingest::InputFormat::from_path(&input)
+                == crate::ingest::InputFormat::GuideParquet
+            {
+                crate::convert::parquet_to_csv(&input, &out)
+            } else {
+                crate::convert::csv_to_parquet(&input, &out, &params)
+            };
+            pb.finish_and_clear();
+            let res = res?;
+            eprint_report(&res.report, res.rejects.as_deref());
+            eprintln!("{}", res.summary());
+            Ok(())
+        }
+        #[cfg(feature = "datafusion")]
+        Command::Sql {
+            model,
+            input,
+            query,
+            query_file,
+            output,
+            partitions,
+            #[cfg(feature = "distributed")]
+            cluster,
+            timeout_seconds,
+            stats_json,
+            signals,
+        } => {
+            let query = match (query, query_file) {
+                (Some(q), _) => q,
+                (None, Some(f)) => {
+                    std::fs::read_to_string(&f).map_err(|e| PipelineError::Input {
+                        file: f.display().to_string(),
+                        reason: format!("cannot read the query: {e}"),
+                    })?
+                }
+                (None, None) => crate::sql::DEFAULT_QUERY.to_string(),
+            };
+            let run = crate::sql::run::SqlRun {
+                model,
+                input,
+                query,
+                output,
+                partitions,
+                #[cfg(feature = "distributed")]
+                cluster,
+                timeout: timeout_seconds
+                    .map(|t| positive_seconds(t, "timeout_seconds"))
+                    .transpose()?,
+                stats_json,
+            };
+            crate::sql::run::sql(&run, signals.knowledge()?)
+        }
+        #[cfg(feature = "datafusion")]
+        Command::Hunt { command } => match command {
+            HuntCommand::List { hunts } => {
+                let hs = crate::sql::hunts::load_dir(&hunts)?;
+                println!("name\tversion\towner\ttechniques\tdescription");
+                for h in hs {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        h.name,
+                        h.version,
+                        h.owner,
+                        h.techniques.join(","),
+                        h.description
+                    );
+                }
+                Ok(())
+            }
+            HuntCommand::Run {
+                name,
+                input,
+                model,
+                hunts,
+                output,
+                stats_json,
+                signals,
+            } => crate::sql::run::hunt(
+                &name,
+                &input,
+                &model,
+                &hunts,
+                output.as_deref(),
+                stats_json.as_deref(),
+                signals.knowledge()?,
+            ),
+        },
         #[cfg(feature = "service")]
         Command::Keys { command } => {
             use crate::service::Db;

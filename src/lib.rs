@@ -9,6 +9,8 @@
 
 pub mod bench;
 pub mod cli;
+#[cfg(feature = "parquet")]
+pub mod convert;
 pub mod correlate;
 pub mod domain;
 pub mod drift;
@@ -25,6 +27,8 @@ pub(crate) mod rng;
 #[cfg(feature = "service")]
 pub mod service;
 pub mod signals;
+#[cfg(feature = "datafusion")]
+pub mod sql;
 pub mod stream;
 pub mod synth;
 pub mod train;

@@ -54,6 +54,14 @@ pub enum PipelineError {
     #[cfg(feature = "service")]
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
+    /// Parquet conversion
+    #[cfg(feature = "parquet")]
+    #[error(transparent)]
+    Convert(#[from] crate::convert::ConvertError),
+    /// SQL / DataFusion / Ballista
+    #[cfg(feature = "datafusion")]
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlError),
     /// nothing usable in the input
     #[error("{file}: {reason}")]
     Input {
@@ -109,6 +117,9 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Reads, hashes and correlates an input file (format from its extension).
 pub fn load(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineError> {
+    if InputFormat::from_path(path) == InputFormat::GuideParquet {
+        return load_parquet(path, params);
+    }
     let name = path.display().to_string();
     let file = std::fs::File::open(path).map_err(|source| IngestError::Io {
         file: name.clone(),
@@ -131,6 +142,31 @@ pub fn load(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineE
         corr,
         report: ing.report,
         sha256,
+    })
+}
+
+/// [`load`] of a Parquet file or folder: the hash covers every part file's bytes, in the
+/// order they are read.
+fn load_parquet(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineError> {
+    let ing = ingest::read_parquet(path, params)?;
+    let mut hasher = Sha256::new();
+    #[cfg(feature = "parquet")]
+    for f in ingest::parquet_files(path)? {
+        let mut file = std::fs::File::open(&f).map_err(|source| IngestError::Io {
+            file: f.display().to_string(),
+            source,
+        })?;
+        std::io::copy(&mut file, &mut hasher).map_err(|source| IngestError::Io {
+            file: f.display().to_string(),
+            source,
+        })?;
+    }
+    let corr = group_incidents(&ing.evidence);
+    Ok(Loaded {
+        evidence: ing.evidence,
+        corr,
+        report: ing.report,
+        sha256: hex(&hasher.finalize()),
     })
 }
 
@@ -408,6 +444,10 @@ pub fn score_file_with(
     check_signals_key(&artifact, kn)?;
     let rejects = ingest::rejects_path_for(output);
     create_parent(&rejects)?;
+    let ip = ingest::IngestParams::default().read_labels(false).check()?;
+    if InputFormat::from_path(input) == InputFormat::GuideParquet {
+        return score_parquet(&artifact, input, output, &rejects, kn, params, &ip);
+    }
     let name = input.display().to_string();
     let io = |source| IngestError::Io {
         file: name.clone(),
@@ -420,7 +460,6 @@ pub fn score_file_with(
         1 << 16,
         stream::CountingReader::new(file, counter.clone()),
     );
-    let ip = ingest::IngestParams::default().read_labels(false).check()?;
     let out = match InputFormat::from_path(input) {
         InputFormat::GuideCsv => stream::score(
             &artifact,
@@ -442,6 +481,7 @@ pub fn score_file_with(
             params,
             kn,
         ),
+        InputFormat::GuideParquet => unreachable!("handled above"),
     }?;
     Ok(ScoreOutcome {
         incidents: out.incidents as usize,
@@ -449,6 +489,44 @@ pub fn score_file_with(
         report: out,
         rejects,
     })
+}
+
+/// [`score_file_with`] over Parquet: partitions are sized from the row counts in the footers.
+#[cfg(feature = "parquet")]
+fn score_parquet(
+    artifact: &Artifact,
+    input: &Path,
+    output: &Path,
+    rejects: &Path,
+    kn: &Knowledge,
+    params: &stream::StreamValidParams,
+    ip: &IngestValidParams,
+) -> Result<ScoreOutcome, PipelineError> {
+    let reader = ingest::ParquetGuideReader::open(input, ip)?;
+    let total = reader.total_rows()?;
+    let rows_read = reader.rows_read();
+    let out = stream::score(
+        artifact, reader, total, &rows_read, output, rejects, params, kn,
+    )?;
+    Ok(ScoreOutcome {
+        incidents: out.incidents as usize,
+        rows: out.rows,
+        report: out,
+        rejects: rejects.to_path_buf(),
+    })
+}
+
+#[cfg(not(feature = "parquet"))]
+fn score_parquet(
+    _artifact: &Artifact,
+    input: &Path,
+    _output: &Path,
+    _rejects: &Path,
+    _kn: &Knowledge,
+    _params: &stream::StreamValidParams,
+    _ip: &IngestValidParams,
+) -> Result<ScoreOutcome, PipelineError> {
+    Err(ingest::no_parquet(input).into())
 }
 
 /// `threatrank queue`: the top incidents per tenant.

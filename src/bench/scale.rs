@@ -145,6 +145,9 @@ pub fn run(p: &ScaleParams, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepor
             let _ = std::fs::remove_file(&stats);
         }
 
+        #[cfg(feature = "datafusion")]
+        datafusion_rows(p, n, &input, nproc, &mut rows, progress)?;
+
         if let Some(dir) = p.peers_dir.as_ref().filter(|_| n <= p.peer_max_rows) {
             progress(&format!("scale {n} rows: pandas + LightGBM"));
             let out = p.work_dir.join(format!("peer-{n}.csv"));
@@ -199,6 +202,99 @@ pub fn run(p: &ScaleParams, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepor
         rows,
         machine: machine_words(nproc),
     })
+}
+
+/// The DataFusion rows of one size: `threatrank sql` scoring every incident of the CSV, then of
+/// the same rows converted to a Parquet store (conversion timed apart).
+#[cfg(feature = "datafusion")]
+fn datafusion_rows(
+    p: &ScaleParams,
+    n: u64,
+    input: &Path,
+    nproc: usize,
+    rows: &mut Vec<ScaleRow>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), BenchError> {
+    let store = p.work_dir.join(format!("store-{n}"));
+    let _ = std::fs::remove_dir_all(&store);
+    progress(&format!("scale {n} rows: threatrank convert → Parquet"));
+    let t = Instant::now();
+    let o = Command::new(&p.threatrank)
+        .args(["convert", "--input"])
+        .arg(input)
+        .arg("--out")
+        .arg(&store)
+        .output()
+        .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
+    if !o.status.success() {
+        return Err(fail(
+            "threatrank convert",
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        ));
+    }
+    let convert_seconds = t.elapsed().as_secs_f64();
+    let store_bytes: u64 = crate::ingest::parquet_files(&store)
+        .map(|fs| {
+            fs.iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    for (system, what) in [
+        ("DataFusion SQL, CSV", input.to_path_buf()),
+        ("DataFusion SQL, Parquet", store.clone()),
+    ] {
+        progress(&format!("scale {n} rows: {system}"));
+        let out = p.work_dir.join(format!("df-{n}.csv"));
+        let stats = p.work_dir.join(format!("df-{n}.json"));
+        let t = Instant::now();
+        let o = Command::new(&p.threatrank)
+            .args(["sql", "--model"])
+            .arg(&p.model)
+            .arg("--input")
+            .arg(&what)
+            .args(["--query", crate::sql::SCALE_QUERY, "--output"])
+            .arg(&out)
+            .arg("--stats-json")
+            .arg(&stats)
+            .output()
+            .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
+        let seconds = t.elapsed().as_secs_f64();
+        if !o.status.success() {
+            return Err(fail(
+                "threatrank sql",
+                String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            ));
+        }
+        let s: serde_json::Value = std::fs::read_to_string(&stats)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default();
+        let source = if what == store {
+            format!(
+                "a {:.0} MB zstd Parquet store (tenant × day partitions; `convert` took {convert_seconds:.1} s, not counted)",
+                store_bytes as f64 / 1e6
+            )
+        } else {
+            "the CSV".to_string()
+        };
+        rows.push(ScaleRow {
+            system: system.into(),
+            rows: n,
+            seconds,
+            peak_rss_bytes: s["peak_rss_bytes"].as_u64(),
+            note: format!(
+                "process wall time, {nproc} threads: threatrank_features GROUP BY tenant, incident → threatrank_score over {source}, {} incident rows written",
+                s["rows"]
+            ),
+        });
+        let _ = std::fs::remove_file(&out);
+        let _ = std::fs::remove_file(&stats);
+    }
+    let _ = std::fs::remove_dir_all(&store);
+    let _ = std::fs::remove_file(crate::ingest::rejects_path_for(&store));
+    Ok(())
 }
 
 /// Records in a CSV file, read with `csv::Reader` into one reused `StringRecord` (the floor

@@ -112,7 +112,8 @@ pub struct GuideReader<R: Read> {
 }
 
 /// What turns one raw record into evidence: no reader state, so records parse in parallel.
-struct GuideParser {
+#[derive(Debug)]
+pub(crate) struct GuideParser {
     file: String,
     header: Vec<String>,
     cols: Columns,
@@ -159,6 +160,65 @@ impl<R: Read> GuideReader<R> {
             })?;
             header.push(s.trim().to_string());
         }
+        let parser = GuideParser::from_header(header, file, params)?;
+        Ok(Self {
+            inner,
+            events,
+            lines_before: 0,
+            parser,
+            record: ByteRecord::new(),
+            pool: Vec::new(),
+            index: 0,
+            done: false,
+        })
+    }
+
+    /// Header names as read.
+    pub fn header(&self) -> &[String] {
+        &self.parser.header
+    }
+
+    /// [`GuideReader::next_batch`], also lending the raw records (aligned with the results):
+    /// what `convert` writes for the accepted ones.
+    pub(crate) fn next_batch_raw(&mut self, max: usize) -> (Vec<RecordResult>, &[ByteRecord]) {
+        let out = self.next_batch(max);
+        let n = out.len();
+        (out, &self.pool[..n])
+    }
+
+    /// Reads up to `max` records and parses them in parallel (rayon), in input order; the
+    /// same items [`Iterator::next`] would give. Empty at the end of the input.
+    pub fn next_batch(&mut self, max: usize) -> Vec<RecordResult> {
+        let mut pool = std::mem::take(&mut self.pool);
+        pool.resize_with(max, ByteRecord::new);
+        let mut meta: Vec<(u32, Result<u64, Rejection>)> = Vec::with_capacity(max);
+        for rec in pool.iter_mut() {
+            match self.read_raw(rec) {
+                Some(m) => meta.push(m),
+                None => break,
+            }
+        }
+        let parser = &self.parser;
+        let out = meta
+            .into_par_iter()
+            .zip(pool.par_iter())
+            .map(|((index, r), rec)| {
+                r.and_then(|line| parser.parse(rec, line, index).map(|e| vec![e]))
+            })
+            .collect();
+        self.pool = pool;
+        out
+    }
+}
+
+impl GuideParser {
+    /// A parser for records laid out as `header` (names trimmed, in field order); errors when
+    /// a [`GUIDE_REQUIRED`] column is missing.
+    pub(crate) fn from_header(
+        header: Vec<String>,
+        file: &str,
+        params: &IngestValidParams,
+    ) -> Result<GuideParser, IngestError> {
         let find = |name: &str| header.iter().position(|h| h == name);
         let missing: Vec<&str> = GUIDE_REQUIRED
             .iter()
@@ -208,55 +268,20 @@ impl<R: Read> GuideReader<R> {
             antispam: find("AntispamDirection"),
             roles: find("Roles"),
         };
-        Ok(Self {
-            inner,
-            events,
-            lines_before: 0,
-            parser: GuideParser {
-                file: file.to_string(),
-                header,
-                cols,
-                max_field: p.max_field_bytes,
-                only_tenant: p.only_tenant,
-            },
-            record: ByteRecord::new(),
-            pool: Vec::new(),
-            index: 0,
-            done: false,
+        Ok(GuideParser {
+            file: file.to_string(),
+            header,
+            cols,
+            max_field: p.max_field_bytes,
+            only_tenant: p.only_tenant,
         })
     }
 
-    /// Header names as read.
-    pub fn header(&self) -> &[String] {
-        &self.parser.header
+    /// The file named in rejections.
+    pub(crate) fn file(&self) -> &str {
+        &self.file
     }
 
-    /// Reads up to `max` records and parses them in parallel (rayon), in input order; the
-    /// same items [`Iterator::next`] would give. Empty at the end of the input.
-    pub fn next_batch(&mut self, max: usize) -> Vec<RecordResult> {
-        let mut pool = std::mem::take(&mut self.pool);
-        pool.resize_with(max, ByteRecord::new);
-        let mut meta: Vec<(u32, Result<u64, Rejection>)> = Vec::with_capacity(max);
-        for rec in pool.iter_mut() {
-            match self.read_raw(rec) {
-                Some(m) => meta.push(m),
-                None => break,
-            }
-        }
-        let parser = &self.parser;
-        let out = meta
-            .into_par_iter()
-            .zip(pool.par_iter())
-            .map(|((index, r), rec)| {
-                r.and_then(|line| parser.parse(rec, line, index).map(|e| vec![e]))
-            })
-            .collect();
-        self.pool = pool;
-        out
-    }
-}
-
-impl GuideParser {
     fn reject(&self, index: u32, line: u64, column: Option<usize>, reason: String) -> Rejection {
         Rejection {
             file: self.file.clone(),
@@ -267,7 +292,14 @@ impl GuideParser {
         }
     }
 
-    fn parse(&self, rec: &ByteRecord, line: u64, index: u32) -> Result<Evidence, Rejection> {
+    /// Parses one raw record (`line`: where it starts in its file, 1-based; `index`: its
+    /// 0-based record number) into evidence, or its rejection naming file, line and column.
+    pub(crate) fn parse(
+        &self,
+        rec: &ByteRecord,
+        line: u64,
+        index: u32,
+    ) -> Result<Evidence, Rejection> {
         if rec.len() != self.header.len() {
             let hint = if rec.len() < self.header.len() {
                 " (truncated or malformed row)"

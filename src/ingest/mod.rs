@@ -9,11 +9,16 @@
 
 mod guide;
 mod native;
+#[cfg(feature = "parquet")]
+mod parquet;
 mod time;
 
 pub(crate) use guide::parse_code;
+pub(crate) use guide::GuideParser;
 pub use guide::{GuideReader, GUIDE_COLUMNS, GUIDE_REQUIRED};
 pub use native::{NativeAlert, NativeEntity, NativeReader};
+#[cfg(feature = "parquet")]
+pub use parquet::{parquet_files, ParquetGuideReader};
 pub(crate) use time::civil_from_days;
 pub use time::{format_rfc3339, parse_rfc3339};
 
@@ -273,13 +278,18 @@ pub enum InputFormat {
     GuideCsv,
     /// native JSONL alerts
     NativeJsonl,
+    /// GUIDE columns in Parquet: a `.parquet` file or a folder of them (feature `parquet`)
+    GuideParquet,
 }
 
 impl InputFormat {
-    /// Guesses from the extension (`.jsonl`/`.ndjson`/`.json` → JSONL, anything else → CSV).
+    /// Guesses from the extension (`.jsonl`/`.ndjson`/`.json` → JSONL, `.parquet` or a folder
+    /// → Parquet, anything else → CSV).
     pub fn from_path(path: &Path) -> InputFormat {
         match path.extension().and_then(|e| e.to_str()) {
             Some("jsonl" | "ndjson" | "json") => InputFormat::NativeJsonl,
+            Some("parquet") => InputFormat::GuideParquet,
+            _ if path.is_dir() => InputFormat::GuideParquet,
             _ => InputFormat::GuideCsv,
         }
     }
@@ -297,6 +307,9 @@ pub struct Ingested {
 /// Reads a whole file (format from its extension) into memory.
 pub fn read_path(path: &Path, params: &IngestValidParams) -> Result<Ingested, IngestError> {
     let name = path.display().to_string();
+    if InputFormat::from_path(path) == InputFormat::GuideParquet {
+        return read_parquet(path, params);
+    }
     let file = File::open(path).map_err(|source| IngestError::Io {
         file: name.clone(),
         source,
@@ -305,6 +318,29 @@ pub fn read_path(path: &Path, params: &IngestValidParams) -> Result<Ingested, In
     match InputFormat::from_path(path) {
         InputFormat::GuideCsv => collect(GuideReader::new(reader, &name, params)?),
         InputFormat::NativeJsonl => collect(NativeReader::new(reader, &name, params)?),
+        InputFormat::GuideParquet => unreachable!("handled above"),
+    }
+}
+
+/// Reads a Parquet input (a file or a folder of them) into memory.
+#[cfg(feature = "parquet")]
+pub fn read_parquet(path: &Path, params: &IngestValidParams) -> Result<Ingested, IngestError> {
+    collect(ParquetGuideReader::open(path, params)?)
+}
+
+/// Reads a Parquet input: this build has no Parquet reader, so it says how to get one.
+#[cfg(not(feature = "parquet"))]
+pub fn read_parquet(path: &Path, _params: &IngestValidParams) -> Result<Ingested, IngestError> {
+    Err(no_parquet(path))
+}
+
+/// The error of a build without the `parquet` feature given a Parquet input.
+pub fn no_parquet(path: &Path) -> IngestError {
+    IngestError::Format {
+        file: path.display().to_string(),
+        reason: "Parquet input needs threatrank built with the `parquet` feature \
+                 (cargo build --release --features parquet)"
+            .into(),
     }
 }
 
@@ -368,6 +404,10 @@ pub fn read_from<R: Read>(
     match format {
         InputFormat::GuideCsv => collect(GuideReader::new(reader, name, params)?),
         InputFormat::NativeJsonl => collect(NativeReader::new(reader, name, params)?),
+        InputFormat::GuideParquet => Err(IngestError::Format {
+            file: name.to_string(),
+            reason: "Parquet is read from a path (a file or folder), not from a stream".into(),
+        }),
     }
 }
 

@@ -245,14 +245,28 @@ impl Artifact {
         kn: &Knowledge,
     ) -> Result<Predictions, TrainError> {
         let x = self.features.transform(evidence, corr, which, kn);
-        let mut probs = vec![0.0; x.n_rows() * N_CLASSES];
-        self.model.score_into(&x, &mut probs)?;
-        let raw = probs.clone();
         let tenants: Vec<u64> = which
             .iter()
             .map(|&i| corr.incidents[i].key.tenant.0)
             .collect();
-        self.calibration.apply_into(&tenants, &mut probs)?;
+        let mut pred = self.predict_rows(x, &tenants)?;
+        pred.which = which.to_vec();
+        Ok(pred)
+    }
+
+    /// [`Artifact::predict`] from feature rows already extracted (one per incident, with each
+    /// incident's tenant): model scores, per-tenant calibration, decision rule, conformal sets
+    /// and ranking scores. `which` of the result is `0..rows`. What the DataFusion function
+    /// `threatrank_score` calls on each batch.
+    pub fn predict_rows(
+        &self,
+        x: FeatureMatrix,
+        tenants: &[u64],
+    ) -> Result<Predictions, TrainError> {
+        let mut probs = vec![0.0; x.n_rows() * N_CLASSES];
+        self.model.score_into(&x, &mut probs)?;
+        let raw = probs.clone();
+        self.calibration.apply_into(tenants, &mut probs)?;
         let grades = self.decision.decide_all(&x, &probs);
         let sets = match &self.conformal {
             Some(c) => c.sets(&x, &probs),
@@ -270,7 +284,7 @@ impl Artifact {
             None => None,
         };
         Ok(Predictions {
-            which: which.to_vec(),
+            which: (0..x.n_rows()).collect(),
             x,
             probs,
             raw,

@@ -9,6 +9,8 @@ mod artifact;
 #[cfg(feature = "service")]
 mod browser;
 mod cli;
+#[cfg(feature = "distributed")]
+mod cluster;
 mod common;
 mod correlation;
 mod guide_input;
@@ -17,6 +19,7 @@ mod native_input;
 mod online;
 mod properties;
 mod report;
+mod scaleout;
 #[cfg(feature = "service")]
 mod service;
 mod signals;
