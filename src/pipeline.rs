@@ -54,6 +54,10 @@ pub enum PipelineError {
     #[cfg(feature = "service")]
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
+    /// Kafka micro-batch scoring
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
     /// nothing usable in the input
     #[error("{file}: {reason}")]
     Input {
