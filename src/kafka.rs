@@ -759,7 +759,7 @@ impl State {
 /// The Kafka-free core of `threatrank stream`: turns micro-batches of messages into the
 /// records to produce, holding threats across batches (module docs).
 ///
-/// ```no_run
+/// ```
 /// use threatrank::kafka::{BatchScorer, SourceMessage, Model};
 /// let kn = threatrank::signals::Knowledge::development().unwrap();
 /// let model = Model::load("models/default.json.gz".as_ref(), &kn).unwrap();

@@ -12,6 +12,8 @@ mod cli;
 mod common;
 mod correlation;
 mod guide_input;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod native_e2e;
 mod native_input;
 mod online;
