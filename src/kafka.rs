@@ -1285,6 +1285,8 @@ pub fn run(
             totals.batches += 1;
             totals.held_alerts = scorer.held_alerts();
             totals.seconds = start.elapsed().as_secs_f64();
+            // idle is time spent waiting for messages, not scoring them
+            last_activity = Instant::now();
             events(Event::Batch {
                 batch: &counts,
                 totals: &totals,
