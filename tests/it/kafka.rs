@@ -717,3 +717,29 @@ fn the_binary_refuses_bad_parameters_before_connecting() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn a_batch_slower_than_the_idle_limit_does_not_end_the_run() {
+    let c = cluster();
+    let b = c.bootstrap_servers();
+    let alerts = sample_alerts(160, 3);
+    produce(&b, "alerts", &alert_messages(&alerts));
+    // exact reasons for every threat: each batch takes longer than the idle limit
+    let p = params(&b, "g-idle")
+        .max_batch(50)
+        .reasons(2)
+        .exit_when_idle_ms(Some(300));
+    let mut slowest = Duration::ZERO;
+    let mut last = Instant::now();
+    let out = run_stream(&p, &Stop::new(), &mut |_| {
+        slowest = slowest.max(last.elapsed());
+        last = Instant::now();
+    })
+    .unwrap();
+    assert_eq!(out.messages, alerts.len() as u64, "{out:?}");
+    let ts = threats(&read_topic(&b, "scored"));
+    assert!(ts
+        .iter()
+        .all(|t| !t.reasons.is_empty() && t.reasons.len() <= 2));
+    eprintln!("slowest batch {slowest:?} against an idle limit of 300 ms");
+}
