@@ -1053,7 +1053,8 @@ pub enum Event<'a> {
         /// messages dropped from the pending batch
         released: u64,
     },
-    /// a batch was produced and committed
+    /// a batch was produced and acknowledged, and committed (or its commit deferred by a
+    /// rebalance, reported as a warning)
     Batch {
         /// its counts
         batch: &'a BatchCounts,
@@ -1077,8 +1078,17 @@ pub struct StreamKafkaOutcome {
     pub released: u64,
     /// threats produced
     pub threats: u64,
-    /// batches produced and committed
+    /// batches produced and acknowledged (and committed, or their commit deferred by a
+    /// rebalance and retried)
     pub batches: u64,
+    /// commits a rebalance deferred (retried once the group was stable)
+    pub deferred_commits: u64,
+    /// partitions whose acknowledged offsets were never committed because they moved to
+    /// another consumer first (it scores those messages again)
+    pub uncommitted_partitions: u64,
+    /// messages fetched again after a rebalance handed their partition back before its
+    /// deferred commit went through, skipped: scored here already (not in `messages`)
+    pub skipped: u64,
     /// alerts held across batches at the end
     pub held_alerts: usize,
     /// seconds spent
@@ -1096,9 +1106,16 @@ impl StreamKafkaOutcome {
             s += &format!(" + {} handed back on rebalance", self.released);
         }
         s += &format!(
-            "; {} threats out; {} batches committed in {:.1} s; {} alerts held",
+            "; {} threats out; {} batches in {:.1} s; {} alerts held",
             self.threats, self.batches, self.seconds, self.held_alerts
         );
+        if self.deferred_commits > 0 || self.uncommitted_partitions > 0 {
+            s += &format!(
+                "; {} commits deferred by rebalances, {} partitions left uncommitted to their \
+                 new owner, {} messages fetched again skipped",
+                self.deferred_commits, self.uncommitted_partitions, self.skipped
+            );
+        }
         s
     }
 }
@@ -1186,11 +1203,162 @@ pub fn stream(
     run(&model, kn, &valid, stop, events)
 }
 
+/// Commit errors that mean "the group is rebalancing" (or our member is rejoining): the
+/// commit is retried once the group is stable, for the partitions still ours.
+const REBALANCING: [RDKafkaErrorCode; 5] = [
+    RDKafkaErrorCode::RebalanceInProgress,
+    RDKafkaErrorCode::IllegalGeneration,
+    RDKafkaErrorCode::UnknownMemberId,
+    RDKafkaErrorCode::StaleMemberEpoch,
+    RDKafkaErrorCode::AssignmentLost,
+];
+
+/// How long a stopping stream keeps retrying a commit deferred by a rebalance.
+const FINAL_COMMIT_WAIT: Duration = Duration::from_secs(30);
+
+fn offsets_text(offsets: &[((String, i32), i64)]) -> String {
+    let v: Vec<String> = offsets
+        .iter()
+        .map(|((t, p), o)| format!("{t}/{p}@{o}"))
+        .collect();
+    v.join(",")
+}
+
+/// The consumer side of a run: assignment, the batch being gathered, and the offsets whose
+/// results were acknowledged but not committed yet.
+struct Session<'c> {
+    consumer: &'c BaseConsumer<Inbox>,
+    inbox: Inbox,
+    assigned: BTreeSet<(String, i32)>,
+    pending: Vec<SourceMessage>,
+    first_at: Option<Instant>,
+    last_activity: Instant,
+    /// `(topic, partition)` → next offset, results acknowledged, commit not yet accepted
+    owed: BTreeMap<(String, i32), i64>,
+    /// `(topic, partition)` → next offset whose results this consumer had acknowledged, for
+    /// the partitions it has held since: a message below it was scored here already (a
+    /// partition handed back by a rebalance is fetched again from its last commit)
+    done: BTreeMap<(String, i32), i64>,
+    deferred: bool,
+    last_try: Instant,
+    totals: StreamKafkaOutcome,
+}
+
+impl Session<'_> {
+    /// Applies what the clients reported: assignments, revocations (the pending messages of a
+    /// revoked partition are dropped: they are uncommitted, its next owner reads them),
+    /// errors.
+    fn drain_inbox(&mut self, events: &mut dyn FnMut(Event<'_>)) {
+        for e in self.inbox.take() {
+            match e {
+                ClientEvent::Assigned(parts) => {
+                    self.assigned.extend(parts.iter().cloned());
+                    self.last_activity = Instant::now();
+                    events(Event::Assigned(&parts));
+                    // owed offsets of partitions another member owns now are left to it
+                    let assigned = &self.assigned;
+                    self.done.retain(|k, _| assigned.contains(k));
+                    let lost: Vec<((String, i32), i64)> = self
+                        .owed
+                        .iter()
+                        .filter(|(k, _)| !self.assigned.contains(*k))
+                        .map(|(k, o)| (k.clone(), *o))
+                        .collect();
+                    if !lost.is_empty() {
+                        for (k, _) in &lost {
+                            self.owed.remove(k);
+                        }
+                        self.totals.uncommitted_partitions += lost.len() as u64;
+                        events(Event::Warning(&format!(
+                            "offsets {} were not committed before their partitions moved to \
+                             another consumer: it scores those messages again (duplicates)",
+                            offsets_text(&lost)
+                        )));
+                    }
+                }
+                ClientEvent::Revoked(parts) => {
+                    let gone: BTreeSet<(&str, i32)> =
+                        parts.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+                    let before = self.pending.len();
+                    self.pending
+                        .retain(|m| !gone.contains(&(m.topic.as_str(), m.partition)));
+                    let released = (before - self.pending.len()) as u64;
+                    self.totals.messages += released;
+                    self.totals.released += released;
+                    for g in &parts {
+                        self.assigned.remove(g);
+                    }
+                    if self.pending.is_empty() {
+                        self.first_at = None;
+                    }
+                    events(Event::Revoked {
+                        partitions: &parts,
+                        released,
+                    });
+                }
+                ClientEvent::Error(text) => events(Event::Warning(&text)),
+            }
+        }
+    }
+
+    /// Commits the owed offsets of the partitions still ours (synchronously). A rebalance in
+    /// progress defers the commit (retried by the loop); any other failure ends the run.
+    fn commit_owed(&mut self, events: &mut dyn FnMut(Event<'_>)) -> Result<(), KafkaError> {
+        self.last_try = Instant::now();
+        let due: Vec<((String, i32), i64)> = self
+            .owed
+            .iter()
+            .filter(|(k, _)| self.assigned.contains(*k))
+            .map(|(k, o)| (k.clone(), *o))
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), next) in &due {
+            tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|source| KafkaError::Commit {
+                    offsets: offsets_text(&due),
+                    source,
+                })?;
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                for (k, o) in &due {
+                    if self.owed.get(k) == Some(o) {
+                        self.owed.remove(k);
+                    }
+                }
+                self.deferred = false;
+                Ok(())
+            }
+            Err(RdError::ConsumerCommit(code)) if REBALANCING.contains(&code) => {
+                if !self.deferred {
+                    self.deferred = true;
+                    self.totals.deferred_commits += 1;
+                    events(Event::Warning(&format!(
+                        "commit of {} deferred: {code}; retried once the group is stable",
+                        offsets_text(&due)
+                    )));
+                }
+                Ok(())
+            }
+            Err(source) => Err(KafkaError::Commit {
+                offsets: offsets_text(&due),
+                source,
+            }),
+        }
+    }
+}
+
 /// Consumes, scores and produces until `stop` (finishing the batch in hand) or, with
 /// `exit_when_idle_ms`, until no message came for that long while holding partitions.
 /// Each batch: score ([`BatchScorer::process`]), produce every record, wait for every
-/// acknowledgement, then commit the batch's offsets (synchronously); an unacknowledged record
-/// or a failed commit ends the run with an error (at-least-once: a restart replays the batch).
+/// acknowledgement, then commit the batch's offsets (synchronously). An unacknowledged record
+/// or a failed commit ends the run with an error (at-least-once: a restart replays the batch);
+/// a commit refused because the group is rebalancing is retried once it is stable, for the
+/// partitions still ours (those that moved are scored again by their new owner). A stopping
+/// run retries such a commit for up to 30 s, then fails.
 pub fn run(
     model: &Model,
     kn: &Knowledge,
@@ -1236,60 +1404,53 @@ pub fn run(
             source,
         })?;
     let mut scorer = BatchScorer::new(model, kn, p.state_alerts, p.reasons)?;
-    let mut totals = StreamKafkaOutcome::default();
-    let mut pending: Vec<SourceMessage> = Vec::new();
-    let mut first_at: Option<Instant> = None;
-    let mut assigned: BTreeSet<(String, i32)> = BTreeSet::new();
-    let mut last_activity = Instant::now();
+    let mut s = Session {
+        consumer: &consumer,
+        inbox,
+        assigned: BTreeSet::new(),
+        pending: Vec::new(),
+        first_at: None,
+        last_activity: Instant::now(),
+        owed: BTreeMap::new(),
+        done: BTreeMap::new(),
+        deferred: false,
+        last_try: Instant::now(),
+        totals: StreamKafkaOutcome::default(),
+    };
     let max_wait = Duration::from_millis(p.max_wait_ms);
     let idle = p.exit_when_idle_ms.map(Duration::from_millis);
+    let retry = Duration::from_millis(200);
     loop {
-        for e in inbox.take() {
-            match e {
-                ClientEvent::Assigned(parts) => {
-                    assigned.extend(parts.iter().cloned());
-                    last_activity = Instant::now();
-                    events(Event::Assigned(&parts));
-                }
-                ClientEvent::Revoked(parts) => {
-                    let gone: BTreeSet<&(String, i32)> = parts.iter().collect();
-                    let before = pending.len();
-                    pending.retain(|m| !gone.contains(&(m.topic.clone(), m.partition)));
-                    let released = (before - pending.len()) as u64;
-                    totals.messages += released;
-                    totals.released += released;
-                    for g in &parts {
-                        assigned.remove(g);
-                    }
-                    if pending.is_empty() {
-                        first_at = None;
-                    }
-                    events(Event::Revoked {
-                        partitions: &parts,
-                        released,
-                    });
-                }
-                ClientEvent::Error(text) => events(Event::Warning(&text)),
-            }
+        s.drain_inbox(events);
+        if !s.owed.is_empty() && s.last_try.elapsed() >= retry {
+            s.commit_owed(events)?;
         }
         let stopping = stop.is_stopped();
-        let due = first_at.is_some_and(|t| t.elapsed() >= max_wait);
-        if !pending.is_empty() && (stopping || due || pending.len() >= p.max_batch) {
-            let batch = std::mem::take(&mut pending);
-            first_at = None;
-            let counts = produce_batch(&mut scorer, &batch, &producer, &consumer, params, &rt)?;
-            totals.messages += counts.messages;
-            totals.accepted += counts.accepted;
-            totals.rejected += counts.rejected;
-            totals.threats += counts.threats;
-            totals.batches += 1;
-            totals.held_alerts = scorer.held_alerts();
-            totals.seconds = start.elapsed().as_secs_f64();
+        let due = s.first_at.is_some_and(|t| t.elapsed() >= max_wait);
+        if !s.pending.is_empty() && (stopping || due || s.pending.len() >= p.max_batch) {
+            let batch = std::mem::take(&mut s.pending);
+            s.first_at = None;
+            let out = produce_batch(&mut scorer, &batch, &producer, params, &rt)?;
+            for (k, next) in out.commit {
+                let d = s.done.entry(k.clone()).or_insert(next);
+                *d = (*d).max(next);
+                let o = s.owed.entry(k).or_insert(next);
+                *o = (*o).max(next);
+            }
+            s.commit_owed(events)?;
+            let t = &mut s.totals;
+            t.messages += out.counts.messages;
+            t.accepted += out.counts.accepted;
+            t.rejected += out.counts.rejected;
+            t.threats += out.counts.threats;
+            t.batches += 1;
+            t.held_alerts = scorer.held_alerts();
+            t.seconds = start.elapsed().as_secs_f64();
             // idle is time spent waiting for messages, not scoring them
-            last_activity = Instant::now();
+            s.last_activity = Instant::now();
             events(Event::Batch {
-                batch: &counts,
-                totals: &totals,
+                batch: &out.counts,
+                totals: &s.totals,
             });
             continue;
         }
@@ -1297,44 +1458,71 @@ pub fn run(
             break;
         }
         if let Some(idle) = idle {
-            if pending.is_empty() && !assigned.is_empty() && last_activity.elapsed() >= idle {
+            let quiet = s.pending.is_empty() && s.owed.is_empty();
+            if quiet && !s.assigned.is_empty() && s.last_activity.elapsed() >= idle {
                 break;
             }
         }
         let mut timeout = Duration::from_millis(100);
-        if let Some(t) = first_at {
+        if let Some(t) = s.first_at {
             timeout = timeout.min(max_wait.saturating_sub(t.elapsed()));
         }
         match consumer.poll(timeout) {
             None => {}
+            Some(Ok(m))
+                if s.done.get(&(m.topic().to_string(), m.partition())) > Some(&m.offset()) =>
+            {
+                // fetched again after a rebalance handed the partition back before its
+                // deferred commit went through: scored and acknowledged here already
+                s.totals.skipped += 1;
+            }
             Some(Ok(m)) => {
-                pending.push(SourceMessage {
+                s.pending.push(SourceMessage {
                     topic: m.topic().to_string(),
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().map(<[u8]>::to_vec),
                 });
-                first_at.get_or_insert_with(Instant::now);
-                last_activity = Instant::now();
+                s.first_at.get_or_insert_with(Instant::now);
+                s.last_activity = Instant::now();
             }
-            Some(Err(e)) => inbox.push(ClientEvent::Error(format!("consumer: {e}"))),
+            Some(Err(e)) => s.inbox.push(ClientEvent::Error(format!("consumer: {e}"))),
         }
     }
-    totals.held_alerts = scorer.held_alerts();
-    totals.seconds = start.elapsed().as_secs_f64();
-    Ok(totals)
+    // Offsets still owed (a rebalance refused their commit): retry while the group settles.
+    // Messages polled meanwhile are not scored and stay uncommitted.
+    let deadline = Instant::now() + FINAL_COMMIT_WAIT;
+    while !s.owed.is_empty() {
+        s.drain_inbox(events);
+        s.commit_owed(events)?;
+        if s.owed.is_empty() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let owed: Vec<((String, i32), i64)> =
+                s.owed.iter().map(|(k, o)| (k.clone(), *o)).collect();
+            return Err(KafkaError::Commit {
+                offsets: offsets_text(&owed),
+                source: RdError::ConsumerCommit(RDKafkaErrorCode::RebalanceInProgress),
+            });
+        }
+        let _ = consumer.poll(retry);
+    }
+    s.totals.held_alerts = scorer.held_alerts();
+    s.totals.seconds = start.elapsed().as_secs_f64();
+    Ok(s.totals)
 }
 
-/// Scores one batch, produces its records, waits for every acknowledgement, commits.
+/// Scores one batch, produces its records and waits for every acknowledgement; returns the
+/// batch (its counts and the offsets to commit).
 fn produce_batch(
     scorer: &mut BatchScorer<'_>,
     batch: &[SourceMessage],
     producer: &FutureProducer<Inbox>,
-    consumer: &BaseConsumer<Inbox>,
     params: &StreamKafkaValidParams,
     rt: &tokio::runtime::Runtime,
-) -> Result<BatchCounts, KafkaError> {
+) -> Result<BatchOutput, KafkaError> {
     let out = scorer.process(batch)?;
     let p = params.get();
     let mut inflight = Vec::with_capacity(out.records.len());
@@ -1381,26 +1569,7 @@ fn produce_batch(
         }
         Ok(())
     })?;
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, partition), next) in &out.commit {
-        tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))
-            .map_err(|source| KafkaError::Commit {
-                offsets: format!("{topic}/{partition}@{next}"),
-                source,
-            })?;
-    }
-    consumer
-        .commit(&tpl, CommitMode::Sync)
-        .map_err(|source| KafkaError::Commit {
-            offsets: out
-                .commit
-                .iter()
-                .map(|((t, p), o)| format!("{t}/{p}@{o}"))
-                .collect::<Vec<_>>()
-                .join(","),
-            source,
-        })?;
-    Ok(out.counts)
+    Ok(out)
 }
 
 #[cfg(test)]
