@@ -17,15 +17,17 @@
 //! `acks=all`). A crash between producing and committing replays the batch on restart: its
 //! threats are produced again (duplicates; consumers keep the latest message per `(tenant,
 //! id)`), nothing is lost. A graceful stop ([`Stop`], SIGINT/SIGTERM via
-//! [`stop_on_signals`]) finishes the batch, commits and returns.
+//! [`stop_on_signals`]) finishes the batch, commits and returns. A commit refused because the
+//! group is rebalancing is retried once it is stable (see [`run`]).
 //!
 //! **Cross-batch state** ([`BatchScorer`]): the alerts of recently touched threats are held in
 //! memory, at most `state_alerts` alerts (least recently touched threats evicted first), so an
 //! incident whose alerts span batches is re-emitted with all its alerts seen so far, and a loose
-//! alert can join a candidate threat formed in an earlier batch (the threat it extends or
-//! merges is named in `supersedes`). The state is not persisted: after a restart or a
-//! rebalance an incident's earlier alerts are forgotten and it is scored on the alerts that
-//! arrive from then on. With `state_alerts = 0` each batch is scored on its own.
+//! alert can join a candidate threat formed in an earlier batch (ids merged away are named in
+//! `supersedes`). The state is not persisted: after a restart, or on the consumer that takes a
+//! partition over in a rebalance, an incident's earlier alerts are unknown and it is scored on
+//! the alerts that arrive from then on. With `state_alerts = 0` each batch is scored on its
+//! own.
 
 use crate::correlate::{group_incidents, Linker};
 use crate::domain::{Evidence, IncidentId, IncidentKey, TenantId};
@@ -318,8 +320,8 @@ impl StreamKafkaParams {
                 return bad(
                     "config",
                     format!(
-                        "{k} is set by threatrank stream itself (at-least-once depends on it); \
-                         use --brokers/--group for the addresses"
+                        "{k} is set by threatrank stream itself (bootstrap.servers and group.id \
+                         come from --brokers and --group; at-least-once depends on the others)"
                     ),
                 );
             }
