@@ -7,7 +7,10 @@
 //! library (`pipeline::score_loaded_explaining` on all the alerts at once) gives, a restart
 //! after a graceful stop resumes exactly where the stop committed (no duplicate, no loss), a
 //! restart after a failed commit replays the uncommitted batch (duplicates, counted; no loss),
-//! malformed messages end up in the rejects topic with their reason, partition and offset.
+//! a consumer joining mid-stream loses nothing (a message is scored twice only when its
+//! partition moved before its deferred commit), a batch slower than the idle limit does not end
+//! the run, malformed messages end up in the rejects topic with their reason, partition and
+//! offset, and the binary stops on SIGTERM after committing.
 
 use crate::common::*;
 use rdkafka::config::ClientConfig;
