@@ -488,6 +488,56 @@ pub enum Command {
         #[command(flatten)]
         signals: SignalsArgs,
     },
+    /// Score a Kafka topic of native JSONL alerts in micro-batches (one alert per message) and
+    /// produce one JSON message per scored threat, keyed by tenant. At-least-once: a batch's
+    /// offsets are committed only after its results are acknowledged; rejected messages go to
+    /// the rejects topic with their reason and offset. SIGTERM/Ctrl-C finishes the batch,
+    /// commits and exits 0. See docs/STREAM.md.
+    #[cfg(feature = "kafka")]
+    Stream {
+        /// Bootstrap brokers, HOST:PORT[,HOST:PORT…].
+        #[arg(long)]
+        brokers: String,
+        /// Input topic: native JSONL alerts, one per message value.
+        #[arg(long)]
+        topic: String,
+        /// Topic of the scored threats (message key: tenant id).
+        #[arg(long)]
+        output_topic: String,
+        /// Topic of the rejected messages (default: the output topic, "type": "rejected").
+        #[arg(long)]
+        rejects_topic: Option<String>,
+        /// Consumer group whose offsets are committed.
+        #[arg(long, default_value = "threatrank")]
+        group: String,
+        /// Model artifact.
+        #[arg(long, default_value = "models/default.json.gz")]
+        model: PathBuf,
+        /// Most messages per micro-batch.
+        #[arg(long, default_value_t = 500)]
+        max_batch: usize,
+        /// Longest wait after a batch's first message, ms.
+        #[arg(long, default_value_t = 1000)]
+        max_wait_ms: u64,
+        /// Exit once no message came for this long while holding partitions, ms (batch jobs,
+        /// tests); default: run until stopped.
+        #[arg(long)]
+        exit_when_idle_ms: Option<u64>,
+        /// Most alerts held across batches, so that an incident spanning batches is scored
+        /// with all its alerts seen so far (0: each batch on its own).
+        #[arg(long, default_value_t = 100_000)]
+        state_alerts: usize,
+        /// Reasons per threat (exact TreeSHAP for every threat produced; 0: none).
+        #[arg(long, default_value_t = 0)]
+        reasons: usize,
+        /// Extra librdkafka property for both clients, KEY=VALUE (repeatable), e.g.
+        /// security.protocol=SASL_SSL.
+        #[arg(long = "kafka-config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+        kafka_config: Vec<(String, String)>,
+        /// pseudonymization key and external snapshot
+        #[command(flatten)]
+        signals: SignalsArgs,
+    },
     /// Train on the shipped GUIDE sample, evaluate, and print the top of the queue.
     Demo {
         /// Shipped sample (default: datasets/guide/guide_sample.csv).
@@ -616,6 +666,14 @@ fn parse_objective(s: &str) -> Result<crate::train::tune::TuneObjective, String>
 }
 
 /// A row count: `1000000`, `1e6` or `10^6`.
+#[cfg(feature = "kafka")]
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("{s:?}: expected KEY=VALUE")),
+    }
+}
+
 fn parse_rows(s: &str) -> Result<u64, String> {
     let bad = || format!("not a row count: {s:?} (expected e.g. 1000000, 1e6 or 10^6)");
     if let Some((m, e)) = s
@@ -1369,6 +1427,67 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             println!("{}", out.display());
             Ok(())
         }
+        #[cfg(feature = "kafka")]
+        Command::Stream {
+            brokers,
+            topic,
+            output_topic,
+            rejects_topic,
+            group,
+            model,
+            max_batch,
+            max_wait_ms,
+            exit_when_idle_ms,
+            state_alerts,
+            reasons,
+            kafka_config,
+            signals,
+        } => {
+            use crate::kafka;
+            let kn = signals.knowledge()?;
+            let mut p = kafka::StreamKafkaParams::new(brokers, topic, output_topic)
+                .rejects_topic(rejects_topic)
+                .group(group)
+                .model(model)
+                .max_batch(max_batch)
+                .max_wait_ms(max_wait_ms)
+                .exit_when_idle_ms(exit_when_idle_ms)
+                .state_alerts(state_alerts)
+                .reasons(reasons);
+            p.config = kafka_config;
+            let stop = kafka::Stop::new();
+            kafka::stop_on_signals(&stop)?;
+            let mut last = kafka::StreamKafkaOutcome::default();
+            let mut shown = std::time::Instant::now();
+            let res = kafka::stream(&p, &kn, &stop, &mut |e| match e {
+                kafka::Event::Assigned(parts) => eprintln!("assigned: {}", parts_text(parts)),
+                kafka::Event::Revoked {
+                    partitions,
+                    released,
+                } => eprintln!(
+                    "revoked: {} ({released} uncommitted messages handed back)",
+                    parts_text(partitions)
+                ),
+                kafka::Event::Warning(w) => eprintln!("warning: {w}"),
+                kafka::Event::Batch { totals, .. } => {
+                    last = totals.clone();
+                    if shown.elapsed() >= Duration::from_secs(10) {
+                        shown = std::time::Instant::now();
+                        eprintln!("{}", totals.summary());
+                    }
+                }
+            });
+            match res {
+                Ok(totals) => {
+                    eprintln!("{}", totals.summary());
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("committed before the error: {}", last.summary());
+                    Err(e.into())
+                }
+            }
+        }
         Command::Demo { input, out } => demo(input, &out),
     }
 }
@@ -1407,6 +1526,12 @@ fn eval_with_progress(
 }
 
 /// Runs `job` with a progress bar of `len` steps on stderr; each progress message is a step.
+#[cfg(feature = "kafka")]
+fn parts_text(parts: &[(String, i32)]) -> String {
+    let v: Vec<String> = parts.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+    v.join(", ")
+}
+
 fn with_progress_bar<T>(len: u64, job: impl FnOnce(&mut dyn FnMut(&str)) -> T) -> T {
     let pb = ProgressBar::new(len);
     pb.set_style(

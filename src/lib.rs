@@ -4,7 +4,8 @@
 //! `ingest → correlate → features → models → rank → report`, with `signals` feeding
 //! `features`, `eval`/`train` around `models`, and `pipeline` as the one code path the CLI and
 //! library callers share; `bench` is the benchmark report (`threatrank report`); `drift` compares
-//! what a deployed model scores with its training snapshot.
+//! what a deployed model scores with its training snapshot; `kafka` (feature `kafka`) scores
+//! micro-batches of a Kafka topic with the same code.
 #![warn(missing_docs)]
 
 pub mod bench;
@@ -18,6 +19,8 @@ pub mod eval;
 pub mod features;
 pub mod ingest;
 pub mod jsonfile;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod matrix;
 pub mod models;
 pub mod pipeline;

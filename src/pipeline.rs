@@ -62,6 +62,10 @@ pub enum PipelineError {
     #[cfg(feature = "datafusion")]
     #[error(transparent)]
     Sql(#[from] crate::sql::SqlError),
+    /// Kafka micro-batch scoring
+    #[cfg(feature = "kafka")]
+    #[error(transparent)]
+    Kafka(#[from] crate::kafka::KafkaError),
     /// nothing usable in the input
     #[error("{file}: {reason}")]
     Input {

@@ -18,6 +18,10 @@ fn main() -> ExitCode {
                 | threatrank::pipeline::PipelineError::Input { .. } => 2,
                 threatrank::pipeline::PipelineError::Synth(ref s) if s.is_input() => 2,
                 threatrank::pipeline::PipelineError::Artifact(_) => 3,
+                #[cfg(feature = "kafka")]
+                threatrank::pipeline::PipelineError::Kafka(
+                    threatrank::kafka::KafkaError::Model(_),
+                ) => 3,
                 _ => 1,
             })
         }

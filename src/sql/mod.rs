@@ -304,8 +304,8 @@ impl ScalarUDFImpl for ScoreUdf {
         let mut x = FeatureMatrix::with_columns(n);
         let mut ts = Vec::new();
         let mut at = Vec::with_capacity(rows);
-        for r in 0..rows {
-            match (&feats[r], tenants.is_null(r)) {
+        for (r, f) in feats.iter().enumerate().take(rows) {
+            match (f, tenants.is_null(r)) {
                 (Some(v), false) => {
                     at.push(Some(ts.len()));
                     ts.push(tenants.value(r));

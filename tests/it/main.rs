@@ -14,6 +14,8 @@ mod cluster;
 mod common;
 mod correlation;
 mod guide_input;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod native_e2e;
 mod native_input;
 mod online;
