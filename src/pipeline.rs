@@ -153,8 +153,20 @@ pub fn load(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineE
 /// order they are read.
 fn load_parquet(path: &Path, params: &IngestValidParams) -> Result<Loaded, PipelineError> {
     let ing = ingest::read_parquet(path, params)?;
+    let sha256 = parquet_sha256(path)?;
+    let corr = group_incidents(&ing.evidence);
+    Ok(Loaded {
+        evidence: ing.evidence,
+        corr,
+        report: ing.report,
+        sha256,
+    })
+}
+
+/// SHA-256 over every part file's bytes, in the order they are read.
+#[cfg(feature = "parquet")]
+fn parquet_sha256(path: &Path) -> Result<String, PipelineError> {
     let mut hasher = Sha256::new();
-    #[cfg(feature = "parquet")]
     for f in ingest::parquet_files(path)? {
         let mut file = std::fs::File::open(&f).map_err(|source| IngestError::Io {
             file: f.display().to_string(),
@@ -165,13 +177,13 @@ fn load_parquet(path: &Path, params: &IngestValidParams) -> Result<Loaded, Pipel
             source,
         })?;
     }
-    let corr = group_incidents(&ing.evidence);
-    Ok(Loaded {
-        evidence: ing.evidence,
-        corr,
-        report: ing.report,
-        sha256: hex(&hasher.finalize()),
-    })
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Without the `parquet` feature no Parquet input is read (`read_parquet` says so first).
+#[cfg(not(feature = "parquet"))]
+fn parquet_sha256(path: &Path) -> Result<String, PipelineError> {
+    Err(ingest::no_parquet(path).into())
 }
 
 /// Errors naming the file when no incident carries a grade.

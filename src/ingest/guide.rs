@@ -180,6 +180,7 @@ impl<R: Read> GuideReader<R> {
 
     /// [`GuideReader::next_batch`], also lending the raw records (aligned with the results):
     /// what `convert` writes for the accepted ones.
+    #[cfg(feature = "parquet")]
     pub(crate) fn next_batch_raw(&mut self, max: usize) -> (Vec<RecordResult>, &[ByteRecord]) {
         let out = self.next_batch(max);
         let n = out.len();
@@ -278,6 +279,7 @@ impl GuideParser {
     }
 
     /// The file named in rejections.
+    #[cfg(feature = "parquet")]
     pub(crate) fn file(&self) -> &str {
         &self.file
     }

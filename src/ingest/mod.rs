@@ -14,6 +14,7 @@ mod parquet;
 mod time;
 
 pub(crate) use guide::parse_code;
+#[cfg(feature = "datafusion")]
 pub(crate) use guide::GuideParser;
 pub use guide::{GuideReader, GUIDE_COLUMNS, GUIDE_REQUIRED};
 pub use native::{NativeAlert, NativeEntity, NativeReader};

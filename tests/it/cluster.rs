@@ -59,12 +59,13 @@ fn wait_port(port: u16, what: &str, logs: &[&Path]) {
 fn work_of(log: &Path) -> (u64, u64) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("threatrank-executor: featurized "))
         .filter_map(|l| {
             let (f, s) = l.split_once(" scored ")?;
             Some((f.trim().parse().ok()?, s.trim().parse().ok()?))
         })
-        .last()
+        .next()
         .unwrap_or((0, 0))
 }
 

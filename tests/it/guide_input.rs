@@ -666,3 +666,16 @@ fn unterminated_quote_mid_file_is_one_rejection_and_counts_stay_balanced() {
          (3 more lines read as part of it)",
     );
 }
+
+#[cfg(not(feature = "parquet"))]
+#[test]
+fn parquet_input_without_the_feature_says_how_to_get_it() {
+    let dir = crate::common::tmp();
+    let p = dir.path().join("x.parquet");
+    std::fs::write(&p, b"PAR1").unwrap();
+    let ip = threatrank::ingest::IngestParams::default().check().unwrap();
+    let e = threatrank::ingest::read_path(&p, &ip)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--features parquet"), "{e}");
+}

@@ -21,6 +21,7 @@ mod native_input;
 mod online;
 mod properties;
 mod report;
+#[cfg(feature = "parquet")]
 mod scaleout;
 #[cfg(feature = "service")]
 mod service;

@@ -1,4 +1,4 @@
-//! Scale-out paths (issue 7): Parquet at rest (feature `parquet`), the model as DataFusion
+//! Scale-out paths (issue 7), built with feature `parquet` or more: Parquet at rest (feature `parquet`), the model as DataFusion
 //! functions and saved hunts (feature `datafusion`).
 
 use crate::common::{read_csv, run_os, sample, sample_head, stderr, tmp};
@@ -258,17 +258,6 @@ mod parquet_at_rest {
         let e = ingest::read_path(&empty, &ip).unwrap_err().to_string();
         assert!(e.contains("no") || e.contains("none"), "{e}");
     }
-}
-
-#[cfg(not(feature = "parquet"))]
-#[test]
-fn parquet_input_without_the_feature_says_how_to_get_it() {
-    let dir = tmp();
-    let p = dir.path().join("x.parquet");
-    std::fs::write(&p, b"PAR1").unwrap();
-    let ip = IngestParams::default().check().unwrap();
-    let e = ingest::read_path(&p, &ip).unwrap_err().to_string();
-    assert!(e.contains("--features parquet"), "{e}");
 }
 
 #[cfg(feature = "datafusion")]
