@@ -18,6 +18,8 @@ pub(crate) use guide::parse_code;
 pub(crate) use guide::GuideParser;
 pub use guide::{GuideReader, GUIDE_COLUMNS, GUIDE_REQUIRED};
 pub use native::{NativeAlert, NativeEntity, NativeReader};
+#[cfg(feature = "datafusion")]
+pub(crate) use parquet::as_text;
 #[cfg(feature = "parquet")]
 pub use parquet::{parquet_files, ParquetGuideReader};
 pub(crate) use time::civil_from_days;

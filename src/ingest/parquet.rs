@@ -11,7 +11,7 @@
 
 use super::guide::GuideParser;
 use super::{IngestError, IngestValidParams, RecordResult, RecordSource};
-use arrow_array::{Array, RecordBatch, StringArray};
+use arrow_array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow_schema::DataType;
 use csv::ByteRecord;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
@@ -232,35 +232,42 @@ fn text_columns(batch: &RecordBatch) -> Result<Vec<StringArray>, String> {
         .iter()
         .zip(batch.schema().fields())
         .map(|(col, field)| {
-            let col = match col.data_type() {
-                // RFC 3339 in UTC, as GUIDE writes it (a zone-less timestamp is taken as UTC)
-                DataType::Timestamp(unit, _) => {
-                    let utc = DataType::Timestamp(*unit, Some("+00:00".into()));
-                    let t = arrow_cast::cast(col, &utc).map_err(|e| e.to_string())?;
-                    let s = arrow_cast::cast(&t, &DataType::Utf8).map_err(|e| e.to_string())?;
-                    let s = s
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .ok_or("cast to text failed")?;
-                    return Ok(s
-                        .iter()
-                        .map(|v| v.map(|v| v.replace("+00:00", "Z")))
-                        .collect::<StringArray>());
-                }
-                _ => arrow_cast::cast(col, &DataType::Utf8).map_err(|e| {
-                    format!(
-                        "column {:?} ({}) cannot be read as text: {e}",
-                        field.name(),
-                        col.data_type()
-                    )
-                })?,
-            };
-            col.as_any()
-                .downcast_ref::<StringArray>()
-                .cloned()
-                .ok_or_else(|| format!("column {:?}: cast to text failed", field.name()))
+            as_text(col).map_err(|e| {
+                format!(
+                    "column {:?} ({}) cannot be read as text: {e}",
+                    field.name(),
+                    col.data_type()
+                )
+            })
         })
         .collect()
+}
+
+/// One Arrow column as text: any type Arrow casts to `Utf8`; timestamps as RFC 3339 in UTC, as
+/// GUIDE writes them (a zone-less timestamp is taken as UTC). The Parquet reader and the
+/// DataFusion aggregate both read their input through it.
+pub(crate) fn as_text(col: &ArrayRef) -> Result<StringArray, String> {
+    let text = match col.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let utc = DataType::Timestamp(*unit, Some("+00:00".into()));
+            let t = arrow_cast::cast(col, &utc).map_err(|e| e.to_string())?;
+            let s = arrow_cast::cast(&t, &DataType::Utf8).map_err(|e| e.to_string())?;
+            let s = s
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .ok_or("cast to text failed")?;
+            return Ok(s
+                .iter()
+                .map(|v| v.map(|v| v.replace("+00:00", "Z")))
+                .collect());
+        }
+        DataType::Utf8 => col.clone(),
+        _ => arrow_cast::cast(col, &DataType::Utf8).map_err(|e| e.to_string())?,
+    };
+    text.as_any()
+        .downcast_ref::<StringArray>()
+        .cloned()
+        .ok_or_else(|| "cast to text failed".to_string())
 }
 
 impl Iterator for ParquetGuideReader {

@@ -164,37 +164,17 @@ impl Groups {
     }
 }
 
-/// Every input column as text (any type DataFusion can cast to Utf8).
+/// Every input column as text (the Parquet reader's conversion: any type Arrow casts to Utf8,
+/// timestamps as RFC 3339 UTC).
 fn text_columns(values: &[ArrayRef]) -> DfResult<Vec<StringArray>> {
     values
         .iter()
-        .map(|v| {
-            let t = match v.data_type() {
-                DataType::Timestamp(unit, _) => {
-                    let utc = DataType::Timestamp(*unit, Some("+00:00".into()));
-                    let t = datafusion::arrow::compute::cast(v, &utc)?;
-                    let s = datafusion::arrow::compute::cast(&t, &DataType::Utf8)?;
-                    let s = s
-                        .as_any()
-                        .downcast_ref::<StringArray>()
-                        .map(|a| {
-                            a.iter()
-                                .map(|x| x.map(|x| x.replace("+00:00", "Z")))
-                                .collect::<StringArray>()
-                        })
-                        .unwrap_or_else(|| StringArray::new_null(v.len()));
-                    return Ok(s);
-                }
-                DataType::Utf8 => v.clone(),
-                _ => datafusion::arrow::compute::cast(v, &DataType::Utf8)?,
-            };
-            match t.as_any().downcast_ref::<StringArray>() {
-                Some(s) => Ok(s.clone()),
-                None => exec_err!(
-                    "{FEATURES_FN}: column of type {} is not text",
-                    v.data_type()
-                ),
-            }
+        .map(|v| match crate::ingest::as_text(v) {
+            Ok(s) => Ok(s),
+            Err(e) => exec_err!(
+                "{FEATURES_FN}: column of type {} as text: {e}",
+                v.data_type()
+            ),
         })
         .collect()
 }
