@@ -258,6 +258,10 @@ pub enum Command {
         /// Largest size the pandas + LightGBM pipeline runs at (10^7 rows needs ~9 GB).
         #[arg(long, default_value_t = 1_000_000)]
         scale_peer_max_rows: u64,
+        /// Largest size `convert` + DataFusion over Parquet run at (builds with feature
+        /// `datafusion`; converting 10^7 rows into tenant × day partitions takes ~17 minutes).
+        #[arg(long, default_value_t = 1_000_000)]
+        scale_parquet_max_rows: u64,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -441,6 +445,10 @@ pub enum Command {
         /// Also write the run's figures as JSON (seconds, peak memory, rows).
         #[arg(long)]
         stats_json: Option<PathBuf>,
+        /// Memory (MiB) the local DataFusion plan may hold before its aggregation spills sorted
+        /// state to the temporary folder; 0 = unbounded (no spilling). Not used with --cluster.
+        #[arg(long, default_value_t = crate::sql::run::MemoryLimit::DEFAULT_MIB)]
+        memory_limit_mib: usize,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -608,6 +616,10 @@ pub enum HuntCommand {
         /// Also write the run's figures as JSON (seconds to find, to score, hits).
         #[arg(long)]
         stats_json: Option<PathBuf>,
+        /// Memory (MiB) the local DataFusion plan may hold before its aggregation spills sorted
+        /// state to the temporary folder; 0 = unbounded (no spilling). Not used with --cluster.
+        #[arg(long, default_value_t = crate::sql::run::MemoryLimit::DEFAULT_MIB)]
+        memory_limit_mib: usize,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -808,6 +820,8 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     cluster: Some(url),
                     timeout: Some(positive_seconds(timeout_seconds, "timeout_seconds")?),
                     stats_json,
+                    // the plan runs on the cluster's executors, under their own limits
+                    memory: crate::sql::run::MemoryLimit::mib(0),
                 };
                 return crate::sql::run::sql(&run, signals.knowledge()?);
             }
@@ -925,6 +939,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             scale_tenants,
             scale_model,
             scale_peer_max_rows,
+            scale_parquet_max_rows,
             signals,
         } => {
             let scale_params = (!scale.is_empty()).then(|| crate::bench::scale::ScaleParams {
@@ -937,6 +952,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 work_dir: out.join("scale-work"),
                 peers_dir: peers.then(|| peers_dir.clone()),
                 peer_max_rows: scale_peer_max_rows,
+                parquet_max_rows: scale_parquet_max_rows,
             });
             if let Some(sp) = &scale_params {
                 sp.check()?;
@@ -1209,6 +1225,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             cluster,
             timeout_seconds,
             stats_json,
+            memory_limit_mib,
             signals,
         } => {
             let query = match (query, query_file) {
@@ -1233,6 +1250,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     .map(|t| positive_seconds(t, "timeout_seconds"))
                     .transpose()?,
                 stats_json,
+                memory: crate::sql::run::MemoryLimit::mib(memory_limit_mib),
             };
             crate::sql::run::sql(&run, signals.knowledge()?)
         }
@@ -1260,14 +1278,18 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 hunts,
                 output,
                 stats_json,
+                memory_limit_mib,
                 signals,
             } => crate::sql::run::hunt(
-                &name,
-                &input,
-                &model,
-                &hunts,
-                output.as_deref(),
-                stats_json.as_deref(),
+                &crate::sql::run::HuntRun {
+                    name,
+                    input,
+                    model,
+                    hunts,
+                    output,
+                    stats_json,
+                    memory: crate::sql::run::MemoryLimit::mib(memory_limit_mib),
+                },
                 signals.knowledge()?,
             ),
         },

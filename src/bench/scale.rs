@@ -35,6 +35,9 @@ pub struct ScaleParams {
     pub peers_dir: Option<PathBuf>,
     /// Largest size the pandas pipeline runs at (it needs ~9 GB and ~20 min at 10^7).
     pub peer_max_rows: u64,
+    /// Largest size `convert` and DataFusion over Parquet run at (feature `datafusion`;
+    /// converting into tenant × day partitions is slow: ~100 s per 10^6 rows here).
+    pub parquet_max_rows: u64,
 }
 
 impl ScaleParams {
@@ -204,8 +207,9 @@ pub fn run(p: &ScaleParams, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepor
     })
 }
 
-/// The DataFusion rows of one size: `threatrank sql` scoring every incident of the CSV, then of
-/// the same rows converted to a Parquet store (conversion timed apart).
+/// The DataFusion rows of one size: `threatrank sql` scoring every incident of the CSV, then
+/// (up to [`ScaleParams::parquet_max_rows`]) of the same rows converted to a Parquet store
+/// (conversion timed apart).
 #[cfg(feature = "datafusion")]
 fn datafusion_rows(
     p: &ScaleParams,
@@ -217,6 +221,9 @@ fn datafusion_rows(
 ) -> Result<(), BenchError> {
     let store = p.work_dir.join(format!("store-{n}"));
     let _ = std::fs::remove_dir_all(&store);
+    if n > p.parquet_max_rows {
+        return datafusion_row(p, n, input, None, nproc, rows, progress);
+    }
     progress(&format!("scale {n} rows: threatrank convert → Parquet"));
     let t = Instant::now();
     let o = Command::new(&p.threatrank)
@@ -241,59 +248,73 @@ fn datafusion_rows(
                 .sum()
         })
         .unwrap_or(0);
-    for (system, what) in [
-        ("DataFusion SQL, CSV", input.to_path_buf()),
-        ("DataFusion SQL, Parquet", store.clone()),
-    ] {
-        progress(&format!("scale {n} rows: {system}"));
-        let out = p.work_dir.join(format!("df-{n}.csv"));
-        let stats = p.work_dir.join(format!("df-{n}.json"));
-        let t = Instant::now();
-        let o = Command::new(&p.threatrank)
-            .args(["sql", "--model"])
-            .arg(&p.model)
-            .arg("--input")
-            .arg(&what)
-            .args(["--query", crate::sql::SCALE_QUERY, "--output"])
-            .arg(&out)
-            .arg("--stats-json")
-            .arg(&stats)
-            .output()
-            .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
-        let seconds = t.elapsed().as_secs_f64();
-        if !o.status.success() {
-            return Err(fail(
-                "threatrank sql",
-                String::from_utf8_lossy(&o.stderr).trim().to_string(),
-            ));
-        }
-        let s: serde_json::Value = std::fs::read_to_string(&stats)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or_default();
-        let source = if what == store {
-            format!(
-                "a {:.0} MB zstd Parquet store (tenant × day partitions; `convert` took {convert_seconds:.1} s, not counted)",
-                store_bytes as f64 / 1e6
-            )
-        } else {
-            "the CSV".to_string()
-        };
-        rows.push(ScaleRow {
-            system: system.into(),
-            rows: n,
-            seconds,
-            peak_rss_bytes: s["peak_rss_bytes"].as_u64(),
-            note: format!(
-                "process wall time, {nproc} threads: threatrank_features GROUP BY tenant, incident → threatrank_score over {source}, {} incident rows written",
-                s["rows"]
-            ),
-        });
-        let _ = std::fs::remove_file(&out);
-        let _ = std::fs::remove_file(&stats);
-    }
+    datafusion_row(p, n, input, None, nproc, rows, progress)?;
+    let store_words = format!(
+        "a {:.0} MB zstd Parquet store (tenant × day partitions; `convert` took {convert_seconds:.1} s, not counted)",
+        store_bytes as f64 / 1e6
+    );
+    let r = datafusion_row(p, n, &store, Some(&store_words), nproc, rows, progress);
     let _ = std::fs::remove_dir_all(&store);
     let _ = std::fs::remove_file(crate::ingest::rejects_path_for(&store));
+    r
+}
+
+/// One DataFusion row: `threatrank sql` scoring every incident of `what` (the CSV, or the
+/// Parquet store described by `store`), with its default memory limit.
+#[cfg(feature = "datafusion")]
+fn datafusion_row(
+    p: &ScaleParams,
+    n: u64,
+    what: &Path,
+    store: Option<&str>,
+    nproc: usize,
+    rows: &mut Vec<ScaleRow>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(), BenchError> {
+    let system = match store {
+        Some(_) => "DataFusion SQL, Parquet",
+        None => "DataFusion SQL, CSV",
+    };
+    progress(&format!("scale {n} rows: {system}"));
+    let out = p.work_dir.join(format!("df-{n}.csv"));
+    let stats = p.work_dir.join(format!("df-{n}.json"));
+    let t = Instant::now();
+    let o = Command::new(&p.threatrank)
+        .args(["sql", "--model"])
+        .arg(&p.model)
+        .arg("--input")
+        .arg(what)
+        .args(["--query", crate::sql::SCALE_QUERY, "--output"])
+        .arg(&out)
+        .arg("--stats-json")
+        .arg(&stats)
+        .output()
+        .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
+    let seconds = t.elapsed().as_secs_f64();
+    if !o.status.success() {
+        return Err(fail(
+            "threatrank sql",
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        ));
+    }
+    let s: serde_json::Value = std::fs::read_to_string(&stats)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    rows.push(ScaleRow {
+        system: system.into(),
+        rows: n,
+        seconds,
+        peak_rss_bytes: s["peak_rss_bytes"].as_u64(),
+        note: format!(
+            "process wall time, {nproc} threads, memory limit {} MiB (spills beyond): threatrank_features GROUP BY tenant, incident → threatrank_score over {}, {} incident rows written",
+            crate::sql::run::MemoryLimit::DEFAULT_MIB,
+            store.unwrap_or("the CSV"),
+            s["rows"]
+        ),
+    });
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&stats);
     Ok(())
 }
 

@@ -29,6 +29,9 @@ use std::sync::Arc;
 
 const NULL_FIELD: u32 = u32::MAX;
 
+/// Groups featurized at once by `evaluate` (enough for rayon to keep every core busy).
+const EVALUATE_CHUNK: usize = 16_384;
+
 /// The aggregate function `threatrank_features(<input columns>)`.
 #[derive(Debug)]
 pub struct FeaturesUdaf {
@@ -115,7 +118,8 @@ struct Groups {
     rows: Vec<Vec<u8>>,
     /// rows per group
     counts: Vec<u32>,
-    /// bytes held, for DataFusion's memory accounting
+    /// bytes allocated for the rows (capacities, not lengths: growth doubles a buffer), for
+    /// DataFusion's memory accounting, which decides when the aggregation spills
     bytes: usize,
 }
 
@@ -139,9 +143,9 @@ impl Groups {
     /// Appends row `r` of `cols` to group `g`.
     fn push_row(&mut self, g: usize, cols: &[StringArray], r: usize) {
         let buf = &mut self.rows[g];
-        let before = buf.len();
+        let before = buf.capacity();
         encode_row(buf, cols, r);
-        self.bytes += buf.len() - before;
+        self.bytes += buf.capacity() - before;
         self.counts[g] += 1;
     }
 
@@ -150,16 +154,18 @@ impl Groups {
         let Some((n, rows)) = blob.split_first_chunk::<4>() else {
             return exec_err!("{FEATURES_FN}: truncated state");
         };
-        self.rows[g].extend_from_slice(rows);
+        let buf = &mut self.rows[g];
+        let before = buf.capacity();
+        buf.extend_from_slice(rows);
+        self.bytes += buf.capacity() - before;
         self.counts[g] += u32::from_le_bytes(*n);
-        self.bytes += rows.len();
         Ok(())
     }
 
     fn take(&mut self, emit_to: EmitTo) -> (Vec<Vec<u8>>, Vec<u32>) {
         let rows = emit_to.take_needed(&mut self.rows);
         let counts = emit_to.take_needed(&mut self.counts);
-        self.bytes = self.rows.iter().map(Vec::len).sum();
+        self.bytes = self.rows.iter().map(Vec::capacity).sum();
         (rows, counts)
     }
 }
@@ -392,7 +398,26 @@ impl GroupsAccumulator for Groups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> DfResult<ArrayRef> {
         let (rows, counts) = self.take(emit_to);
-        features_of(&self.engine, rows, counts)
+        if rows.len() <= EVALUATE_CHUNK {
+            return features_of(&self.engine, rows, counts);
+        }
+        // Parsed evidence and feature extraction take several times the raw rows' bytes and
+        // DataFusion does not see them: featurize a chunk of groups at a time, freeing each
+        // chunk's rows as it goes, so the peak is the compact output, not the whole input
+        // parsed at once.
+        let mut parts = Vec::with_capacity(rows.len().div_ceil(EVALUATE_CHUNK));
+        let mut rows = rows.into_iter();
+        let mut counts = counts.into_iter();
+        loop {
+            let r: Vec<Vec<u8>> = rows.by_ref().take(EVALUATE_CHUNK).collect();
+            if r.is_empty() {
+                break;
+            }
+            let c: Vec<u32> = counts.by_ref().take(r.len()).collect();
+            parts.push(features_of(&self.engine, r, c)?);
+        }
+        let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+        Ok(datafusion::arrow::compute::concat(&refs)?)
     }
 
     fn state(&mut self, emit_to: EmitTo) -> DfResult<Vec<ArrayRef>> {

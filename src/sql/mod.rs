@@ -97,6 +97,39 @@ pub enum SqlError {
     /// the query did not finish in time
     #[error("{0}")]
     Timeout(String),
+    /// the plan needed more memory than its limit allows
+    #[error(
+        "the query needs more memory than --memory-limit-mib {limit_mib} allows (every spilling \
+         operator needs at least one input batch's state; raise the limit, 0 = unbounded): \
+         {reason}"
+    )]
+    Memory {
+        /// the limit
+        limit_mib: usize,
+        /// DataFusion's words
+        reason: String,
+    },
+}
+
+impl SqlError {
+    /// A DataFusion out-of-memory error as [`SqlError::Memory`], naming the limit; any other
+    /// error unchanged.
+    pub fn with_memory_limit(self, limit: run::MemoryLimit) -> SqlError {
+        match (self, limit.bytes()) {
+            (SqlError::DataFusion(e), Some(bytes))
+                if matches!(
+                    e.find_root(),
+                    datafusion::error::DataFusionError::ResourcesExhausted(_)
+                ) =>
+            {
+                SqlError::Memory {
+                    limit_mib: bytes >> 20,
+                    reason: e.find_root().to_string(),
+                }
+            }
+            (e, _) => e,
+        }
+    }
 }
 
 /// The GUIDE columns `threatrank_features` takes, in argument order: the ones the GUIDE parser

@@ -276,9 +276,10 @@ mod datafusion_functions {
     fn collect(input: &Path, query: &str) -> Vec<RecordBatch> {
         let rt = sql::run::runtime().unwrap();
         rt.block_on(async {
-            let ctx = sql::run::local_session(engine(), input, Some(2))
-                .await
-                .unwrap();
+            let ctx =
+                sql::run::local_session(engine(), input, Some(2), sql::run::MemoryLimit::default())
+                    .await
+                    .unwrap();
             ctx.sql(query).await.unwrap().collect().await.unwrap()
         })
     }
@@ -339,6 +340,83 @@ mod datafusion_functions {
             }
         }
         (m, rows_n, rej_n)
+    }
+
+    /// Rows of `query` (as text, sorted) and the spills of its plan, under `memory`.
+    fn rows_and_spills(
+        input: &Path,
+        query: &str,
+        memory: sql::run::MemoryLimit,
+    ) -> (Vec<Vec<String>>, usize) {
+        use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+        use datafusion::physical_plan::ExecutionPlan;
+        fn spills(p: &Arc<dyn ExecutionPlan>) -> usize {
+            p.metrics().and_then(|m| m.spill_count()).unwrap_or(0)
+                + p.children().into_iter().map(spills).sum::<usize>()
+        }
+        let rt = sql::run::runtime().unwrap();
+        rt.block_on(async {
+            let ctx = sql::run::local_session(engine(), input, Some(2), memory)
+                .await
+                .unwrap();
+            let plan = ctx
+                .sql(query)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap();
+            let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+                .await
+                .unwrap();
+            let mut rows = Vec::new();
+            for b in &batches {
+                let f: Vec<ArrayFormatter> = b
+                    .columns()
+                    .iter()
+                    .map(|c| ArrayFormatter::try_new(c.as_ref(), &FormatOptions::default()))
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for r in 0..b.num_rows() {
+                    rows.push(f.iter().map(|f| f.value(r).to_string()).collect());
+                }
+            }
+            rows.sort();
+            (rows, spills(&plan))
+        })
+    }
+
+    /// Under a memory limit the aggregation sorts its incidents' state, spills it and merges
+    /// the runs back: the scores are the unbounded plan's, and the plan did spill. (2 MiB is
+    /// about the smallest pool this plan runs in: each of its four spilling operators needs
+    /// one input batch's state.)
+    #[test]
+    fn a_memory_limit_spills_the_aggregation_and_keeps_every_score() {
+        let q = "SELECT tenant, incident, rows, predicted_grade, p_true_positive, \
+                 p_benign_positive, p_false_positive, priority, grade_set, certainty \
+                 FROM threatrank_scores";
+        let (free, free_spills) = rows_and_spills(&sample_path(), q, sql::run::MemoryLimit::mib(0));
+        let (tight, tight_spills) =
+            rows_and_spills(&sample_path(), q, sql::run::MemoryLimit::mib(2));
+        assert_eq!(free_spills, 0);
+        assert!(tight_spills > 0, "2 MiB over {ROWS} rows did not spill");
+        assert!(free.len() > 1000, "{} incidents", free.len());
+        assert_eq!(free, tight);
+        // below what one batch needs: a clear error naming the limit, not a wrong answer
+        let o = crate::common::run(&[
+            "sql",
+            "--model",
+            default_model().to_str().unwrap(),
+            "--input",
+            sample_path().to_str().unwrap(),
+            "--memory-limit-mib",
+            "1",
+            "--partitions",
+            "2",
+        ]);
+        assert!(!o.status.success());
+        let e = stderr(&o);
+        assert!(e.contains("--memory-limit-mib 1"), "{e}");
     }
 
     #[test]
@@ -462,7 +540,13 @@ mod datafusion_functions {
             );
             let res = rt
                 .block_on(async {
-                    let ctx = sql::run::local_session(e.clone(), &sample_path(), Some(2)).await?;
+                    let ctx = sql::run::local_session(
+                        e.clone(),
+                        &sample_path(),
+                        Some(2),
+                        sql::run::MemoryLimit::default(),
+                    )
+                    .await?;
                     sql::hunts::run(&ctx, &e, h).await
                 })
                 .unwrap_or_else(|err| panic!("{}: {err}", h.name));
