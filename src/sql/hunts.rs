@@ -248,7 +248,9 @@ pub async fn run(
         create_views_over(
             ctx,
             &alerts_cols,
-            "(SELECT a.* FROM alerts a JOIN hunt_hits h \
+            // the hits on the left: DataFusion builds its hash table on the left side (it
+            // has no row count for a CSV to decide by), and hash joins cannot spill
+            "(SELECT a.* FROM hunt_hits h JOIN alerts a \
               ON CAST(a.\"OrgId\" AS VARCHAR) = h.\"OrgId\" \
              AND CAST(a.\"IncidentId\" AS VARCHAR) = h.\"IncidentId\")",
             "hunt_",
