@@ -110,29 +110,19 @@ pub fn run(p: &ScaleParams, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepor
             progress(&format!("scale {n} rows: {system}"));
             let out = p.work_dir.join(format!("scored-{n}.csv"));
             let stats = p.work_dir.join(format!("stats-{n}.json"));
-            let t = Instant::now();
-            let status = Command::new(&p.threatrank)
-                .args(["score", "--model"])
-                .arg(&p.model)
-                .arg("--input")
-                .arg(&input)
-                .arg("--output")
-                .arg(&out)
-                .args(["--explain", explain, "--stats-json"])
-                .arg(&stats)
-                .output()
-                .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
-            let seconds = t.elapsed().as_secs_f64();
-            if !status.status.success() {
-                return Err(fail(
-                    "threatrank score",
-                    String::from_utf8_lossy(&status.stderr).trim().to_string(),
-                ));
-            }
-            let s: serde_json::Value = std::fs::read_to_string(&stats)
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or_default();
+            let (seconds, s) = run_timed(
+                p,
+                "threatrank score",
+                Command::new(&p.threatrank)
+                    .args(["score", "--model"])
+                    .arg(&p.model)
+                    .arg("--input")
+                    .arg(&input)
+                    .arg("--output")
+                    .arg(&out)
+                    .args(["--explain", explain]),
+                &stats,
+            )?;
             rows.push(ScaleRow {
                 system: system.into(),
                 rows: n,
@@ -278,29 +268,18 @@ fn datafusion_row(
     progress(&format!("scale {n} rows: {system}"));
     let out = p.work_dir.join(format!("df-{n}.csv"));
     let stats = p.work_dir.join(format!("df-{n}.json"));
-    let t = Instant::now();
-    let o = Command::new(&p.threatrank)
-        .args(["sql", "--model"])
-        .arg(&p.model)
-        .arg("--input")
-        .arg(what)
-        .args(["--query", crate::sql::SCALE_QUERY, "--output"])
-        .arg(&out)
-        .arg("--stats-json")
-        .arg(&stats)
-        .output()
-        .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
-    let seconds = t.elapsed().as_secs_f64();
-    if !o.status.success() {
-        return Err(fail(
-            "threatrank sql",
-            String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        ));
-    }
-    let s: serde_json::Value = std::fs::read_to_string(&stats)
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default();
+    let (seconds, s) = run_timed(
+        p,
+        "threatrank sql",
+        Command::new(&p.threatrank)
+            .args(["sql", "--model"])
+            .arg(&p.model)
+            .arg("--input")
+            .arg(what)
+            .args(["--query", crate::sql::SCALE_QUERY, "--output"])
+            .arg(&out),
+        &stats,
+    )?;
     rows.push(ScaleRow {
         system: system.into(),
         rows: n,
@@ -316,6 +295,34 @@ fn datafusion_row(
     let _ = std::fs::remove_file(&out);
     let _ = std::fs::remove_file(&stats);
     Ok(())
+}
+
+/// Runs `cmd` with `--stats-json STATS` appended: its wall seconds and the figures it wrote
+/// (an empty object when it wrote none); a failed run is an error quoting its stderr.
+fn run_timed(
+    p: &ScaleParams,
+    what: &str,
+    cmd: &mut Command,
+    stats: &Path,
+) -> Result<(f64, serde_json::Value), BenchError> {
+    let t = Instant::now();
+    let o = cmd
+        .arg("--stats-json")
+        .arg(stats)
+        .output()
+        .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
+    let seconds = t.elapsed().as_secs_f64();
+    if !o.status.success() {
+        return Err(fail(
+            what,
+            String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        ));
+    }
+    let s = std::fs::read_to_string(stats)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    Ok((seconds, s))
 }
 
 /// Records in a CSV file, read with `csv::Reader` into one reused `StringRecord` (the floor
