@@ -579,3 +579,68 @@ fn cli_report_with_failing_peers_completes_and_says_why() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(stderr(&bad).contains("folds_to_run"), "{}", stderr(&bad));
 }
+
+/// The scale section end to end on a small size: every system runs as its own process on the
+/// same synthetic file, each row is timed, the streaming scorer and (with DataFusion) the SQL
+/// path score the same number of incidents, and the big scratch files are removed.
+#[test]
+fn a_small_scale_run_times_every_system_on_one_file_and_cleans_up() {
+    use threatrank::bench::scale::{self, ScaleParams};
+    let dir = tmp();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let work = dir.path().join("work");
+    let p = ScaleParams {
+        sizes: vec![1_500],
+        tenants: 20,
+        seed: 3,
+        fit: root.join("datasets/guide/guide_sample.csv"),
+        model: root.join("models/default.json.gz"),
+        threatrank: PathBuf::from(env!("CARGO_BIN_EXE_threatrank")),
+        work_dir: work.clone(),
+        peers_dir: None,
+        peer_max_rows: 0,
+        parquet_max_rows: 1_500,
+    };
+    let mut steps = Vec::new();
+    let r = scale::run(&p, &mut |m| steps.push(m.to_string())).unwrap();
+    let systems: Vec<&str> = r.rows.iter().map(|x| x.system.as_str()).collect();
+    let mut want = vec![
+        "csv crate parse",
+        "threatrank score",
+        "threatrank score, reasons",
+    ];
+    if cfg!(feature = "datafusion") {
+        want.extend(["DataFusion SQL, CSV", "DataFusion SQL, Parquet"]);
+    }
+    assert_eq!(systems, want, "{steps:?}");
+    for x in &r.rows {
+        assert_eq!(x.rows, 1_500);
+        assert!(x.seconds > 0.0, "{}", x.system);
+        if x.system != "csv crate parse" {
+            assert!(x.peak_rss_bytes.is_some_and(|b| b > 0), "{}", x.system);
+        }
+    }
+    // "…: N incidents, …" (score) and "…, N incident rows written" (sql): the same N
+    let score_note = &r.rows[1].note;
+    let incidents: u64 = score_note
+        .split(": ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{score_note}"));
+    assert!(incidents > 100, "{score_note}");
+    for x in r.rows.iter().filter(|x| x.system.starts_with("DataFusion")) {
+        assert!(
+            x.note
+                .ends_with(&format!(", {incidents} incident rows written")),
+            "{}",
+            x.note
+        );
+    }
+    // the synthetic file, the Parquet store and the outputs are gone
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
