@@ -611,6 +611,10 @@ mod datafusion_functions {
                 .as_os_str(),
         ]);
         assert!(o.status.success(), "{}", stderr(&o));
-        assert!(crate::common::stdout(&o).contains("device_multi_detector_day\t1\t"));
+        let listed = crate::common::stdout(&o);
+        assert!(
+            listed.contains("device_multi_detector_day\t2\t"),
+            "{listed}"
+        );
     }
 }
