@@ -31,6 +31,10 @@ struct Args {
     /// Seconds between heartbeats to the scheduler.
     #[arg(long, default_value_t = 60)]
     heartbeat_seconds: u64,
+    /// Memory pool (MiB) split among the vcores; past it, aggregations spill to --work-dir.
+    /// Default: Ballista's, 70% of the host's (or cgroup's) memory; 0 = unbounded.
+    #[arg(long)]
+    memory_pool_mib: Option<u64>,
     /// Model artifact (every node must load the same one).
     #[arg(long, default_value = "models/default.json.gz")]
     model: std::path::PathBuf,
@@ -57,6 +61,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             work_dir: args.work_dir.clone(),
             heartbeat_seconds: args.heartbeat_seconds,
+            memory_pool_bytes: args.memory_pool_mib.map(|m| m.saturating_mul(1 << 20)),
         };
         threatrank::sql::run::runtime()?
             .block_on(threatrank::sql::cluster::executor(&params, engine))?;

@@ -126,6 +126,10 @@ pub struct ExecutorParams {
     pub work_dir: Option<String>,
     /// seconds between heartbeats
     pub heartbeat_seconds: u64,
+    /// memory pool of the executor in bytes, split among its vcores (a `FairSpillPool` each,
+    /// so aggregations spill as in a local plan); `None`: Ballista's default, 70% of the host's
+    /// (or cgroup's) memory; `Some(0)`: unbounded
+    pub memory_pool_bytes: Option<u64>,
 }
 
 /// Runs an executor whose function registry holds our functions; prints how many incidents
@@ -153,6 +157,7 @@ pub async fn executor(params: &ExecutorParams, engine: Arc<Engine>) -> Result<()
         work_dir: params.work_dir.clone(),
         executor_heartbeat_interval_seconds: params.heartbeat_seconds.max(1),
         override_function_registry: Some(Arc::new(registry)),
+        memory_pool_size: params.memory_pool_bytes,
         ..ExecutorProcessConfig::default()
     };
     let watch = engine.clone();

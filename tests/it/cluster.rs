@@ -117,6 +117,9 @@ fn start(dir: &Path) -> Cluster {
                     "1".into(),
                     "--heartbeat-seconds".into(),
                     "1".into(),
+                    // a bounded pool, as a production executor runs with
+                    "--memory-pool-mib".into(),
+                    "256".into(),
                     "--work-dir".into(),
                     work.display().to_string(),
                     "--model".into(),
