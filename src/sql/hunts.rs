@@ -170,7 +170,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Hunt>, SqlError> {
 
 /// What a hunt run returns.
 #[derive(Debug)]
-pub struct HuntRun {
+pub struct HuntOutcome {
     /// distinct incidents the hunt matched
     pub hits: usize,
     /// the matched incidents scored, priority first (columns: hunt, version, tenant, incident,
@@ -187,7 +187,7 @@ pub async fn run(
     ctx: &SessionContext,
     engine: &Arc<Engine>,
     hunt: &Hunt,
-) -> Result<HuntRun, SqlError> {
+) -> Result<HuntOutcome, SqlError> {
     let _ = engine;
     let t0 = std::time::Instant::now();
     let df = ctx.sql(&hunt.sql).await?;
@@ -273,7 +273,7 @@ pub async fn run(
         .collect()
         .await?
     };
-    Ok(HuntRun {
+    Ok(HuntOutcome {
         hits: n_hits,
         queue,
         find_seconds,
