@@ -35,6 +35,25 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The memory pool of a local DataFusion plan (`sql`, `hunt run`).
+#[cfg(feature = "datafusion")]
+#[derive(Debug, Clone, clap::Args)]
+pub struct MemoryArgs {
+    /// Memory (MiB) the local DataFusion plan may hold before its aggregation spills sorted
+    /// state to the temporary folder; 0 = unbounded (no spilling). A --cluster run uses the
+    /// executors' pools instead.
+    #[arg(long, default_value_t = crate::sql::run::MemoryLimit::DEFAULT_MIB)]
+    pub memory_limit_mib: usize,
+}
+
+#[cfg(feature = "datafusion")]
+impl MemoryArgs {
+    /// The limit.
+    pub fn limit(&self) -> crate::sql::run::MemoryLimit {
+        crate::sql::run::MemoryLimit::mib(self.memory_limit_mib)
+    }
+}
+
 /// Where the global signals come from (shared by every command that extracts features).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct SignalsArgs {
@@ -445,10 +464,9 @@ pub enum Command {
         /// Also write the run's figures as JSON (seconds, peak memory, rows).
         #[arg(long)]
         stats_json: Option<PathBuf>,
-        /// Memory (MiB) the local DataFusion plan may hold before its aggregation spills sorted
-        /// state to the temporary folder; 0 = unbounded (no spilling). Not used with --cluster.
-        #[arg(long, default_value_t = crate::sql::run::MemoryLimit::DEFAULT_MIB)]
-        memory_limit_mib: usize,
+        /// memory pool of the local plan
+        #[command(flatten)]
+        memory: MemoryArgs,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -616,10 +634,9 @@ pub enum HuntCommand {
         /// Also write the run's figures as JSON (seconds to find, to score, hits).
         #[arg(long)]
         stats_json: Option<PathBuf>,
-        /// Memory (MiB) the local DataFusion plan may hold before its aggregation spills sorted
-        /// state to the temporary folder; 0 = unbounded (no spilling). Not used with --cluster.
-        #[arg(long, default_value_t = crate::sql::run::MemoryLimit::DEFAULT_MIB)]
-        memory_limit_mib: usize,
+        /// memory pool of the local plan
+        #[command(flatten)]
+        memory: MemoryArgs,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -1225,7 +1242,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             cluster,
             timeout_seconds,
             stats_json,
-            memory_limit_mib,
+            memory,
             signals,
         } => {
             let query = match (query, query_file) {
@@ -1250,7 +1267,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     .map(|t| positive_seconds(t, "timeout_seconds"))
                     .transpose()?,
                 stats_json,
-                memory: crate::sql::run::MemoryLimit::mib(memory_limit_mib),
+                memory: memory.limit(),
             };
             crate::sql::run::sql(&run, signals.knowledge()?)
         }
@@ -1278,7 +1295,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 hunts,
                 output,
                 stats_json,
-                memory_limit_mib,
+                memory,
                 signals,
             } => crate::sql::run::hunt(
                 &crate::sql::run::HuntRun {
@@ -1288,7 +1305,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     hunts,
                     output,
                     stats_json,
-                    memory: crate::sql::run::MemoryLimit::mib(memory_limit_mib),
+                    memory: memory.limit(),
                 },
                 signals.knowledge()?,
             ),
