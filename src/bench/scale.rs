@@ -110,7 +110,7 @@ pub fn run(p: &ScaleParams, progress: &mut dyn FnMut(&str)) -> Result<ScaleRepor
             progress(&format!("scale {n} rows: {system}"));
             let out = p.work_dir.join(format!("scored-{n}.csv"));
             let stats = p.work_dir.join(format!("stats-{n}.json"));
-            let (seconds, s) = run_timed(
+            let (seconds, s) = run_with_stats(
                 p,
                 "threatrank score",
                 Command::new(&p.threatrank)
@@ -215,21 +215,15 @@ fn datafusion_rows(
         return datafusion_row(p, n, input, None, nproc, rows, progress);
     }
     progress(&format!("scale {n} rows: threatrank convert → Parquet"));
-    let t = Instant::now();
-    let o = Command::new(&p.threatrank)
-        .args(["convert", "--input"])
-        .arg(input)
-        .arg("--out")
-        .arg(&store)
-        .output()
-        .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
-    if !o.status.success() {
-        return Err(fail(
-            "threatrank convert",
-            String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        ));
-    }
-    let convert_seconds = t.elapsed().as_secs_f64();
+    let convert_seconds = run_timed(
+        p,
+        "threatrank convert",
+        Command::new(&p.threatrank)
+            .args(["convert", "--input"])
+            .arg(input)
+            .arg("--out")
+            .arg(&store),
+    )?;
     let store_bytes: u64 = crate::ingest::parquet_files(&store)
         .map(|fs| {
             fs.iter()
@@ -268,7 +262,7 @@ fn datafusion_row(
     progress(&format!("scale {n} rows: {system}"));
     let out = p.work_dir.join(format!("df-{n}.csv"));
     let stats = p.work_dir.join(format!("df-{n}.json"));
-    let (seconds, s) = run_timed(
+    let (seconds, s) = run_with_stats(
         p,
         "threatrank sql",
         Command::new(&p.threatrank)
@@ -297,18 +291,10 @@ fn datafusion_row(
     Ok(())
 }
 
-/// Runs `cmd` with `--stats-json STATS` appended: its wall seconds and the figures it wrote
-/// (an empty object when it wrote none); a failed run is an error quoting its stderr.
-fn run_timed(
-    p: &ScaleParams,
-    what: &str,
-    cmd: &mut Command,
-    stats: &Path,
-) -> Result<(f64, serde_json::Value), BenchError> {
+/// Runs `cmd` to the end: its wall seconds; a failed run is an error quoting its stderr.
+fn run_timed(p: &ScaleParams, what: &str, cmd: &mut Command) -> Result<f64, BenchError> {
     let t = Instant::now();
     let o = cmd
-        .arg("--stats-json")
-        .arg(stats)
         .output()
         .map_err(|e| fail(&p.threatrank.display().to_string(), e))?;
     let seconds = t.elapsed().as_secs_f64();
@@ -318,6 +304,18 @@ fn run_timed(
             String::from_utf8_lossy(&o.stderr).trim().to_string(),
         ));
     }
+    Ok(seconds)
+}
+
+/// [`run_timed`] with `--stats-json STATS` appended: its wall seconds and the figures it wrote
+/// (an empty object when it wrote none).
+fn run_with_stats(
+    p: &ScaleParams,
+    what: &str,
+    cmd: &mut Command,
+    stats: &Path,
+) -> Result<(f64, serde_json::Value), BenchError> {
+    let seconds = run_timed(p, what, cmd.arg("--stats-json").arg(stats))?;
     let s = std::fs::read_to_string(stats)
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok())
