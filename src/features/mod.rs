@@ -362,6 +362,15 @@ impl Sink for RowSink<'_> {
     }
 }
 
+/// Collects the values in order (for fixed blocks of columns).
+struct ValueSink<'a>(&'a mut Vec<f32>);
+
+impl Sink for ValueSink<'_> {
+    fn put(&mut self, _family: Family, _name: &str, _suffix: &str, v: f64) {
+        self.0.push(if v.is_finite() { v as f32 } else { 0.0 });
+    }
+}
+
 fn ln1p(n: usize) -> f64 {
     (n as f64).ln_1p()
 }
@@ -1009,9 +1018,26 @@ impl FittedFeatures {
 
         // --- the tenant's own history (smoothed toward the global prior, and tenant × key
         // toward the tenant's own rates)
-        let (t_rates, t_support) =
-            self.tenant
-                .rates(&tenant.to_string(), self.prior, self.params.smoothing);
+        self.put_tenant(s, Some(tenant), &ids, &entities);
+    }
+
+    /// Writes the `tenant` family: the tenant's own grade history overall and per detector /
+    /// title / category / entity. `tenant = None` writes what a tenant without graded history
+    /// gets, whatever the incident: the prior and zero support (see
+    /// [`FittedFeatures::as_unseen_tenant`]).
+    fn put_tenant<S: Sink>(
+        &self,
+        s: &mut S,
+        tenant: Option<u64>,
+        ids: &[Vec<&str>],
+        entities: &[String],
+    ) {
+        let (t_rates, t_support) = match tenant {
+            Some(t) => self
+                .tenant
+                .rates(&t.to_string(), self.prior, self.params.smoothing),
+            None => (self.prior, 0),
+        };
         for (c, g) in RATE_NAMES.iter().enumerate() {
             s.put(Family::Tenant, "tenant", g, t_rates[c]);
         }
@@ -1026,14 +1052,54 @@ impl FittedFeatures {
             ("tenant_title", &ids[1]),
             ("tenant_category", &ids[2]),
         ];
+        let empty = Table::default();
         for (k, (name, values)) in keyed.into_iter().enumerate() {
-            let keys: Vec<String> = values.iter().map(|v| tenant_key(tenant, v)).collect();
+            let (table, keys): (&Table, Vec<String>) = match tenant {
+                Some(t) => (
+                    &self.tenant_keyed[k],
+                    values.iter().map(|v| tenant_key(t, v)).collect(),
+                ),
+                None => (&empty, Vec::new()),
+            };
             let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            self.put_encoding(s, name, &self.tenant_keyed[k], &keys, t_rates);
+            self.put_encoding(s, name, table, &keys, t_rates);
         }
-        let keys: Vec<String> = entities.iter().map(|v| tenant_key(tenant, v)).collect();
+        let (table, keys): (&Table, Vec<String>) = match tenant {
+            Some(t) => (
+                &self.entity_tenant,
+                entities.iter().map(|v| tenant_key(t, v)).collect(),
+            ),
+            None => (&empty, Vec::new()),
+        };
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.put_encoding(s, "tenant_entity", &self.entity_tenant, &keys, t_rates);
+        self.put_encoding(s, "tenant_entity", table, &keys, t_rates);
+    }
+
+    /// `x` as it would be for tenants without graded history: every `tenant` family column
+    /// set to what [`FittedFeatures::transform`] writes for a tenant never seen (the prior,
+    /// zero support, nothing seen); every other column unchanged. Training uses it to teach
+    /// the model, and to calibrate, the cold start of a new tenant from every tenant's
+    /// incidents.
+    pub fn as_unseen_tenant(&self, x: &FeatureMatrix) -> FeatureMatrix {
+        let schema = schema();
+        let cols: Vec<usize> = (0..schema.len())
+            .filter(|&j| schema.families()[j] == Family::Tenant.name())
+            .collect();
+        let mut values = Vec::with_capacity(cols.len());
+        let off = self.params.disabled.iter().fold(0u16, |m, f| m | f.bit());
+        let mut sink = Masked {
+            inner: &mut ValueSink(&mut values),
+            off,
+        };
+        self.put_tenant(&mut sink, None, &[Vec::new(), Vec::new(), Vec::new()], &[]);
+        let mut out = x.clone();
+        for i in 0..out.n_rows() {
+            let row = out.row_mut(i);
+            for (&j, &v) in cols.iter().zip(&values) {
+                row[j] = v;
+            }
+        }
+        out
     }
 
     /// Writes one tenant-history encoding: the three smoothed rates, log support and the share

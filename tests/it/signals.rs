@@ -441,3 +441,49 @@ fn training_global_signals_leave_the_incident_own_tenant_out() {
     // Control: out-of-fold by incident, the copies do reach them.
     assert!(moved(false) > 0);
 }
+
+/// `as_unseen_tenant` writes exactly what scoring writes for a tenant never seen: fit on half
+/// the tenants, transform incidents of the other half (never seen) and of the first half (with
+/// history); the unseen rows equal the seen-tenant rows rewritten, and only `tenant` columns
+/// differ.
+#[test]
+fn as_unseen_tenant_matches_a_tenant_never_seen() {
+    use threatrank::features::{fit_transform, schema, Family, FeatureParams};
+    let l = loaded();
+    let kn = crate::common::kn();
+    let tenant_of = |i: usize| l.corr.incidents[i].key.tenant.0;
+    let (train, unseen): (Vec<usize>, Vec<usize>) =
+        (0..l.corr.incidents.len()).partition(|&i| tenant_of(i) % 2 == 0);
+    let p = FeatureParams::default().check().unwrap();
+    let (enc, _, _, _) = fit_transform(&p, &l.evidence, &l.corr, &train, kn).unwrap();
+    let names = schema();
+    let tenant_cols: Vec<usize> = (0..names.len())
+        .filter(|&j| names.families()[j] == Family::Tenant.name())
+        .collect();
+    let support = names.index_of("tenant:log_support").unwrap();
+
+    // never seen: transform already writes the unseen values, so the rewrite changes nothing
+    let x_new = enc.transform(&l.evidence, &l.corr, &unseen[..200], kn);
+    assert!((0..x_new.n_rows()).all(|r| x_new.get(r, support) == 0.0));
+    assert_eq!(enc.as_unseen_tenant(&x_new), x_new);
+
+    // with history: only the tenant columns move, to the same values as a new tenant's
+    let x_old = enc.transform(&l.evidence, &l.corr, &train[..200], kn);
+    assert!((0..x_old.n_rows()).any(|r| x_old.get(r, support) > 0.0));
+    let rewritten = enc.as_unseen_tenant(&x_old);
+    let expected: Vec<f32> = tenant_cols.iter().map(|&j| x_new.get(0, j)).collect();
+    for r in 0..x_old.n_rows() {
+        for j in 0..names.len() {
+            let want = match tenant_cols.iter().position(|&c| c == j) {
+                Some(k) => expected[k],
+                None => x_old.get(r, j),
+            };
+            assert_eq!(
+                rewritten.get(r, j),
+                want,
+                "row {r} column {}",
+                names.names()[j]
+            );
+        }
+    }
+}
