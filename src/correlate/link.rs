@@ -31,7 +31,7 @@
 //! group of the subset (an added row can only add links: in a sorted run, a row inserted between
 //! two linked neighbours is within the window of both).
 
-use super::{build, Correlated};
+use super::{build, Correlated, Keyed};
 use crate::domain::{
     AlertId, Evidence, IncidentId, IncidentKey, TenantId, CORRELATED_INCIDENT_BIT, ENTITY_COLUMNS,
 };
@@ -458,19 +458,17 @@ impl Linker {
             node_of_row[r as usize] = (nodes.len() - 1) as u32;
         }
         // Sightings of linkable entities: (tenant, column, code, time, node), sorted.
+        // (rows in memory order: the evidence is read once, sequentially)
         let mut sightings: Vec<(TenantId, u16, u64, i64, u32)> = Vec::new();
-        for &(t, _, r) in &free_rows {
-            let e = &evidence[r as usize];
+        for (r, e) in evidence.iter().enumerate() {
+            if node_of_row[r] == u32::MAX {
+                continue;
+            }
+            let t = e.tenant;
             for &slot in &slots {
                 if let Some(code) = e.entities.codes[slot] {
                     if !stop.contains(&(slot, code)) {
-                        sightings.push((
-                            t,
-                            slot as u16,
-                            code,
-                            e.timestamp,
-                            node_of_row[r as usize],
-                        ));
+                        sightings.push((t, slot as u16, code, e.timestamp, node_of_row[r]));
                     }
                 }
             }
@@ -491,7 +489,7 @@ impl Linker {
             let root = uf.find(n);
             smallest[root] = smallest[root].min(n as u32);
         }
-        let mut keyed: Vec<(IncidentKey, u32)> = Vec::with_capacity(evidence.len());
+        let mut keyed: Vec<Keyed> = Vec::with_capacity(evidence.len());
         for (r, e) in evidence.iter().enumerate() {
             let key = if free(e) {
                 let root = uf.find(node_of_row[r] as usize);
@@ -503,9 +501,9 @@ impl Linker {
             } else {
                 e.incident_key()
             };
-            keyed.push((key, r as u32));
+            keyed.push(Keyed::new(key, r, e));
         }
-        Ok(build(evidence, keyed))
+        Ok(build(evidence.len(), keyed))
     }
 }
 
