@@ -593,11 +593,16 @@ pub fn queue_file(
 }
 
 /// `threatrank eval`: grouped cross-validation of the training recipe.
+///
+/// With `repeats > 1` the CV (not the online replay nor the ablation) runs again with fold
+/// seeds `seed + 1 …`, and `report.repeats` holds the spread and the default model's paired
+/// differences; the report's own figures stay those of `seed`.
 pub fn eval_file(
     input: &Path,
     params: &cv::CvParams,
     online: Option<&crate::train::online::OnlineSimParams>,
     ablation: bool,
+    repeats: usize,
     kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<cv::CvReport, PipelineError> {
@@ -605,6 +610,34 @@ pub fn eval_file(
     require_labels(input, &loaded, "nothing to evaluate")?;
     let name = file_name(input);
     let mut report = cv::run(params, &name, &loaded.evidence, &loaded.corr, kn, progress)?;
+    if repeats > 1 {
+        let mut all = vec![report.clone()];
+        for k in 1..repeats as u64 {
+            let p = cv::CvParams {
+                seed: params.seed.wrapping_add(k),
+                ..params.clone()
+            };
+            all.push(cv::run(
+                &p,
+                &name,
+                &loaded.evidence,
+                &loaded.corr,
+                kn,
+                progress,
+            )?);
+        }
+        // the default learner when evaluated, else the first one asked for
+        let reference = if params.algorithms.contains(&params.train.algorithm) {
+            params.train.algorithm
+        } else {
+            params
+                .algorithms
+                .first()
+                .copied()
+                .unwrap_or(params.train.algorithm)
+        };
+        report.repeats = Some(cv::repeated(&all, reference.name()));
+    }
     if let Some(sim) = online {
         report.online = Some(crate::train::online::simulate(
             &params.train.check()?,

@@ -397,6 +397,235 @@ pub struct CvReport {
     /// (`threatrank eval --ablation`)
     #[serde(default)]
     pub ablation: Option<Vec<AblationRow>>,
+    /// the same CV repeated with other fold seeds (`threatrank eval --repeats`): the spread of
+    /// each figure and the default model's paired differences
+    #[serde(default)]
+    pub repeats: Option<RepeatedCv>,
+}
+
+/// Mean, sample standard deviation, min and max of one figure over repeats.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// mean
+    pub mean: f64,
+    /// sample standard deviation (0 for a single value)
+    pub sd: f64,
+    /// smallest
+    pub min: f64,
+    /// largest
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `v` (`None` when empty).
+    pub fn of(v: &[f64]) -> Option<Spread> {
+        if v.is_empty() {
+            return None;
+        }
+        let n = v.len() as f64;
+        let mean = v.iter().sum::<f64>() / n;
+        let sd = if v.len() > 1 {
+            (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+        } else {
+            0.0
+        };
+        Some(Spread {
+            mean,
+            sd,
+            min: v.iter().copied().fold(f64::INFINITY, f64::min),
+            max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+        })
+    }
+}
+
+/// One model on one split kind over the repeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatRow {
+    /// split kind
+    pub split: SplitKind,
+    /// model name
+    pub model: String,
+    /// macro-F1 over rows
+    pub macro_f1_rows: Spread,
+    /// macro-F1 over incidents
+    pub macro_f1_incidents: Spread,
+    /// log-loss over incidents
+    pub log_loss: Spread,
+    /// held-out conformal coverage (models with a conformal predictor)
+    pub coverage: Option<Spread>,
+}
+
+/// The default model minus another model, repeat by repeat (same folds within a repeat).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairedRow {
+    /// split kind
+    pub split: SplitKind,
+    /// the model compared with the default one
+    pub other: String,
+    /// default − other, macro-F1 over rows
+    pub diff_rows: Spread,
+    /// default − other, macro-F1 over incidents
+    pub diff_incidents: Spread,
+    /// repeats in which the default model scored higher over rows
+    pub ahead_rows: usize,
+    /// repeats in which the default model scored higher over incidents
+    pub ahead_incidents: usize,
+}
+
+/// Repeated grouped CV: the same recipe over several fold seeds. One seed's figures move with
+/// the fold assignment (on the GUIDE sample tenant-disjoint macro-F1 moves by ±0.01–0.02, the
+/// size of most differences between models); the spread says how much, and paired differences
+/// (both models on the same folds) tell a real lead from a lucky split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RepeatedCv {
+    /// fold seeds, the report's own first
+    pub seeds: Vec<u64>,
+    /// the default model (what the paired rows compare against)
+    pub reference: String,
+    /// per split and model
+    pub rows: Vec<RepeatRow>,
+    /// the reference minus each other model
+    pub paired: Vec<PairedRow>,
+}
+
+/// Aggregates reports of the same CV run with different fold seeds (same splits and models).
+pub fn repeated(reports: &[CvReport], reference: &str) -> RepeatedCv {
+    let mut rows = Vec::new();
+    let mut paired = Vec::new();
+    let Some(first) = reports.first() else {
+        return RepeatedCv {
+            seeds: Vec::new(),
+            reference: reference.to_string(),
+            rows,
+            paired,
+        };
+    };
+    let model_of = |r: &CvReport, split: SplitKind, name: &str| -> Option<ModelCv> {
+        r.splits
+            .iter()
+            .find(|s| s.split == split)?
+            .models
+            .iter()
+            .find(|m| m.model == name)
+            .cloned()
+    };
+    for sp in &first.splits {
+        for m in &sp.models {
+            let runs: Vec<ModelCv> = reports
+                .iter()
+                .filter_map(|r| model_of(r, sp.split, &m.model))
+                .collect();
+            let figure = |f: &dyn Fn(&ModelCv) -> f64| -> Spread {
+                let v: Vec<f64> = runs.iter().map(f).collect();
+                Spread::of(&v).unwrap_or(Spread {
+                    mean: f64::NAN,
+                    sd: f64::NAN,
+                    min: f64::NAN,
+                    max: f64::NAN,
+                })
+            };
+            let cov: Vec<f64> = runs
+                .iter()
+                .filter_map(|m| m.abstention.as_ref().map(|a| a.sets.coverage))
+                .collect();
+            rows.push(RepeatRow {
+                split: sp.split,
+                model: m.model.clone(),
+                macro_f1_rows: figure(&|m| m.metrics.macro_f1_rows),
+                macro_f1_incidents: figure(&|m| m.metrics.macro_f1_incidents),
+                log_loss: figure(&|m| m.metrics.log_loss),
+                coverage: Spread::of(&cov),
+            });
+            if m.model == reference {
+                continue;
+            }
+            let pairs: Vec<(ModelCv, ModelCv)> = reports
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        model_of(r, sp.split, reference)?,
+                        model_of(r, sp.split, &m.model)?,
+                    ))
+                })
+                .collect();
+            let diff = |f: &dyn Fn(&CvMetrics) -> f64| -> (Vec<f64>, usize) {
+                let d: Vec<f64> = pairs
+                    .iter()
+                    .map(|(a, b)| f(&a.metrics) - f(&b.metrics))
+                    .collect();
+                let ahead = d.iter().filter(|&&x| x > 0.0).count();
+                (d, ahead)
+            };
+            let (dr, ar) = diff(&|m| m.macro_f1_rows);
+            let (di, ai) = diff(&|m| m.macro_f1_incidents);
+            if let (Some(diff_rows), Some(diff_incidents)) = (Spread::of(&dr), Spread::of(&di)) {
+                paired.push(PairedRow {
+                    split: sp.split,
+                    other: m.model.clone(),
+                    diff_rows,
+                    diff_incidents,
+                    ahead_rows: ar,
+                    ahead_incidents: ai,
+                });
+            }
+        }
+    }
+    RepeatedCv {
+        seeds: reports.iter().map(|r| r.seed).collect(),
+        reference: reference.to_string(),
+        rows,
+        paired,
+    }
+}
+
+impl RepeatedCv {
+    /// Plain-text tables: mean ± sd per model, then the paired differences.
+    pub fn table(&self) -> String {
+        let n = self.seeds.len();
+        let seeds: Vec<String> = self.seeds.iter().map(u64::to_string).collect();
+        let mut s = format!(
+            "\nrepeated CV over {n} fold seeds ({}): mean ± sd [min, max]\n{:<18} {:<16} {:>24} {:>24} {:>15} {:>15}\n",
+            seeds.join(", "),
+            "split",
+            "model",
+            "F1(row)",
+            "F1(inc)",
+            "logloss",
+            "covered"
+        );
+        let ms = |v: &Spread| format!("{:.3} ± {:.3}", v.mean, v.sd);
+        let range = |v: &Spread| format!("{} [{:.3}, {:.3}]", ms(v), v.min, v.max);
+        for r in &self.rows {
+            s.push_str(&format!(
+                "{:<18} {:<16} {:>24} {:>24} {:>15} {:>15}\n",
+                r.split.name(),
+                r.model,
+                range(&r.macro_f1_rows),
+                range(&r.macro_f1_incidents),
+                ms(&r.log_loss),
+                r.coverage.as_ref().map_or("-".to_string(), ms),
+            ));
+        }
+        if !self.paired.is_empty() {
+            s.push_str(&format!(
+                "\n{:<18} {:<28} {:>18} {:>8} {:>18} {:>8}\n",
+                "split", "paired difference", "Δ F1(row)", "ahead", "Δ F1(inc)", "ahead"
+            ));
+            for p in &self.paired {
+                let d = |v: &Spread| format!("{:+.3} ± {:.3}", v.mean, v.sd);
+                s.push_str(&format!(
+                    "{:<18} {:<28} {:>18} {:>8} {:>18} {:>8}\n",
+                    p.split.name(),
+                    format!("{} − {}", self.reference, p.other),
+                    d(&p.diff_rows),
+                    format!("{}/{n}", p.ahead_rows),
+                    d(&p.diff_incidents),
+                    format!("{}/{n}", p.ahead_incidents),
+                ));
+            }
+        }
+        s
+    }
 }
 
 /// One row of the ablation table: the default model's pooled macro-F1 with one feature family
@@ -635,6 +864,9 @@ impl CvReport {
         if let Some(a) = &self.ablation {
             s.push_str(&ablation_table(a));
         }
+        if let Some(r) = &self.repeats {
+            s.push_str(&r.table());
+        }
         s
     }
 }
@@ -777,6 +1009,7 @@ pub fn run(
         splits,
         online: None,
         ablation: None,
+        repeats: None,
     })
 }
 
@@ -977,5 +1210,26 @@ impl Lookup {
             .unwrap_or(&self.prior);
         let total: u32 = counts.iter().sum::<u32>().max(1);
         counts.map(|n| n as f32 / total as f32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_is_mean_sample_sd_and_range() {
+        let s = Spread::of(&[1.0, 2.0, 4.0]).unwrap();
+        let mean = 7.0 / 3.0;
+        assert!((s.mean - mean).abs() < 1e-12);
+        let var = [1.0f64, 2.0, 4.0]
+            .iter()
+            .map(|x| (x - mean).powi(2))
+            .sum::<f64>()
+            / 2.0;
+        assert!((s.sd - var.sqrt()).abs() < 1e-12);
+        assert_eq!((s.min, s.max), (1.0, 4.0));
+        assert_eq!(Spread::of(&[0.5]).unwrap().sd, 0.0);
+        assert!(Spread::of(&[]).is_none());
     }
 }

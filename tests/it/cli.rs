@@ -480,6 +480,7 @@ fn help_of_each_subcommand_exits_zero_and_names_its_flags() {
                 "--algorithm",
                 "--json",
                 "--ablation",
+                "--repeats",
             ],
         ),
         (
@@ -941,4 +942,62 @@ fn correlate_from_scratch_reports_pairwise_agreement_and_checks_its_params() {
         String::from_utf8_lossy(&o.stderr).contains("window_seconds"),
         "{o:?}"
     );
+}
+
+/// `eval --repeats 2`: the CV runs with fold seeds 42 and 43; the report keeps seed 42's
+/// figures and adds each figure's spread and the paired differences, which agree with the
+/// per-model means; the table prints both.
+#[test]
+fn eval_repeats_reports_spread_and_paired_differences() {
+    let dir = tmp();
+    let json = dir.path().join("eval.json");
+    let o = run_os(&[
+        "eval".as_ref(),
+        "--input".as_ref(),
+        train_csv().as_os_str(),
+        "--folds".as_ref(),
+        "2".as_ref(),
+        "--algorithm".as_ref(),
+        "logistic".as_ref(),
+        "--repeats".as_ref(),
+        "2".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    assert!(
+        out.contains("repeated CV over 2 fold seeds (42, 43)"),
+        "{out}"
+    );
+    assert!(out.contains("logistic − lookup-baseline"), "{out}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["seed"], 42);
+    let r = &v["repeats"];
+    assert_eq!(r["seeds"], serde_json::json!([42, 43]));
+    assert_eq!(r["reference"], "logistic");
+    let rows = r["rows"].as_array().unwrap();
+    let paired = r["paired"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "2 splits × (logistic, lookup-baseline)");
+    assert_eq!(paired.len(), 2);
+    let f = |x: &serde_json::Value| x.as_f64().unwrap();
+    for p in paired {
+        let split = &p["split"];
+        let mean = |model: &str| {
+            let row = rows
+                .iter()
+                .find(|x| &x["split"] == split && x["model"] == model)
+                .unwrap();
+            let s = &row["macro_f1_rows"];
+            assert!(f(&s["min"]) <= f(&s["mean"]) && f(&s["mean"]) <= f(&s["max"]));
+            f(&s["mean"])
+        };
+        let d = f(&p["diff_rows"]["mean"]);
+        assert!((d - (mean("logistic") - mean("lookup-baseline"))).abs() < 1e-12);
+        assert!(p["ahead_rows"].as_u64().unwrap() <= 2);
+    }
+    // seed 42's own figures are the first repeat's
+    let first = v["splits"][0]["models"][0]["metrics"]["macro_f1_rows"].clone();
+    let row = &rows[0]["macro_f1_rows"];
+    assert!(f(&row["min"]) <= f(&first) && f(&first) <= f(&row["max"]));
 }
