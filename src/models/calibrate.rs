@@ -784,8 +784,8 @@ impl ProbabilityCalibrator {
         }
     }
 
-    /// Calibrates one row (`N_CLASSES` values) in place.
-    pub fn apply_row(&self, row: &mut [f32]) {
+    /// One row (serial).
+    fn apply_row(&self, row: &mut [f32]) {
         match self {
             ProbabilityCalibrator::Identity => {}
             ProbabilityCalibrator::Temperature(c) => c.apply_into(row),

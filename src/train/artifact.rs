@@ -97,10 +97,6 @@ pub struct CardMetrics {
     /// conformal sets on the calibrated out-of-fold probabilities (in-sample for the
     /// thresholds; `threatrank eval` reports held-out coverage)
     pub conformal: Option<ConformalReport>,
-    /// calibration choice for tenants without graded history (each method's log-loss,
-    /// cross-fitted by tenant over the out-of-fold rows of `unseen_folds`)
-    #[serde(default)]
-    pub unseen_calibration: Option<crate::models::calibrate::CalibrationReport>,
 }
 
 /// The model card.
@@ -138,11 +134,6 @@ pub struct Artifact {
     pub model: TrainedModel,
     /// probability calibration: global method chosen by log-loss, plus per-tenant maps
     pub calibration: TenantCalibration,
-    /// Probability map for tenants without graded history (`tenant:log_support` = 0), applied
-    /// to the model's probabilities instead of [`TenantCalibration`]; fitted on the
-    /// out-of-fold rows of [`super::TrainParams::unseen_folds`]. `None`: the global map serves.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unseen_calibration: Option<crate::models::ProbabilityCalibrator>,
     /// conformal predictors for grade sets, per tenant regime (`None` when calibration was
     /// skipped)
     pub conformal: Option<super::ConformalRegimes>,
