@@ -1077,9 +1077,9 @@ impl FittedFeatures {
 
     /// `x` as it would be for tenants without graded history: every `tenant` family column
     /// set to what [`FittedFeatures::transform`] writes for a tenant never seen (the prior,
-    /// zero support, nothing seen); every other column unchanged. Training uses it to teach
-    /// the model, and to calibrate, the cold start of a new tenant from every tenant's
-    /// incidents.
+    /// zero support, nothing seen); every other column unchanged. Training fits the grade
+    /// weights and conformal sets of new tenants on every training incident rewritten so
+    /// (`TrainParams::unseen_folds`).
     pub fn as_unseen_tenant(&self, x: &FeatureMatrix) -> FeatureMatrix {
         let schema = schema();
         let cols: Vec<usize> = (0..schema.len())
