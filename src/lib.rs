@@ -21,6 +21,7 @@ pub mod ingest;
 pub mod jsonfile;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod keymap;
 pub mod matrix;
 pub mod models;
 pub mod pipeline;

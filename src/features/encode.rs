@@ -10,6 +10,7 @@
 //! Cross-tenant aggregates are not here: they live in the global-signals snapshot
 //! (`signals::global`), which enforces the privacy floor.
 
+use crate::keymap::KeyMap;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -30,8 +31,8 @@ impl Counts {
 /// One encoding table: key → counts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Table {
-    /// counts by key (sorted, so the artifact is deterministic)
-    pub entries: BTreeMap<String, Counts>,
+    /// counts by key (hashed for lookups; serialized sorted, so the artifact is deterministic)
+    pub entries: KeyMap<Counts>,
 }
 
 impl Table {

@@ -20,8 +20,8 @@ use crate::correlate::{Correlated, Incident};
 use crate::domain::{Evidence, N_ENTITY_COLUMNS};
 use crate::matrix::{FeatureMatrix, FeatureSchema};
 use crate::signals::{
-    Attack, GlobalSignals, Knowledge, PseudonymKey, SignalKind, SignalsParams, SnapshotBuilder,
-    TACTICS,
+    Attack, GlobalSignals, GroupHit, GroupScratch, Knowledge, PseudonymKey, SignalKind,
+    SignalsParams, SnapshotBuilder, TACTICS,
 };
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -454,9 +454,36 @@ fn entity_keys(rows: &[&Evidence], sentinels: &[Option<u64>; N_ENTITY_COLUMNS]) 
         .collect()
 }
 
+thread_local! {
+    /// Each extraction thread's accumulators for the actor family's [`Groups::top_into`].
+    static GROUP_SCRATCH: std::cell::RefCell<(GroupScratch, Vec<GroupHit>)> =
+        std::cell::RefCell::new((GroupScratch::new(), Vec::new()));
+}
+
 /// Key of a tenant-scoped table.
 fn tenant_key(tenant: u64, value: &str) -> String {
     format!("{tenant}/{value}")
+}
+
+/// [`tenant_key`] of each value, written into `buf` (cleared) at `spans` (cleared): one
+/// buffer for all of an incident's keys instead of a `String` each.
+fn tenant_keys<'a>(
+    tenant: u64,
+    values: impl Iterator<Item = &'a str>,
+    buf: &mut String,
+    spans: &mut Vec<std::ops::Range<usize>>,
+) {
+    use std::fmt::Write as _;
+    buf.clear();
+    spans.clear();
+    let _ = write!(buf, "{tenant}/");
+    let prefix = buf.len();
+    for v in values {
+        let start = buf.len();
+        buf.extend_from_within(..prefix);
+        buf.push_str(v);
+        spans.push(start..buf.len());
+    }
 }
 
 /// Distinct values of one identity kind in an incident (sorted, deduplicated).
@@ -922,16 +949,17 @@ impl FittedFeatures {
         );
 
         // --- actor: similarity of the technique set to known ATT&CK groups
-        let hits = kn.groups.top(&techniques, 2);
-        let score = |i: usize| hits.get(i).map_or(0.0, |h| f64::from(h.score));
-        s.put(Family::Actor, "actor_top_score", "", score(0));
-        s.put(Family::Actor, "actor_margin", "", score(0) - score(1));
-        s.put(
-            Family::Actor,
-            "actor_top_shared",
-            "",
-            hits.first().map_or(0.0, |h| h.shared.len() as f64),
-        );
+        let (top, second, shared) = GROUP_SCRATCH.with_borrow_mut(|(scratch, hits)| {
+            kn.groups.top_into(&techniques, 2, scratch, hits);
+            let score = |i: usize| hits.get(i).map_or(0.0, |h| f64::from(h.score));
+            let shared = hits
+                .first()
+                .map_or(0, |h| kn.groups.shared_count(h, scratch));
+            (score(0), score(1), shared)
+        });
+        s.put(Family::Actor, "actor_top_score", "", top);
+        s.put(Family::Actor, "actor_margin", "", top - second);
+        s.put(Family::Actor, "actor_top_shared", "", shared as f64);
 
         // --- time
         let first = rows.iter().map(|e| e.timestamp).min().unwrap_or(0);
@@ -1053,25 +1081,28 @@ impl FittedFeatures {
             ("tenant_category", &ids[2]),
         ];
         let empty = Table::default();
+        // Every tenant × value key of the incident, written into one buffer.
+        let mut buf = String::new();
+        let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
         for (k, (name, values)) in keyed.into_iter().enumerate() {
-            let (table, keys): (&Table, Vec<String>) = match tenant {
-                Some(t) => (
-                    &self.tenant_keyed[k],
-                    values.iter().map(|v| tenant_key(t, v)).collect(),
-                ),
-                None => (&empty, Vec::new()),
+            let table = match tenant {
+                Some(t) => {
+                    tenant_keys(t, values.iter().copied(), &mut buf, &mut spans);
+                    &self.tenant_keyed[k]
+                }
+                None => &empty,
             };
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let keys: Vec<&str> = spans.iter().map(|r| &buf[r.clone()]).collect();
             self.put_encoding(s, name, table, &keys, t_rates);
         }
-        let (table, keys): (&Table, Vec<String>) = match tenant {
-            Some(t) => (
-                &self.entity_tenant,
-                entities.iter().map(|v| tenant_key(t, v)).collect(),
-            ),
-            None => (&empty, Vec::new()),
+        let table = match tenant {
+            Some(t) => {
+                tenant_keys(t, entities.iter().map(String::as_str), &mut buf, &mut spans);
+                &self.entity_tenant
+            }
+            None => &empty,
         };
-        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let keys: Vec<&str> = spans.iter().map(|r| &buf[r.clone()]).collect();
         self.put_encoding(s, "tenant_entity", table, &keys, t_rates);
     }
 

@@ -32,6 +32,7 @@
 //!   nobody without the key can subtract it. Released values are clamped at 0.
 
 use crate::domain::{Grade, TenantId};
+use crate::keymap::KeyMap;
 use crate::rng::SplitMix64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -286,6 +287,18 @@ impl PseudonymKey {
         crate::matrix::hex(&self.mac(kind.name(), value.as_bytes())[..16])
     }
 
+    /// [`PseudonymKey::pseudonym`] written into `out` (no allocation: the lookup path).
+    fn pseudonym_into<'a>(&self, kind: SignalKind, value: &str, out: &'a mut [u8; 32]) -> &'a str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mac = self.mac(kind.name(), value.as_bytes());
+        for (i, b) in mac[..16].iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
+        }
+        // hex digits are ASCII
+        std::str::from_utf8(out).unwrap_or_default()
+    }
+
     /// A tenant's pseudonym (used only to count distinct tenants; never stored).
     fn tenant(&self, t: TenantId) -> u64 {
         self.mac_u64("tenant", &t.0.to_le_bytes())
@@ -397,7 +410,7 @@ impl<'k> SnapshotBuilder<'k> {
     pub fn build(self) -> GlobalSignals {
         let p = &self.params;
         let k = p.min_tenants;
-        let mut tables: BTreeMap<SignalKind, BTreeMap<String, Released>> = BTreeMap::new();
+        let mut tables: BTreeMap<SignalKind, KeyMap<Released>> = BTreeMap::new();
         for ((kind, key), by_tenant) in self.stats {
             if by_tenant.len() < k {
                 continue;
@@ -449,7 +462,7 @@ pub struct GlobalSignals {
     format: u32,
     params: SignalsParams,
     key_fingerprint: String,
-    tables: BTreeMap<SignalKind, BTreeMap<String, Released>>,
+    tables: BTreeMap<SignalKind, KeyMap<Released>>,
 }
 
 impl GlobalSignals {
@@ -467,7 +480,8 @@ impl GlobalSignals {
     /// The released statistics of a raw value (pseudonymized with `key` for tenant-side kinds).
     pub fn lookup(&self, kind: SignalKind, value: &str, key: &PseudonymKey) -> Option<&Released> {
         if kind.is_tenant_side() {
-            self.get(kind, &key.pseudonym(kind, value))
+            let mut buf = [0u8; 32];
+            self.get(kind, key.pseudonym_into(kind, value, &mut buf))
         } else {
             self.get(kind, value)
         }
@@ -475,7 +489,7 @@ impl GlobalSignals {
 
     /// Number of released keys of a kind.
     pub fn released(&self, kind: SignalKind) -> usize {
-        self.tables.get(&kind).map_or(0, BTreeMap::len)
+        self.tables.get(&kind).map_or(0, KeyMap::len)
     }
 
     /// The parameters the snapshot was built with.

@@ -476,6 +476,17 @@ impl Groups {
             .collect()
     }
 
+    /// How many of the techniques of the last [`top_into`](Self::top_into) call on `scratch`
+    /// `hit`'s group uses exactly ([`GroupMatch::shared`]'s length), without allocation.
+    pub fn shared_count(&self, hit: &GroupHit, scratch: &GroupScratch) -> usize {
+        let g = &self.groups[hit.index];
+        scratch
+            .query
+            .iter()
+            .filter(|q| g.techniques.binary_search(q).is_ok())
+            .count()
+    }
+
     /// [`top`](Self::top) without allocation once `scratch` and `out` have grown: clears `out` and
     /// fills it with at most `k` hits in the same order.
     ///
