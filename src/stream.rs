@@ -9,15 +9,17 @@
 //!    the input is *partitioned*: every evidence row goes to one of `B` spill files by a hash of
 //!    its incident (alerts without a given incident id by a hash of their tenant, since the
 //!    linker correlates a tenant's loose alerts together). `B` is chosen from the input's size
-//!    so that one partition holds about `memory_rows / 1.3` rows. An incident never spans two
+//!    so that one partition holds about `memory_rows / 2.6` rows. An incident never spans two
 //!    partitions, so scoring partitions one at a time gives the incidents whole-input scoring
 //!    gives.
-//! 2. **Score.** Each partition is correlated, featurized and scored (rayon inside), and its
-//!    output lines (ascending record index, since rows were appended in input order) are
-//!    spilled. With [`Explain::Top`] only the `k` first incidents of each tenant's queue (the
-//!    queue's total order, [`crate::rank::queue_order`]) get their exact TreeSHAP reason; the
-//!    candidates are kept in a per-tenant bounded set across partitions (memory: `k` feature
-//!    rows per tenant), and explained once all partitions are scored.
+//! 2. **Score.** Each partition is correlated, featurized and scored (rayon inside) while the
+//!    next one is read back from its spill file (so two partitions, about `memory_rows / 1.3`
+//!    rows, are in memory at once), and its output lines (ascending record index, since rows
+//!    were appended in input order) are spilled. With [`Explain::Top`] only the `k` first
+//!    incidents of each tenant's queue (the queue's total order, [`crate::rank::queue_order`])
+//!    get their exact TreeSHAP reason; the candidates are kept in a per-tenant bounded set
+//!    across partitions (memory: `k` feature rows per tenant), and explained once all
+//!    partitions are scored.
 //! 3. **Merge.** A k-way merge of the partitions' lines and the rejected lines by record index
 //!    writes the score CSV in input order, filling `top_reason` from the explained set.
 //!
@@ -30,7 +32,7 @@ use crate::domain::{
     AlertId, Entities, Evidence, Grade, IncidentId, IncidentKey, Severity, TenantId,
     N_ENTITY_COLUMNS,
 };
-use crate::ingest::{RecordSource, Rejection, RejectsWriter};
+use crate::ingest::{RecordResult, RecordSource, Rejection, RejectsWriter};
 use crate::models::N_CLASSES;
 use crate::rank::{self, Context};
 use crate::report::SCORE_HEADER;
@@ -231,7 +233,7 @@ impl<R: Read> Read for CountingReader<R> {
 /// the rejects CSV `rejects`. `input_bytes` is the input's total size and `bytes_read` the
 /// counter of a [`CountingReader`] under `source` (both only size the partitions).
 #[allow(clippy::too_many_arguments)]
-pub fn score<S: RecordSource>(
+pub fn score<S: RecordSource + Send>(
     artifact: &Artifact,
     source: S,
     input_bytes: u64,
@@ -244,85 +246,47 @@ pub fn score<S: RecordSource>(
     let p = params.get();
     let file = source.file_name().to_string();
     let scratch = Scratch::new(output)?;
-    let mut rej_csv = RejectsWriter::create(rejects)?;
-    let mut outcome = StreamOutcome {
-        file,
-        records: 0,
-        accepted: 0,
-        rejected: 0,
-        first_rejections: Vec::new(),
-        incidents: 0,
-        explained: 0,
-        rows: 0,
-        partitions: 1,
+    let mut store = Store {
+        p,
+        scratch: &scratch,
+        input_bytes,
+        bytes_read,
+        rej_csv: RejectsWriter::create(rejects)?,
+        rejected_lines: LineSink::Memory(Vec::new()),
+        mem: Vec::new(),
+        parts: None,
+        fetched: 0,
+        outcome: StreamOutcome {
+            file,
+            records: 0,
+            accepted: 0,
+            rejected: 0,
+            first_rejections: Vec::new(),
+            incidents: 0,
+            explained: 0,
+            rows: 0,
+            partitions: 1,
+        },
     };
-    // Rejected records' output lines, in record order (kept in memory until partitioning).
-    let mut rejected_lines = LineSink::Memory(Vec::new());
-    let mut mem: Vec<Evidence> = Vec::new();
-    let mut parts: Option<Partitions> = None;
     let mut source = source;
-    // Records handed out by the reader so far (ahead of `outcome.records` within a batch).
-    let mut fetched = 0u64;
-    loop {
-        let batch = source.next_batch(ingest::BATCH_RECORDS);
-        if batch.is_empty() {
-            break;
-        }
-        fetched += batch.len() as u64;
-        for item in batch {
-            outcome.records += 1;
-            match item {
-                Ok(ev) => {
-                    outcome.accepted += 1;
-                    match &mut parts {
-                        Some(ps) => {
-                            for e in ev {
-                                ps.push(&e)?;
-                            }
-                        }
-                        None => {
-                            mem.extend(ev);
-                            if mem.len() > p.memory_rows {
-                                // Evidence rows expected in the whole input: records per byte
-                                // read so far, times rows per accepted record.
-                                let read = bytes_read.load(Ordering::Relaxed).max(1);
-                                let records =
-                                    fetched as f64 * input_bytes.max(read) as f64 / read as f64;
-                                let est_rows =
-                                    records * mem.len() as f64 / outcome.accepted.max(1) as f64;
-                                let n = ((est_rows * 1.3 / p.memory_rows as f64).ceil() as usize)
-                                    .clamp(2, 4096);
-                                let mut ps = Partitions::create(&scratch, n)?;
-                                for e in mem.drain(..) {
-                                    ps.push(&e)?;
-                                }
-                                mem.shrink_to_fit();
-                                rejected_lines = rejected_lines.spill(&scratch)?;
-                                parts = Some(ps);
-                            }
-                        }
-                    }
-                }
-                Err(rej) => {
-                    outcome.rejected += 1;
-                    rej_csv.write(&rej)?;
-                    let fields = crate::report::rejected_row(rej.to_string());
-                    if matches!(&rejected_lines, LineSink::Memory(v) if v.len() >= p.memory_rows) {
-                        rejected_lines = rejected_lines.spill(&scratch)?;
-                    }
-                    rejected_lines.push(&OutLine {
-                        record: rej.record,
-                        key: None,
-                        head: format!("{},", csv_line(&fields[..10])),
-                        tail: format!(",{}", csv_line(&fields[11..])),
-                    })?;
-                    if outcome.first_rejections.len() < 20 {
-                        outcome.first_rejections.push(rej);
-                    }
-                }
-            }
-        }
+    let mut batch = source.next_batch(ingest::BATCH_RECORDS);
+    while !batch.is_empty() {
+        // The next batch is read and parsed while this one is stored.
+        let (next, stored) = rayon::join(
+            || source.next_batch(ingest::BATCH_RECORDS),
+            || store.push(batch),
+        );
+        stored?;
+        batch = next;
     }
+    let Store {
+        rej_csv,
+        rejected_lines,
+        mem,
+        parts,
+        mut outcome,
+        ..
+    } = store;
     rej_csv.finish()?;
     let mut explainer = Explainer::new(p.explain);
     let mut part_lines: Vec<LineSink> = Vec::new();
@@ -335,11 +299,22 @@ pub fn score<S: RecordSource>(
         Some(ps) => {
             let files = ps.finish()?;
             outcome.partitions = files.len();
-            for (i, f) in files.iter().enumerate() {
-                let evidence = read_evidence(f)?;
+            let take = |f: &PathBuf| {
+                let evidence = read_evidence(f);
                 let _ = std::fs::remove_file(f);
+                evidence
+            };
+            // Partition i + 1 is read back (one thread) while partition i is scored.
+            let mut next = files.first().map(take).transpose()?;
+            for i in 0..files.len() {
+                let evidence = next.take().unwrap_or_default();
                 let mut sink = LineSink::file(&scratch.path(&format!("lines-{i}")))?;
-                outcome.incidents += score_part(artifact, evidence, kn, &mut explainer, &mut sink)?;
+                let (scored, read) = rayon::join(
+                    || score_part(artifact, evidence, kn, &mut explainer, &mut sink),
+                    || files.get(i + 1).map(take).transpose(),
+                );
+                outcome.incidents += scored?;
+                next = read?;
                 part_lines.push(sink);
             }
         }
@@ -350,6 +325,97 @@ pub fn score<S: RecordSource>(
     outcome.rows = merge(part_lines, &reasons, output)?;
     scratch.remove();
     Ok(outcome)
+}
+
+/// The read phase's state: where accepted evidence and rejected records go.
+struct Store<'a> {
+    p: &'a StreamParams,
+    scratch: &'a Scratch,
+    input_bytes: u64,
+    bytes_read: &'a AtomicU64,
+    rej_csv: RejectsWriter,
+    /// Rejected records' output lines, in record order (in memory until partitioning).
+    rejected_lines: LineSink,
+    /// accepted evidence, until the input is partitioned
+    mem: Vec<Evidence>,
+    parts: Option<Partitions>,
+    /// records handed out by the reader so far
+    fetched: u64,
+    outcome: StreamOutcome,
+}
+
+impl Store<'_> {
+    /// Stores one batch: evidence in memory or in its partition (partitioning the input once
+    /// memory holds more than `memory_rows`), rejections to the rejects CSV and their lines.
+    fn push(&mut self, batch: Vec<RecordResult>) -> Result<(), StreamError> {
+        self.fetched += batch.len() as u64;
+        let p = self.p;
+        for item in batch {
+            self.outcome.records += 1;
+            match item {
+                Ok(ev) => {
+                    self.outcome.accepted += 1;
+                    match &mut self.parts {
+                        Some(ps) => {
+                            for e in ev {
+                                ps.push(&e)?;
+                            }
+                        }
+                        None => {
+                            self.mem.extend(ev);
+                            if self.mem.len() > p.memory_rows {
+                                self.partition()?;
+                            }
+                        }
+                    }
+                }
+                Err(rej) => {
+                    self.outcome.rejected += 1;
+                    self.rej_csv.write(&rej)?;
+                    let fields = crate::report::rejected_row(rej.to_string());
+                    if matches!(&self.rejected_lines, LineSink::Memory(v) if v.len() >= p.memory_rows)
+                    {
+                        spill_in_place(&mut self.rejected_lines, self.scratch)?;
+                    }
+                    self.rejected_lines.push(&OutLine {
+                        record: rej.record,
+                        key: None,
+                        head: format!("{},", csv_line(&fields[..10])),
+                        tail: format!(",{}", csv_line(&fields[11..])),
+                    })?;
+                    if self.outcome.first_rejections.len() < 20 {
+                        self.outcome.first_rejections.push(rej);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves the evidence in memory to spill partitions, sized from the input's expected rows.
+    fn partition(&mut self) -> Result<(), StreamError> {
+        // Evidence rows expected in the whole input: records per byte read so far, times rows
+        // per accepted record.
+        let read = self.bytes_read.load(Ordering::Relaxed).max(1);
+        let records = self.fetched as f64 * self.input_bytes.max(read) as f64 / read as f64;
+        let est_rows = records * self.mem.len() as f64 / self.outcome.accepted.max(1) as f64;
+        let n = ((est_rows * 2.6 / self.p.memory_rows as f64).ceil() as usize).clamp(2, 4096);
+        let mut ps = Partitions::create(self.scratch, n)?;
+        for e in self.mem.drain(..) {
+            ps.push(&e)?;
+        }
+        self.mem.shrink_to_fit();
+        spill_in_place(&mut self.rejected_lines, self.scratch)?;
+        self.parts = Some(ps);
+        Ok(())
+    }
+}
+
+/// [`LineSink::spill`] of a sink behind a reference.
+fn spill_in_place(sink: &mut LineSink, scratch: &Scratch) -> Result<(), StreamError> {
+    let lines = std::mem::replace(sink, LineSink::Memory(Vec::new()));
+    *sink = lines.spill(scratch)?;
+    Ok(())
 }
 
 /// One output row, split around `top_reason` (filled at merge time).

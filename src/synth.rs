@@ -681,7 +681,7 @@ impl Profile {
         std::str::from_utf8(self.strings.get(t)).ok()
     }
 
-    fn fit_from<R1: Read, R2: Read>(
+    fn fit_from<R1: Read + Send, R2: Read>(
         name: &str,
         first: R1,
         second: R2,

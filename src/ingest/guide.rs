@@ -99,16 +99,72 @@ struct Columns {
 }
 
 /// Streaming GUIDE reader: yields one item per data row.
+///
+/// [`GuideReader::next_batch`] reads ahead: while one batch's records are parsed (in
+/// parallel), the next batch's raw records are read, so reading the bytes (one thread: the
+/// CSV state machine and line tracking) overlaps with parsing them.
 pub struct GuideReader<R: Read> {
+    raw: RawState<R>,
+    parser: GuideParser,
+    record: ByteRecord,
+    /// the raw records of the batch [`GuideReader::next_batch`] returned last
+    pool: RawBatch,
+    /// raw records already read for the next batch
+    ahead: Option<RawBatch>,
+    /// an emptied batch whose buffers the next read-ahead reuses
+    spare: RawBatch,
+}
+
+/// What reading raw records needs (everything but the parser).
+struct RawState<R: Read> {
     inner: csv::Reader<Tracked<R>>,
     events: Events,
     lines_before: u64,
-    parser: GuideParser,
-    record: ByteRecord,
-    /// reused record buffers of [`GuideReader::next_batch`]
-    pool: Vec<ByteRecord>,
     index: u32,
     done: bool,
+}
+
+/// Raw records read but not yet parsed: `meta[i]` (index, line or rejection) goes with
+/// `recs[i]`; `recs` may hold more (reused) buffers than `meta` has entries.
+#[derive(Default)]
+struct RawBatch {
+    recs: Vec<ByteRecord>,
+    meta: Vec<(u32, Result<u64, Rejection>)>,
+}
+
+impl RawBatch {
+    /// Reads up to `max` records (fewer at the end of the input).
+    fn fill<R: Read>(&mut self, raw: &mut RawState<R>, parser: &GuideParser, max: usize) {
+        self.meta.clear();
+        if self.recs.len() < max {
+            self.recs.resize_with(max, ByteRecord::new);
+        }
+        for rec in self.recs[..max].iter_mut() {
+            match raw.read_raw(parser, rec) {
+                Some(m) => self.meta.push(m),
+                None => break,
+            }
+        }
+    }
+
+    /// Parses the batch in parallel (rayon), in order.
+    fn parse(&self, parser: &GuideParser) -> Vec<RecordResult> {
+        self.meta
+            .par_iter()
+            .zip(self.recs.par_iter())
+            .map(|((index, r), rec)| {
+                r.clone()
+                    .and_then(|line| parser.parse(rec, line, *index).map(|e| vec![e]))
+            })
+            .collect()
+    }
+
+    /// Moves the records after the first `n` into a new batch.
+    fn split_off(&mut self, n: usize) -> RawBatch {
+        let meta = self.meta.split_off(n);
+        let recs = self.recs.split_off(n);
+        RawBatch { recs, meta }
+    }
 }
 
 /// What turns one raw record into evidence: no reader state, so records parse in parallel.
@@ -162,14 +218,18 @@ impl<R: Read> GuideReader<R> {
         }
         let parser = GuideParser::from_header(header, file, params)?;
         Ok(Self {
-            inner,
-            events,
-            lines_before: 0,
+            raw: RawState {
+                inner,
+                events,
+                lines_before: 0,
+                index: 0,
+                done: false,
+            },
             parser,
             record: ByteRecord::new(),
-            pool: Vec::new(),
-            index: 0,
-            done: false,
+            pool: RawBatch::default(),
+            ahead: None,
+            spare: RawBatch::default(),
         })
     }
 
@@ -184,30 +244,45 @@ impl<R: Read> GuideReader<R> {
     pub(crate) fn next_batch_raw(&mut self, max: usize) -> (Vec<RecordResult>, &[ByteRecord]) {
         let out = self.next_batch(max);
         let n = out.len();
-        (out, &self.pool[..n])
+        (out, &self.pool.recs[..n])
     }
 
     /// Reads up to `max` records and parses them in parallel (rayon), in input order; the
-    /// same items [`Iterator::next`] would give. Empty at the end of the input.
-    pub fn next_batch(&mut self, max: usize) -> Vec<RecordResult> {
-        let mut pool = std::mem::take(&mut self.pool);
-        pool.resize_with(max, ByteRecord::new);
-        let mut meta: Vec<(u32, Result<u64, Rejection>)> = Vec::with_capacity(max);
-        for rec in pool.iter_mut() {
-            match self.read_raw(rec) {
-                Some(m) => meta.push(m),
-                None => break,
+    /// same items [`Iterator::next`] would give. Empty at the end of the input. The next
+    /// batch's raw records are read meanwhile (see [`GuideReader`]).
+    pub fn next_batch(&mut self, max: usize) -> Vec<RecordResult>
+    where
+        R: Send,
+    {
+        let max = max.max(1);
+        let mut cur = match self.ahead.take() {
+            Some(mut b) => {
+                if b.meta.len() > max {
+                    self.ahead = Some(b.split_off(max));
+                }
+                b
             }
+            None => {
+                let mut b = std::mem::take(&mut self.spare);
+                b.fill(&mut self.raw, &self.parser, max);
+                b
+            }
+        };
+        if cur.meta.is_empty() {
+            self.pool = cur;
+            return Vec::new();
         }
         let parser = &self.parser;
-        let out = meta
-            .into_par_iter()
-            .zip(pool.par_iter())
-            .map(|((index, r), rec)| {
-                r.and_then(|line| parser.parse(rec, line, index).map(|e| vec![e]))
-            })
-            .collect();
-        self.pool = pool;
+        let out = if self.ahead.is_none() && !self.raw.done {
+            let mut next = std::mem::take(&mut self.pool);
+            let raw = &mut self.raw;
+            let (out, ()) = rayon::join(|| cur.parse(parser), || next.fill(raw, parser, max));
+            self.ahead = Some(next);
+            out
+        } else {
+            cur.parse(parser)
+        };
+        self.spare = std::mem::replace(&mut self.pool, std::mem::take(&mut cur));
         out
     }
 }
@@ -319,8 +394,15 @@ impl GuideParser {
                 ),
             ));
         }
-        // Size and encoding of every field, before anything is interpreted.
-        for (i, f) in rec.iter().enumerate() {
+        // Size and encoding of every field, before anything is interpreted. Fast path: the
+        // whole record is valid UTF-8 and every field starts on a character boundary (then each
+        // field is valid), checked once; otherwise field by field, for the message.
+        let whole = std::str::from_utf8(rec.as_slice()).ok().filter(|all| {
+            (0..rec.len()).all(|i| rec.range(i).is_some_and(|r| all.get(r).is_some()))
+        });
+        let fields_ok = whole.is_some() && rec.iter().all(|f| f.len() <= self.max_field);
+        let slow_check = if fields_ok { 0 } else { rec.len() };
+        for (i, f) in rec.iter().enumerate().take(slow_check) {
             if f.len() > self.max_field {
                 return Err(self.reject(
                     index,
@@ -344,10 +426,12 @@ impl GuideParser {
         }
         let text = |i: usize| -> &str {
             // Validated above; an empty string can only come from an impossible index.
-            rec.get(i)
-                .and_then(|f| std::str::from_utf8(f).ok())
-                .unwrap_or("")
-                .trim()
+            match whole {
+                Some(all) => rec.range(i).and_then(|r| all.get(r)),
+                None => rec.get(i).and_then(|f| std::str::from_utf8(f).ok()),
+            }
+            .unwrap_or("")
+            .trim()
         };
         let opt_text = |i: Option<usize>| -> Option<String> {
             i.map(text).filter(|s| !s.is_empty()).map(str::to_string)
@@ -521,11 +605,15 @@ pub(crate) fn truncate(s: &str, n: usize) -> &str {
     }
 }
 
-impl<R: Read> GuideReader<R> {
+impl<R: Read> RawState<R> {
     /// Reads the next record's raw fields into `rec`: its index and either its line (to be
     /// parsed) or a rejection decided while reading (unterminated quote, I/O error). `None` at
     /// the end of the input. Blank lines are skipped.
-    fn read_raw(&mut self, rec: &mut ByteRecord) -> Option<(u32, Result<u64, Rejection>)> {
+    fn read_raw(
+        &mut self,
+        parser: &GuideParser,
+        rec: &mut ByteRecord,
+    ) -> Option<(u32, Result<u64, Rejection>)> {
         if self.done {
             return None;
         }
@@ -553,7 +641,7 @@ impl<R: Read> GuideReader<R> {
                     if span.quotes % 2 == 1 && self.events.at_eof(end) {
                         // csv accepts end of file inside a quoted field; we do not.
                         let swallowed = span.lines_inside.saturating_sub(1);
-                        Err(self.parser.reject(
+                        Err(parser.reject(
                             index,
                             line,
                             None,
@@ -573,9 +661,7 @@ impl<R: Read> GuideReader<R> {
                 Err(e) => {
                     // I/O failure mid-file: report it as this record's rejection and stop.
                     self.done = true;
-                    Err(self
-                        .parser
-                        .reject(index, line, None, format!("read error: {e}")))
+                    Err(parser.reject(index, line, None, format!("read error: {e}")))
                 }
             };
             self.index += 1;
@@ -588,8 +674,22 @@ impl<R: Read> Iterator for GuideReader<R> {
     type Item = RecordResult;
 
     fn next(&mut self) -> Option<RecordResult> {
+        // Records a batch read ahead come first.
+        if let Some(b) = self.ahead.as_mut() {
+            if !b.meta.is_empty() {
+                let (index, r) = b.meta.remove(0);
+                let rec = b.recs.remove(0);
+                if b.meta.is_empty() {
+                    self.ahead = None;
+                }
+                return Some(
+                    r.and_then(|line| self.parser.parse(&rec, line, index).map(|e| vec![e])),
+                );
+            }
+            self.ahead = None;
+        }
         let mut rec = std::mem::take(&mut self.record);
-        let out = self.read_raw(&mut rec).map(|(index, r)| {
+        let out = self.raw.read_raw(&self.parser, &mut rec).map(|(index, r)| {
             r.and_then(|line| self.parser.parse(&rec, line, index).map(|e| vec![e]))
         });
         self.record = rec;
@@ -665,17 +765,27 @@ struct Tracked<R> {
 impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
+        let data = &buf[..n];
         let mut log = self.events.lock();
-        for (i, &b) in buf[..n].iter().enumerate() {
+        for i in memchr::memchr3_iter(b'\n', b'\r', b'"', data) {
             let off = self.offset + i as u64;
-            match b {
-                // "\r\n" was counted at the '\r'.
-                b'\n' if !self.pending_cr => log.queue.push_back((off, false)),
+            match data[i] {
+                b'\n' => {
+                    // "\r\n" was counted at the '\r'.
+                    let after_cr = match i {
+                        0 => self.pending_cr,
+                        _ => data[i - 1] == b'\r',
+                    };
+                    if !after_cr {
+                        log.queue.push_back((off, false));
+                    }
+                }
                 b'\r' => log.queue.push_back((off, false)),
-                b'"' => log.queue.push_back((off, true)),
-                _ => {}
+                _ => log.queue.push_back((off, true)),
             }
-            self.pending_cr = b == b'\r';
+        }
+        if let Some(&last) = data.last() {
+            self.pending_cr = last == b'\r';
         }
         self.offset += n as u64;
         log.total = self.offset;
@@ -686,7 +796,7 @@ impl<R: Read> Read for Tracked<R> {
     }
 }
 
-impl<R: Read> RecordSource for GuideReader<R> {
+impl<R: Read + Send> RecordSource for GuideReader<R> {
     fn file_name(&self) -> &str {
         &self.parser.file
     }

@@ -398,7 +398,7 @@ pub fn collect<S: RecordSource>(source: S) -> Result<Ingested, IngestError> {
 }
 
 /// Reads from any `Read` with an explicit format (for tests and library callers).
-pub fn read_from<R: Read>(
+pub fn read_from<R: Read + Send>(
     reader: R,
     name: &str,
     format: InputFormat,

@@ -291,6 +291,68 @@ fn bad_utf8_in_a_field_rejects_that_row_naming_column_and_line() {
 }
 
 #[test]
+fn a_character_split_across_two_fields_is_invalid_in_both() {
+    // "é" is C3 A9: "x\xc3" then "\xa9y" are each invalid, though the record's bytes
+    // without the separator would spell "xéy".
+    let header = header_names();
+    let (a, b) = (col("State"), col("City"));
+    assert_eq!(
+        b,
+        a + 1,
+        "State and City are adjacent in the sample's header"
+    );
+    let mut out = header.join(",").into_bytes();
+    out.push(b'\n');
+    for (i, r) in rows(5).iter().enumerate() {
+        let fields: Vec<&[u8]> = r
+            .iter()
+            .enumerate()
+            .map(|(j, f)| match (i, j) {
+                (2, j) if j == a => &b"x\xc3"[..],
+                (2, j) if j == b => &b"\xa9y"[..],
+                _ => f.as_bytes(),
+            })
+            .collect();
+        out.extend_from_slice(&fields.join(&b","[..]));
+        out.push(b'\n');
+    }
+    let r = one_rejection(&out);
+    assert_rejection(&r, 4, 2, Some("State"), "invalid UTF-8 at byte 1");
+}
+
+#[test]
+fn batches_and_single_records_interleave_in_order() {
+    // next_batch reads the following batch ahead; records asked one at a time afterwards, or
+    // in batches of another size, must still come in input order, none lost or repeated.
+    let bytes = csv_text(&header_names(), &rows(40)).into_bytes();
+    let params = IngestParams::default().check().unwrap();
+    let all: Vec<u32> = ingest::GuideReader::new(&bytes[..], "s.csv", &params)
+        .unwrap()
+        .map(|r| r.unwrap()[0].record)
+        .collect();
+    assert_eq!(all, (0..40).collect::<Vec<u32>>());
+    let mut reader = ingest::GuideReader::new(&bytes[..], "s.csv", &params).unwrap();
+    let mut got = Vec::new();
+    // 0: two records through `Iterator::next`; otherwise a batch of that size
+    for step in [7, 0, 3, 20, 2, 0, 5, 9] {
+        let records: Vec<u32> = if step == 0 {
+            reader
+                .by_ref()
+                .take(2)
+                .map(|r| r.unwrap()[0].record)
+                .collect()
+        } else {
+            let batch = reader.next_batch(step);
+            assert!(batch.len() <= step);
+            batch.into_iter().map(|r| r.unwrap()[0].record).collect()
+        };
+        got.extend(records);
+    }
+    got.extend(reader.map(|r| r.unwrap()[0].record));
+    assert_eq!(got, all);
+}
+
+#[test]
 fn other_rows_survive_a_rejection_and_keep_their_record_index() {
     let ing = read_guide(&five_with(1, "Category", b"\xff"), "bad.csv").unwrap();
     let recs: Vec<u32> = ing.evidence.iter().map(|e| e.record).collect();
