@@ -241,7 +241,10 @@ impl<R: Read> GuideReader<R> {
     /// [`GuideReader::next_batch`], also lending the raw records (aligned with the results):
     /// what `convert` writes for the accepted ones.
     #[cfg(feature = "parquet")]
-    pub(crate) fn next_batch_raw(&mut self, max: usize) -> (Vec<RecordResult>, &[ByteRecord]) {
+    pub(crate) fn next_batch_raw(&mut self, max: usize) -> (Vec<RecordResult>, &[ByteRecord])
+    where
+        R: Send,
+    {
         let out = self.next_batch(max);
         let n = out.len();
         (out, &self.pool.recs[..n])
