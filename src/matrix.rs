@@ -250,18 +250,38 @@ impl FeatureSchema {
 
 /// Lower-case hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    hex_into(bytes, &mut out).to_string()
+}
+
+/// [`hex`] written into `out` (the first `2 × bytes.len()` bytes; no allocation), returned
+/// as text. Bytes beyond `out`'s room are not written.
+pub fn hex_into<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
+    let n = bytes.len().min(out.len() / 2);
+    for (pair, b) in out.chunks_exact_mut(2).zip(&bytes[..n]) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
     }
-    s
+    // hex digits are ASCII
+    std::str::from_utf8(&out[..2 * n]).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_reference_values_and_into_a_buffer() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(hex(&[]), "");
+        let mut buf = [0u8; 32];
+        let bytes: Vec<u8> = (0..16).map(|i| i * 17).collect();
+        assert_eq!(hex_into(&bytes, &mut buf), hex(&bytes));
+        // room for 2 bytes only: the first 2 are written
+        let mut small = [0u8; 5];
+        assert_eq!(hex_into(&[0xab, 0xcd, 0xef], &mut small), "abcd");
+    }
 
     #[test]
     fn shape_is_checked() {

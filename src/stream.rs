@@ -375,7 +375,7 @@ impl Store<'_> {
                     let fields = crate::report::rejected_row(rej.to_string());
                     if matches!(&self.rejected_lines, LineSink::Memory(v) if v.len() >= p.memory_rows)
                     {
-                        spill_in_place(&mut self.rejected_lines, self.scratch)?;
+                        self.rejected_lines.spill(self.scratch)?;
                     }
                     self.rejected_lines.push(&OutLine {
                         record: rej.record,
@@ -405,17 +405,10 @@ impl Store<'_> {
             ps.push(&e)?;
         }
         self.mem.shrink_to_fit();
-        spill_in_place(&mut self.rejected_lines, self.scratch)?;
+        self.rejected_lines.spill(self.scratch)?;
         self.parts = Some(ps);
         Ok(())
     }
-}
-
-/// [`LineSink::spill`] of a sink behind a reference.
-fn spill_in_place(sink: &mut LineSink, scratch: &Scratch) -> Result<(), StreamError> {
-    let lines = std::mem::replace(sink, LineSink::Memory(Vec::new()));
-    *sink = lines.spill(scratch)?;
-    Ok(())
 }
 
 /// One output row, split around `top_reason` (filled at merge time).
@@ -796,18 +789,16 @@ impl LineSink {
     }
 
     /// The same lines in the scratch file of the rejected records (no-op once spilled).
-    fn spill(self, scratch: &Scratch) -> Result<LineSink, StreamError> {
-        match self {
-            LineSink::Memory(lines) => {
-                scratch.ensure()?;
-                let mut sink = LineSink::file(&scratch.path("rejected"))?;
-                for l in &lines {
-                    sink.push(l)?;
-                }
-                Ok(sink)
+    fn spill(&mut self, scratch: &Scratch) -> Result<(), StreamError> {
+        if let LineSink::Memory(lines) = self {
+            scratch.ensure()?;
+            let mut sink = LineSink::file(&scratch.path("rejected"))?;
+            for l in lines.iter() {
+                sink.push(l)?;
             }
-            f => Ok(f),
+            *self = sink;
         }
+        Ok(())
     }
 
     fn into_source(self) -> Result<LineSource, StreamError> {

@@ -147,14 +147,14 @@ impl RawBatch {
         }
     }
 
-    /// Parses the batch in parallel (rayon), in order.
-    fn parse(&self, parser: &GuideParser) -> Vec<RecordResult> {
+    /// Parses the batch in parallel (rayon), in order; `meta` is consumed (`recs` stay, for
+    /// [`GuideReader::next_batch_raw`]).
+    fn parse(&mut self, parser: &GuideParser) -> Vec<RecordResult> {
         self.meta
-            .par_iter()
+            .par_drain(..)
             .zip(self.recs.par_iter())
             .map(|((index, r), rec)| {
-                r.clone()
-                    .and_then(|line| parser.parse(rec, line, *index).map(|e| vec![e]))
+                r.and_then(|line| parser.parse(rec, line, index).map(|e| vec![e]))
             })
             .collect()
     }

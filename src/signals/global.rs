@@ -289,14 +289,7 @@ impl PseudonymKey {
 
     /// [`PseudonymKey::pseudonym`] written into `out` (no allocation: the lookup path).
     fn pseudonym_into<'a>(&self, kind: SignalKind, value: &str, out: &'a mut [u8; 32]) -> &'a str {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        let mac = self.mac(kind.name(), value.as_bytes());
-        for (i, b) in mac[..16].iter().enumerate() {
-            out[2 * i] = DIGITS[usize::from(b >> 4)];
-            out[2 * i + 1] = DIGITS[usize::from(b & 15)];
-        }
-        // hex digits are ASCII
-        std::str::from_utf8(out).unwrap_or_default()
+        crate::matrix::hex_into(&self.mac(kind.name(), value.as_bytes())[..16], out)
     }
 
     /// A tenant's pseudonym (used only to count distinct tenants; never stored).
