@@ -223,6 +223,7 @@ fn with_recipe(lr: f64, rounds: usize) -> GbdtValidParams {
         .subsample(1.0)
         .colsample_bytree(1.0)
         .min_child_weight(MIN_CHILD_WEIGHT)
+        .min_child_groups(1)
         .lambda(0.0)
         .alpha(0.0)
         .max_bin(256)

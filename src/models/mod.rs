@@ -279,17 +279,23 @@ impl ModelParams {
     }
 
     /// Checks and fits; a learner that holds rows out (the GBDT's early stopping) keeps each
-    /// of `groups` (one id per row) on one side. Learners without a holdout ignore `groups`.
+    /// of `groups` (one id per row) on one side, and one that bounds the groups per leaf (the
+    /// GBDT's `min_child_groups`) counts `split_groups` (one per row, e.g. the tenant).
+    /// Learners without either ignore them.
     pub fn fit_grouped(
         &self,
         x: &FeatureMatrix,
         y: &[u8],
         groups: &[u64],
+        split_groups: Option<&[u64]>,
     ) -> Result<TrainedModel, ModelError> {
         match self {
-            ModelParams::Gbdt(p) => Ok(TrainedModel::Gbdt(Box::new(
-                p.check()?.fit_grouped(x, y, groups)?,
-            ))),
+            ModelParams::Gbdt(p) => Ok(TrainedModel::Gbdt(Box::new(p.check()?.fit_grouped(
+                x,
+                y,
+                groups,
+                split_groups,
+            )?))),
             _ => self.fit(x, y),
         }
     }

@@ -379,7 +379,9 @@ pub fn fit(
     let reference = p_tp
         .map(|p| ReferenceProfile::fit(&x, &schema, &p, &tenant_of_row, MIN_TENANT_ROWS))
         .transpose()?;
-    let model = params.model.fit_grouped(&x, &y, &row_ids(x.n_rows()))?;
+    let model = params
+        .model
+        .fit_grouped(&x, &y, &row_ids(x.n_rows()), Some(&tenant_of_row))?;
     let ranker = match &params.ranker {
         Some(r) => {
             let query: Vec<u64> = rows.iter().map(|&i| queue_of(&corr.incidents[i])).collect();
@@ -492,6 +494,7 @@ fn out_of_fold(
     params: &TrainValidParams,
     x: &FeatureMatrix,
     y: &[u8],
+    tenant_of_row: &[u64],
     folds: &[eval::Fold],
     score: &FeatureMatrix,
 ) -> Result<Vec<f32>, TrainError> {
@@ -504,7 +507,8 @@ fn out_of_fold(
             continue;
         }
         let gt: Vec<u64> = fold.train.iter().map(|&i| i as u64).collect();
-        let m = params.model.fit_grouped(&xt, &yt, &gt)?;
+        let tt: Vec<u64> = fold.train.iter().map(|&i| tenant_of_row[i]).collect();
+        let m = params.model.fit_grouped(&xt, &yt, &gt, Some(&tt))?;
         let p = m.score(&score.select_rows(&fold.test))?;
         for (r, &i) in fold.test.iter().enumerate() {
             oof[i * N_CLASSES..(i + 1) * N_CLASSES]
@@ -542,7 +546,7 @@ fn calibrate(params: &TrainValidParams, rows: &Rows<'_>) -> Result<Calibrated, T
     }
     let groups = row_ids(x.n_rows());
     let folds = eval::grouped_kfold(&groups, k, params.seed ^ 0x5eed)?;
-    let oof = out_of_fold(params, x, y, &folds, x)?;
+    let oof = out_of_fold(params, x, y, tenant_of_row, &folds, x)?;
     let raw = eval::log_loss(&oof, y)?;
     let (mut calibration, tenant_report) =
         params
@@ -568,7 +572,7 @@ fn calibrate(params: &TrainValidParams, rows: &Rows<'_>) -> Result<Calibrated, T
                 params.unseen_folds,
                 params.seed ^ 0x7465_6e61_6e74,
             )?;
-            let mut unseen_probs = out_of_fold(params, x, y, &tenant_folds, unseen)?;
+            let mut unseen_probs = out_of_fold(params, x, y, tenant_of_row, &tenant_folds, unseen)?;
             calibration.global().apply_into(&mut unseen_probs);
             let seen: Vec<usize> = (0..x.n_rows())
                 .filter(|&i| x.get(i, support_column) > 0.0)

@@ -3,7 +3,7 @@
 //!
 //! Sits in `train`, on top of [`super::cv`]. Candidate 0 is the defaults; the others draw
 //! depth, learning rate, minimum child weight, L2 and L1 regularization, row and column
-//! sampling and the round cap from fixed ranges with a splitmix64 stream seeded by `seed`, so
+//! sampling, the round cap and the fewest tenants per leaf from fixed ranges with a splitmix64 stream seeded by `seed`, so
 //! the same seed always tries the same candidates. A candidate's score is the macro-F1 over
 //! incidents on the incident-disjoint split, the tenant-disjoint split, or their mean
 //! ([`TuneObjective`]); ties keep the earlier candidate. The winner's parameters and the whole
@@ -121,11 +121,12 @@ impl TuneReport {
             self.params.objective.name()
         );
         s.push_str(&format!(
-            "  {:>3} {:>5} {:>6} {:>5} {:>6} {:>5} {:>5} {:>5} {:>6}  {:>8} {:>8} {:>7}\n",
+            "  {:>3} {:>5} {:>6} {:>5} {:>4} {:>6} {:>5} {:>5} {:>5} {:>6}  {:>8} {:>8} {:>7}\n",
             "#",
             "depth",
             "eta",
             "mcw",
+            "mcg",
             "lambda",
             "alpha",
             "subs",
@@ -138,12 +139,13 @@ impl TuneReport {
         for (i, t) in self.trials.iter().enumerate() {
             let p = &t.params;
             s.push_str(&format!(
-                "{} {:>3} {:>5} {:>6.3} {:>5.1} {:>6.2} {:>5.2} {:>5.2} {:>5.2} {:>6}  {:>8} {:>8} {:>7.4}\n",
+                "{} {:>3} {:>5} {:>6.3} {:>5.1} {:>4} {:>6.2} {:>5.2} {:>5.2} {:>5.2} {:>6}  {:>8} {:>8} {:>7.4}\n",
                 if i == self.best { "*" } else { " " },
                 i,
                 p.get_max_depth(),
                 p.get_learning_rate(),
                 p.get_min_child_weight(),
+                p.get_min_child_groups(),
                 p.get_lambda(),
                 p.get_alpha(),
                 p.get_subsample(),
@@ -183,7 +185,8 @@ pub fn candidates(params: &TuneParams, base: &GbdtParams) -> Vec<GbdtParams> {
             .alpha(pick(&mut state, &[0.0, 0.0, 0.1, 1.0]))
             .subsample(pick(&mut state, &[0.6, 0.8, 1.0]))
             .colsample_bytree(pick(&mut state, &[0.5, 0.7, 0.8, 1.0]))
-            .max_rounds(pick(&mut state, &[300, 600, 1200]));
+            .max_rounds(pick(&mut state, &[300, 600, 1200]))
+            .min_child_groups(pick(&mut state, &[1, 2, 5, 10]));
         if !out.contains(&c) {
             out.push(c);
         }

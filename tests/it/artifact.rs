@@ -453,3 +453,54 @@ fn tenants_are_judged_against_their_own_training_incidents() {
     assert_eq!(r.status, DriftStatus::InsufficientData, "{r:?}");
     assert!(r.warnings.is_empty() && r.notes[0].starts_with("no training baseline"));
 }
+
+/// Training passes each incident's tenant to the GBDT as its split group: with
+/// `min_child_groups` above the number of training tenants no split is legal, so the final
+/// model has no split at all, although counting incidents (each its own group) would allow
+/// them.
+#[test]
+fn training_counts_tenants_not_incidents_per_leaf() {
+    use std::collections::BTreeSet;
+    use threatrank::models::gbdt::GbdtParams;
+    use threatrank::models::{ModelParams, TrainedModel};
+    use threatrank::train::TrainParams;
+    let (h, lines) = sample();
+    let col = |name: &str| h.split(',').position(|c| c == name).unwrap();
+    let (org, inc) = (col("OrgId"), col("IncidentId"));
+    let head = &lines[..3000];
+    let mut tenants = BTreeSet::new();
+    let mut incidents = BTreeSet::new();
+    for l in head {
+        let f: Vec<&str> = l.split(',').collect();
+        tenants.insert(f[org]);
+        incidents.insert((f[org], f[inc]));
+    }
+    let floor = tenants.len() + 1;
+    assert!(
+        incidents.len() >= 2 * floor + 20,
+        "{} incidents, {} tenants: incidents alone would not allow a split",
+        incidents.len(),
+        tenants.len()
+    );
+    let dir = tmp();
+    let input = dir.path().join("head.csv");
+    std::fs::write(&input, sample_head(head.len())).unwrap();
+    let model = dir.path().join("model.json");
+    let params = TrainParams {
+        model: Some(ModelParams::Gbdt(
+            GbdtParams::default()
+                .max_rounds(10)
+                .early_stopping_rounds(0)
+                .min_child_groups(floor),
+        )),
+        calibration_folds: 0,
+        unseen_folds: 0,
+        ..TrainParams::default()
+    };
+    threatrank::pipeline::train_file(&input, &model, &params, kn()).unwrap();
+    let TrainedModel::Gbdt(m) = Artifact::load(&model).unwrap().model else {
+        panic!("not a GBDT");
+    };
+    let gain: f64 = m.gain_importance().iter().sum();
+    assert_eq!(gain, 0.0, "a leaf rests on fewer than {floor} tenants");
+}
