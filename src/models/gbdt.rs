@@ -112,8 +112,9 @@ setters! {
     min_child_weight / get_min_child_weight: f64;
     /// Fewest distinct split groups each child of a split must hold rows of; `0` and `1`
     /// constrain nothing. Training passes each row's tenant as its split group
-    /// ([`GbdtValidParams::fit_grouped`]), so above 1 no leaf rests on fewer tenants; without
-    /// split groups each row is its own group. `threatrank tune` searches it. Default `1`:
+    /// ([`GbdtValidParams::fit_grouped`]), so no leaf rests on the incidents of fewer tenants
+    /// than that; without split groups each row is its own group. `threatrank tune` searches
+    /// it. Default `1`:
     /// measured on the GUIDE sample (`eval --repeats 3`, fold seeds 42–44), 5 tenants per leaf
     /// moved the mean macro-F1 rows / incidents by −0.002 / 0.000 incident-disjoint and
     /// +0.003 / −0.003 tenant-disjoint, within the fold noise (seed 42 alone: +0.019 rows
