@@ -675,10 +675,7 @@ pub fn report_file(
     let loaded = load(input, &IngestValidParams::default())?;
     require_labels(input, &loaded, "nothing to evaluate")?;
     let labelled: Vec<usize> = loaded.corr.labelled().map(|(i, _, _)| i).collect();
-    let mut tenants: Vec<u64> = labelled
-        .iter()
-        .map(|&i| loaded.corr.incidents[i].key.tenant.0)
-        .collect();
+    let mut tenants = loaded.corr.tenants_of(&labelled);
     tenants.sort_unstable();
     tenants.dedup();
     let info = crate::bench::InputInfo {

@@ -69,6 +69,14 @@ impl Correlated {
             .enumerate()
             .filter_map(|(i, inc)| inc.grade.map(|g| (i, inc, g)))
     }
+
+    /// The tenant id of each of the incidents `which` (indices into `incidents`), in order.
+    pub fn tenants_of(&self, which: &[usize]) -> Vec<u64> {
+        which
+            .iter()
+            .map(|&i| self.incidents[i].key.tenant.0)
+            .collect()
+    }
 }
 
 /// The most frequent value (ties → the smallest; empty → empty string), e.g. an incident's

@@ -326,10 +326,7 @@ fn features_of(engine: &Engine, rows: Vec<Vec<u8>>, counts: Vec<u32>) -> DfResul
         rejected.append_value(rej);
         rejection.append_option(why);
     }
-    let tenants: Vec<u64> = which
-        .iter()
-        .map(|&i| corr.incidents[i].key.tenant.0)
-        .collect();
+    let tenants = corr.tenants_of(&which);
     let mut k2 = 0usize;
     let at: Vec<Option<usize>> = first_row
         .iter()

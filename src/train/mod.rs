@@ -263,10 +263,7 @@ impl Artifact {
         kn: &Knowledge,
     ) -> Result<Predictions, TrainError> {
         let x = self.features.transform(evidence, corr, which, kn);
-        let tenants: Vec<u64> = which
-            .iter()
-            .map(|&i| corr.incidents[i].key.tenant.0)
-            .collect();
+        let tenants = corr.tenants_of(which);
         let mut pred = self.predict_rows(x, &tenants)?;
         pred.which = which.to_vec();
         Ok(pred)
@@ -339,10 +336,7 @@ pub fn fit(
 ) -> Result<Artifact, TrainError> {
     let (encoders, x, y, rows) =
         features::fit_transform(&params.features, evidence, corr, train, kn)?;
-    let tenant_of_row: Vec<u64> = rows
-        .iter()
-        .map(|&i| corr.incidents[i].key.tenant.0)
-        .collect();
+    let tenant_of_row = corr.tenants_of(&rows);
     let present = (0..N_CLASSES as u8).filter(|c| y.contains(c)).count();
     if present < 2 {
         return Err(TrainError::Data {
@@ -401,10 +395,7 @@ pub fn fit(
     for &c in &y {
         grades[c as usize] += 1;
     }
-    let mut tenants: Vec<u64> = train
-        .iter()
-        .map(|&i| corr.incidents[i].key.tenant.0)
-        .collect();
+    let mut tenants = corr.tenants_of(train);
     tenants.sort_unstable();
     tenants.dedup();
     let data = DataInfo {

@@ -179,13 +179,14 @@ pub fn simulate(
     progress("starting model");
     let (frozen_enc, x0, y0, rows0) =
         features::fit_transform(&params.features, evidence, corr, &initial, kn)?;
-    let tenants0: Vec<u64> = rows0
-        .iter()
-        .map(|&i| corr.incidents[i].key.tenant.0)
-        .collect();
     let rounds = gbdt
         .check()?
-        .fit_grouped(&x0, &y0, &row_ids(x0.n_rows()), Some(&tenants0))?
+        .fit_grouped(
+            &x0,
+            &y0,
+            &row_ids(x0.n_rows()),
+            Some(&corr.tenants_of(&rows0)),
+        )?
         .rounds();
     let frozen = OnlineGbdt::train(&gbdt, rounds, &x0, &y0)?;
     let mut updated = frozen.clone();

@@ -3,10 +3,10 @@
 //!
 //! Sits in `train`, on top of [`super::cv`]. Candidate 0 is the defaults; the others draw
 //! depth, learning rate, minimum child weight, L2 and L1 regularization, row and column
-//! sampling, the round cap and the fewest tenants per leaf from fixed ranges with a splitmix64 stream seeded by `seed`, so
-//! the same seed always tries the same candidates. A candidate's score is the macro-F1 over
-//! incidents on the incident-disjoint split, the tenant-disjoint split, or their mean
-//! ([`TuneObjective`]); ties keep the earlier candidate. The winner's parameters and the whole
+//! sampling, the round cap and the fewest tenants per leaf from fixed ranges with a
+//! splitmix64 stream seeded by `seed`, so the same seed always tries the same candidates. A
+//! candidate's score is the macro-F1 over incidents on the incident-disjoint split, the
+//! tenant-disjoint split, or their mean ([`TuneObjective`]); ties keep the earlier candidate. The winner's parameters and the whole
 //! search go into the model card of the artifact trained with them.
 
 use super::cv::{self, CvParams, SplitKind};
