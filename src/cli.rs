@@ -68,6 +68,24 @@ pub struct SignalsArgs {
     pub signals: Option<PathBuf>,
 }
 
+/// A differential-privacy ε, or `off` (`None`: exact counts).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Epsilon(pub Option<f64>);
+
+fn parse_epsilon(s: &str) -> Result<Epsilon, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(Epsilon(None));
+    }
+    let e: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is neither a number nor `off`"))?;
+    crate::signals::SignalsParams::default()
+        .epsilon(Some(e))
+        .check()
+        .map(|_| Epsilon(Some(e)))
+        .map_err(|e| e.to_string())
+}
+
 /// Environment variable naming the file of the pseudonymization secret.
 pub const KEY_FILE_ENV: &str = "THREATRANK_SIGNALS_KEY_FILE";
 
@@ -123,6 +141,10 @@ pub enum Command {
         /// time, verdicts, global, tenant.
         #[arg(long, value_parser = parse_family)]
         disable: Vec<crate::features::Family>,
+        /// Differential-privacy ε per key of the global signals built from the training data
+        /// (stored in the model), or `off` for exact counts (experiments only).
+        #[arg(long, default_value = "1", value_parser = parse_epsilon)]
+        signals_epsilon: Epsilon,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -231,6 +253,10 @@ pub enum Command {
         /// fold assignment on the GUIDE sample, as much as most differences between models.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=50))]
         repeats: u16,
+        /// Differential-privacy ε per key of the global signals each fold builds from its
+        /// training part, or `off` for exact counts.
+        #[arg(long, default_value = "1", value_parser = parse_epsilon)]
+        signals_epsilon: Epsilon,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -410,6 +436,10 @@ pub enum Command {
         /// Predicted/analyst agreement below which drift warns.
         #[arg(long, default_value_t = 0.6)]
         agreement_warn: f64,
+        /// The global drift view is withheld when one tenant holds more than this share of
+        /// the rows (or verdicts) behind it.
+        #[arg(long, default_value_t = 0.5)]
+        global_max_tenant_share: f64,
         /// pseudonymization key and external snapshot
         #[command(flatten)]
         signals: SignalsArgs,
@@ -596,15 +626,30 @@ pub enum SignalsCommand {
         /// Snapshot to write (JSON; gzip when it ends in .gz).
         #[arg(long)]
         out: PathBuf,
-        /// Privacy floor: distinct tenants behind every released value (≥ 2).
+        /// Privacy floor: a key is released when its (noisy) tenant count reaches it (≥ 2).
         #[arg(long, default_value_t = 5)]
         min_tenants: usize,
-        /// Laplace noise budget ε per released statistic (default: no noise).
+        /// Differential-privacy ε of one key's statistics for one tenant, per release.
+        #[arg(long, default_value_t = crate::signals::global::DEFAULT_EPSILON, conflicts_with = "exact")]
+        epsilon: f64,
+        /// No noise: exact counts behind the floor (k-anonymity only, which a differencing
+        /// attack defeats). For experiments; never share such a snapshot.
         #[arg(long)]
-        epsilon: Option<f64>,
-        /// With noise: clip each tenant's contribution to one key to this many.
-        #[arg(long, default_value_t = 50)]
+        exact: bool,
+        /// Clip each tenant's contribution to one key to this many incidents, alerts and
+        /// graded incidents.
+        #[arg(long, default_value_t = 2)]
         contribution_cap: u32,
+        /// Each tenant contributes to at most this many keys of each kind.
+        #[arg(long, default_value_t = 32)]
+        max_keys_per_tenant: u32,
+        /// Total ε per key over every release charged to the ledger; a release past it is
+        /// refused.
+        #[arg(long, default_value_t = crate::signals::ledger::DEFAULT_BUDGET)]
+        budget: f64,
+        /// The privacy-budget ledger (default: signals-ledger.json beside --out).
+        #[arg(long, value_name = "FILE")]
+        ledger: Option<PathBuf>,
         /// File holding the pseudonymization secret (default $THREATRANK_SIGNALS_KEY_FILE,
         /// else the public development key, with a warning).
         #[arg(long, value_name = "FILE")]
@@ -791,6 +836,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             algorithm,
             seed,
             disable,
+            signals_epsilon,
             signals,
         } => {
             let kn = signals.knowledge()?;
@@ -804,6 +850,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             for f in disable {
                 params.features = params.features.disable(f);
             }
+            params.features.signals.epsilon = signals_epsilon.0;
             let out = pipeline::train_file(&input, &model, &params, &kn);
             pb.finish_and_clear();
             let out = out?;
@@ -932,6 +979,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             online,
             ablation,
             repeats,
+            signals_epsilon,
             signals,
         } => {
             let kn = signals.knowledge()?;
@@ -940,6 +988,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 seed,
                 ..CvParams::default()
             };
+            params.train.features.signals.epsilon = signals_epsilon.0;
             if !algorithm.is_empty() {
                 params.algorithms.clear();
                 for a in algorithm {
@@ -1113,7 +1162,11 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             out,
             min_tenants,
             epsilon,
+            exact,
             contribution_cap,
+            max_keys_per_tenant,
+            budget,
+            ledger,
             signals_key,
         }) => {
             let args = SignalsArgs {
@@ -1124,11 +1177,17 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             warn_development_key(&key, &out.display().to_string());
             let params = crate::signals::SignalsParams::default()
                 .min_tenants(min_tenants)
-                .epsilon(epsilon)
-                .contribution_cap(contribution_cap);
-            let built = pipeline::build_signals_file(&input, &out, &params, &key)?;
+                .epsilon((!exact).then_some(epsilon))
+                .contribution_cap(contribution_cap)
+                .max_keys_per_tenant(max_keys_per_tenant);
+            let ledger =
+                ledger.unwrap_or_else(|| crate::signals::ledger::default_ledger_path(&out));
+            let built = pipeline::build_signals_file(&input, &out, &params, &key, &ledger, budget)?;
             eprint_report(&built.report, None);
             eprintln!("{}", built.summary());
+            if exact {
+                eprintln!("warning: {} holds exact counts (no differential privacy): a differencing attack reads one tenant's counts from two such snapshots; never share it", out.display());
+            }
             println!("{}", out.display());
             Ok(())
         }
@@ -1201,6 +1260,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             drift_rows,
             psi_warn,
             agreement_warn,
+            global_max_tenant_share,
             signals,
         } => {
             let kn = signals.knowledge()?;
@@ -1220,6 +1280,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             p.drift_rows = drift_rows;
             p.psi_warn = psi_warn;
             p.agreement_warn = agreement_warn;
+            p.max_tenant_share = global_max_tenant_share;
             crate::service::serve(&p, kn)?;
             Ok(())
         }

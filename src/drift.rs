@@ -844,10 +844,17 @@ impl ReferenceProfile {
         if let Some(a) = &agreement {
             if let Some(rate) = a.rate.filter(|_| a.verdicts >= p.min_verdicts as u64) {
                 if rate < p.agreement_warn {
-                    warnings.push(format!(
-                        "analysts agree with the predicted grade on {rate:.2} of the last {} verdicts < {:.2}",
-                        a.verdicts, p.agreement_warn
-                    ));
+                    // the global view's texts name no count (its rows mix tenants)
+                    warnings.push(match tenant {
+                        Some(_) => format!(
+                            "analysts agree with the predicted grade on {rate:.2} of the last {} verdicts < {:.2}",
+                            a.verdicts, p.agreement_warn
+                        ),
+                        None => format!(
+                            "analysts agree with the predicted grade on {rate:.2} of the recent verdicts < {:.2}",
+                            p.agreement_warn
+                        ),
+                    });
                 }
             }
         }

@@ -705,38 +705,65 @@ pub struct BuiltSignals {
     pub report: IngestReport,
     /// the snapshot written
     pub snapshot: crate::signals::GlobalSignals,
+    /// what the release cost in the budget ledger
+    pub charge: crate::signals::ledger::Charge,
 }
 
 impl BuiltSignals {
-    /// One line per kind: released keys.
+    /// What was released (keys per kind), under which privacy, and the budget left.
     pub fn summary(&self) -> String {
         let kinds: Vec<String> = crate::signals::SignalKind::ALL
             .iter()
             .map(|k| format!("{} {}", self.snapshot.released(*k), k.name()))
             .collect();
+        let p = self.snapshot.privacy();
+        let privacy = match (p.epsilon_per_key, p.epsilon_per_tenant, p.delta_single_tenant_key) {
+            (Some(e), Some(et), Some(d)) => format!(
+                "discrete Laplace, ε {e} per key ({et} per tenant over the release), a single tenant's key released with probability {d:.3}; budget: {} ε per key spent of {}, {} left ({})",
+                self.charge.spent,
+                self.charge.budget,
+                self.charge.left(),
+                if self.charge.charged { "charged" } else { "the same release as before: not charged again" }
+            ),
+            _ => "exact counts, no differential privacy (not charged)".into(),
+        };
         format!(
-            "released (≥ {} tenants each): {}; key {}",
+            "released (noisy tenant count ≥ {}): {}; key {}; release {}; {privacy}",
             self.snapshot.params().min_tenants,
             kinds.join(", "),
-            self.snapshot.key_fingerprint()
+            self.snapshot.key_fingerprint(),
+            p.release_id,
         )
     }
 }
 
-/// `threatrank signals build`: a global-signals snapshot from every incident of `input`.
+/// `threatrank signals build`: a global-signals snapshot from every incident of `input`,
+/// charged to the privacy-budget `ledger` (refused, and nothing written, past `budget`).
 pub fn build_signals_file(
     input: &Path,
     out: &Path,
     params: &crate::signals::SignalsParams,
     key: &crate::signals::PseudonymKey,
+    ledger: &Path,
+    budget: f64,
 ) -> Result<BuiltSignals, PipelineError> {
     let valid = params.check().map_err(SignalsError::from)?;
+    let mut book = crate::signals::Ledger::load_or_new(ledger, &key.fingerprint())
+        .map_err(SignalsError::from)?;
     let loaded = load(input, &IngestValidParams::default())?;
     let snapshot = crate::features::build_snapshot(&valid, key, &loaded.evidence, &loaded.corr);
+    let charge = book
+        .charge(&snapshot, &out.display().to_string(), budget)
+        .map_err(SignalsError::from)?;
+    // the ledger first: a crash between the two over-counts the budget, never under-counts it
+    if charge.charged {
+        book.save(ledger).map_err(SignalsError::from)?;
+    }
     snapshot.save(out).map_err(SignalsError::from)?;
     Ok(BuiltSignals {
         report: loaded.report,
         snapshot,
+        charge,
     })
 }
 

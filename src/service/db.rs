@@ -207,8 +207,44 @@ pub struct QueueFilter {
 pub struct Population {
     /// feature row and calibrated P(TP) per threat, newest first
     pub rows: Vec<(Vec<f32>, f32)>,
-    /// distinct tenants among them
+    /// how many tenants they come from, and the largest one's share
+    pub spread: Spread,
+}
+
+/// How many tenants a set of rows comes from, and how many rows the largest one holds: what
+/// the global drift view's floor and dominance rule read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Spread {
+    /// distinct tenants
     pub tenants: u64,
+    /// rows in all
+    pub rows: u64,
+    /// rows of the tenant holding the most
+    pub max_tenant_rows: u64,
+}
+
+impl Spread {
+    /// The spread of rows tagged with these tenants.
+    pub fn of(tenants: impl IntoIterator<Item = u64>) -> Spread {
+        let mut per: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+        for t in tenants {
+            *per.entry(t).or_default() += 1;
+        }
+        Spread {
+            tenants: per.len() as u64,
+            rows: per.values().sum(),
+            max_tenant_rows: per.values().copied().max().unwrap_or(0),
+        }
+    }
+
+    /// The largest tenant's share of the rows (0 without rows).
+    pub fn max_share(&self) -> f64 {
+        if self.rows == 0 {
+            0.0
+        } else {
+            self.max_tenant_rows as f64 / self.rows as f64
+        }
+    }
 }
 
 /// What a batch must score again: stored evidence rows and the ids of the candidate threats
@@ -799,17 +835,17 @@ impl Db {
                 .query(rusqlite::params_from_iter(args.iter()))
                 .map_err(|e| self.sql(e))?;
             let mut out = Vec::new();
-            let mut tenants = std::collections::BTreeSet::new();
+            let mut tenants = Vec::new();
             while let Some(r) = rows.next().map_err(|e| self.sql(e))? {
                 let blob: Vec<u8> = r.get(0).map_err(|e| self.sql(e))?;
                 let p: f64 = r.get(1).map_err(|e| self.sql(e))?;
                 let t: i64 = r.get(2).map_err(|e| self.sql(e))?;
-                tenants.insert(t);
+                tenants.push(t as u64);
                 out.push((self.decode_features(&blob)?, p as f32));
             }
             Ok(Population {
                 rows: out,
-                tenants: tenants.len() as u64,
+                spread: Spread::of(tenants),
             })
         })
     }
@@ -937,12 +973,12 @@ impl Db {
     }
 
     /// The last `window` verdicts of a tenant (or of all tenants), newest first, with the
-    /// number of distinct tenants among them.
+    /// tenants among them and the largest one's share ([`Spread`]).
     pub fn recent_verdicts(
         &self,
         tenant: Option<u64>,
         window: usize,
-    ) -> Result<(Vec<Verdict>, u64), DbError> {
+    ) -> Result<(Vec<Verdict>, Spread), DbError> {
         let rows = match tenant {
             Some(t) => self.verdict_rows(
                 "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant FROM verdicts
@@ -955,13 +991,9 @@ impl Db {
                 params![window as i64],
             )?,
         };
-        let tenants = rows
-            .iter()
-            .map(|(_, t)| *t)
-            .collect::<std::collections::BTreeSet<_>>()
-            .len() as u64;
+        let spread = Spread::of(rows.iter().map(|(_, t)| *t));
         let rows = rows.into_iter().map(|(v, _)| v).collect();
-        Ok((rows, tenants))
+        Ok((rows, spread))
     }
 
     /// The latest verdict of each verdicted threat of every tenant, with the threat's

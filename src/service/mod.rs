@@ -83,6 +83,10 @@ pub struct ServeParams {
     pub agreement_warn: f64,
     /// fewest tenants behind a released global drift figure (default 5)
     pub min_tenants: u64,
+    /// largest share of the rows behind a released global drift figure that one tenant may
+    /// hold (dominance rule; default 0.5): above it the figure is withheld, since it would
+    /// mostly describe that tenant
+    pub max_tenant_share: f64,
     /// SQLite read connections (default 4)
     pub db_readers: usize,
 }
@@ -103,6 +107,7 @@ impl ServeParams {
             psi_warn: 0.25,
             agreement_warn: 0.6,
             min_tenants: 5,
+            max_tenant_share: 0.5,
             db_readers: 4,
         }
     }
@@ -147,6 +152,12 @@ impl ServeParams {
         }
         if self.min_tenants < 2 {
             return bad("min_tenants", format!("{} is below 2", self.min_tenants));
+        }
+        if !(self.max_tenant_share > 0.0 && self.max_tenant_share < 1.0) {
+            return bad(
+                "max_tenant_share",
+                format!("{} is outside (0, 1)", self.max_tenant_share),
+            );
         }
         if !(1..=64).contains(&self.db_readers) {
             return bad("db_readers", format!("{} is outside 1–64", self.db_readers));
@@ -380,6 +391,7 @@ pub fn serve(params: &ServeParams, knowledge: Knowledge) -> Result<(), ServiceEr
 /// the model's training snapshot: the `GET /v1/drift` answer.
 pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, api::ApiError> {
     use crate::drift::{Agreement, DriftCounts};
+    use db::Spread;
     let engine = state.engine();
     let p = state.params.get();
     let thresholds = serde_json::json!({
@@ -388,6 +400,7 @@ pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, 
         "window_verdicts": p.drift_window,
         "window_threats": p.drift_rows,
         "min_tenants_global": p.min_tenants,
+        "max_tenant_share_global": p.max_tenant_share,
     });
     let Some(reference) = engine.artifact.reference.as_ref() else {
         return Ok(serde_json::json!({
@@ -399,27 +412,30 @@ pub fn drift_status(state: &AppState, tenant: u64) -> Result<serde_json::Value, 
     };
     let params = state.params.drift();
     let internal = |e: crate::drift::DriftError| api::ApiError::internal(format!("drift: {e}"));
-    let window = |t: Option<u64>| -> Result<(DriftCounts, Agreement, u64, u64), api::ApiError> {
-        let pop = state.db.recent_features(t, p.drift_rows)?;
-        let mut counts = DriftCounts::new(reference);
-        for (row, p_tp) in &pop.rows {
-            counts.add(row, *p_tp).map_err(internal)?;
-        }
-        let (verdicts, vt) = state.db.recent_verdicts(t, p.drift_window)?;
-        let agreement = Agreement::from_pairs(verdicts.iter().map(|v| (v.predicted, v.grade)));
-        Ok((counts, agreement, pop.tenants, vt))
-    };
+    let window =
+        |t: Option<u64>| -> Result<(DriftCounts, Agreement, Spread, Spread), api::ApiError> {
+            let pop = state.db.recent_features(t, p.drift_rows)?;
+            let mut counts = DriftCounts::new(reference);
+            for (row, p_tp) in &pop.rows {
+                counts.add(row, *p_tp).map_err(internal)?;
+            }
+            let (verdicts, vt) = state.db.recent_verdicts(t, p.drift_window)?;
+            let agreement = Agreement::from_pairs(verdicts.iter().map(|v| (v.predicted, v.grade)));
+            Ok((counts, agreement, pop.spread, vt))
+        };
     let (counts, agreement, _, _) = window(Some(tenant))?;
     let mine = reference
         .report_for(Some(tenant), &counts, Some(agreement), params)
         .map_err(internal)?;
-    let (counts, agreement, pop_tenants, verdict_tenants) = window(None)?;
-    let global = if pop_tenants >= p.min_tenants {
-        let agreement = (verdict_tenants >= p.min_tenants).then_some(agreement);
+    let (counts, agreement, rows, verdicts) = window(None)?;
+    // floor and dominance: enough tenants, none holding more than the stated share
+    let releasable = |s: &Spread| s.tenants >= p.min_tenants && s.max_share() <= p.max_tenant_share;
+    let global = if releasable(&rows) {
+        let agreement = releasable(&verdicts).then_some(agreement);
         let g = reference
             .report_for(None, &counts, agreement, params)
             .map_err(internal)?;
-        // released without counts: rates and PSI only
+        // released without counts: rates and PSI only (the global texts name no count)
         serde_json::json!({
             "status": g.status,
             "score_psi": g.score_psi,

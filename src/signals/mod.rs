@@ -13,12 +13,15 @@
 
 use std::collections::BTreeMap;
 
+pub mod dp;
 pub mod global;
+pub mod ledger;
 
 pub use global::{
-    GlobalSignals, GlobalSignalsError, PseudonymKey, Released, SignalKind, SignalsParams,
+    GlobalSignals, GlobalSignalsError, Privacy, PseudonymKey, Released, SignalKind, SignalsParams,
     SignalsValidParams, SnapshotBuilder,
 };
+pub use ledger::{Ledger, LedgerError};
 pub mod groups;
 pub mod sigma;
 
@@ -61,6 +64,9 @@ pub enum SignalsError {
     /// Global signals: parameters, key or snapshot file.
     #[error(transparent)]
     Global(#[from] GlobalSignalsError),
+    /// The privacy-budget ledger of the global signals.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     /// A parameter is out of its range.
     #[error("parameter {name}: {reason}")]
     Param {

@@ -1087,4 +1087,15 @@ fn drift_reports_per_tenant_and_globally_above_the_floor() {
         g["agreement"].is_null(),
         "verdicts come from one tenant only: {g}"
     );
+    assert_eq!(d["thresholds"]["max_tenant_share_global"], 0.5);
+    drop(c);
+    drop(s);
+    // Dominance: tenant 0 holds 67 of the 229 threats (0.29, counted from the sample's
+    // incident ids). Under a rule of at most 0.25 per tenant the global view is withheld even
+    // though five tenants contribute; at 0.3 it is released.
+    for (share, released) in [("0.25", false), ("0.3", true)] {
+        let s = Server::start(&db, &default_model(), &["--global-max-tenant-share", share]);
+        let d = s.client().get("/v1/drift", Some(&keys[1])).unwrap().json();
+        assert_eq!(d["global"].is_object(), released, "share {share}: {d}");
+    }
 }
