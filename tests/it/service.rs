@@ -103,20 +103,21 @@ pub fn add_key(db: &Path, tenant: u64, label: &str) -> String {
     key
 }
 
+/// Up to `n` of the sample's rows of one tenant, split into fields.
+pub fn tenant_rows(tenant: u64, n: usize) -> Vec<Vec<String>> {
+    let org = common::col("OrgId");
+    sample()
+        .1
+        .iter()
+        .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|r| r[org] == tenant.to_string())
+        .take(n)
+        .collect()
+}
+
 /// The sample's header and up to `n` of its rows of one tenant, as CSV text.
 pub fn tenant_csv(tenant: u64, n: usize) -> String {
-    let (header, lines) = sample();
-    let org = common::col("OrgId");
-    let mut s = format!("{header}\n");
-    for l in lines
-        .iter()
-        .filter(|l| l.split(',').nth(org) == Some(tenant.to_string().as_str()))
-        .take(n)
-    {
-        s.push_str(l);
-        s.push('\n');
-    }
-    s
+    common::csv_text(&common::header_names(), &tenant_rows(tenant, n))
 }
 
 fn post_csv(c: &mut Client, key: &str, csv: &str) -> Response {
@@ -375,16 +376,81 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
         .starts_with("text/html"));
 }
 
+/// Alert ids (sorted) and titles of a threat's rows in `rows`.
+fn rows_of(rows: &[Vec<String>], id: &str) -> (Vec<u64>, Vec<String>) {
+    let (inc, alert, title) = (
+        common::col("IncidentId"),
+        common::col("AlertId"),
+        common::col("AlertTitle"),
+    );
+    let mine: Vec<&Vec<String>> = rows.iter().filter(|r| r[inc] == id).collect();
+    let mut alerts: Vec<u64> = mine.iter().map(|r| r[alert].parse().unwrap()).collect();
+    alerts.sort_unstable();
+    let mut titles: Vec<String> = mine.iter().map(|r| r[title].clone()).collect();
+    titles.sort_unstable();
+    (alerts, titles)
+}
+
+/// Alert ids (sorted) and titles of a threat's detail (`GET /v1/threats/{id}`).
+fn evidence_of(detail: &Value) -> (Vec<u64>, Vec<String>) {
+    let ev = detail["evidence"].as_array().expect("evidence array");
+    let mut alerts: Vec<u64> = ev.iter().map(|e| e["alert_id"].as_u64().unwrap()).collect();
+    alerts.sort_unstable();
+    let mut titles: Vec<String> = ev
+        .iter()
+        .map(|e| e["title"].as_str().unwrap().to_string())
+        .collect();
+    titles.sort_unstable();
+    (alerts, titles)
+}
+
+/// `(grade, analyst, reason)` of a threat detail's verdict trail.
+fn trail(detail: &Value) -> Vec<(String, String, String)> {
+    detail["verdicts"]
+        .as_array()
+        .expect("verdicts array")
+        .iter()
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (s("grade"), s("analyst"), s("reason"))
+        })
+        .collect()
+}
+
+/// Tenants 0 and 1 of the sample, with tenant 1's first incident renumbered to tenant 0's
+/// first incident id: one id, two threats. Each key sees only its own tenant's threat under
+/// that id (title, evidence, verdicts) and a verdict written to it lands in the caller's
+/// tenant only; every other id of A's is a 404 for B, as an id nobody has.
 #[test]
 fn tenants_never_see_each_other_and_bad_keys_get_401() {
     let dir = common::tmp();
     let db = dir.path().join("s.db");
     let a = add_key(&db, 0, "alice");
     let b = add_key(&db, 1, "bob");
+    let (inc, title) = (common::col("IncidentId"), common::col("AlertTitle"));
+    let mut rows_a = tenant_rows(0, 40);
+    let mut rows_b = tenant_rows(1, 40);
+    let shared = rows_a[0][inc].clone();
+    assert!(
+        rows_b.iter().all(|r| r[inc] != shared),
+        "fixture: tenant 1 has no incident {shared} of its own yet"
+    );
+    let renamed = rows_b[0][inc].clone();
+    for r in rows_b.iter_mut().filter(|r| r[inc] == renamed) {
+        r[inc] = shared.clone();
+        r[title] = "bob's own incident".into();
+    }
+    for r in rows_a.iter_mut().filter(|r| r[inc] == shared) {
+        r[title] = "alice's own incident".into();
+    }
+    let header = common::header_names();
     let s = Server::start(&db, &default_model(), &[]);
     let mut c = s.client();
-    assert_eq!(post_csv(&mut c, &a, &tenant_csv(0, 40)).status, 200);
-    assert_eq!(post_csv(&mut c, &b, &tenant_csv(1, 40)).status, 200);
+    for (key, rows) in [(&a, &rows_a), (&b, &rows_b)] {
+        let r = post_csv(&mut c, key, &common::csv_text(&header, rows));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["accepted"], rows.len());
+    }
     let qa = c
         .get("/v1/queue?top=1000&status=all", Some(&a))
         .unwrap()
@@ -395,6 +461,8 @@ fn tenants_never_see_each_other_and_bad_keys_get_401() {
         .json();
     let (ia, ib) = (ids(&qa), ids(&qb));
     assert!(!ia.is_empty() && !ib.is_empty());
+    let both: Vec<&String> = ia.iter().filter(|id| ib.contains(id)).collect();
+    assert_eq!(both, [&shared], "the one id both tenants have");
 
     // tenant A's rows pushed with B's key: every one rejected, naming the tenant column
     let r = post_csv(&mut c, &b, &tenant_csv(0, 10)).json();
@@ -405,11 +473,8 @@ fn tenants_never_see_each_other_and_bad_keys_get_401() {
     for rej in r["rejections"].as_array().unwrap() {
         assert_eq!(rej["column"], "OrgId");
     }
-    // B can neither read nor grade A's threats: 404, exactly as for an id nobody has
-    for id in &ia {
-        if ib.contains(id) {
-            continue; // the same incident id may exist in both tenants: then it is B's own
-        }
+    // B can neither read nor grade A's other threats: 404, exactly as for an id nobody has
+    for id in ia.iter().filter(|id| **id != shared) {
         assert_error(
             &c.get(&format!("/v1/threats/{id}"), Some(&b)).unwrap(),
             404,
@@ -441,8 +506,49 @@ fn tenants_never_see_each_other_and_bad_keys_get_401() {
         .get("/v1/notifications?min_priority=0", Some(&b))
         .unwrap()
         .json();
-    for n in nb["notifications"].as_array().unwrap() {
+    let nb = nb["notifications"].as_array().unwrap();
+    assert_eq!(nb.len(), ib.len().min(100), "min_priority=0: all of B's");
+    for n in nb {
         assert!(ib.contains(&n["threat"].as_str().unwrap().to_string()));
+    }
+
+    // the shared id: each key reads its own tenant's threat
+    let path = format!("/v1/threats/{shared}");
+    let detail = |c: &mut Client, key: &str| {
+        let r = c.get(&path, Some(key)).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    for (key, rows, own) in [
+        (&a, &rows_a, "alice's own incident"),
+        (&b, &rows_b, "bob's own incident"),
+    ] {
+        let d = detail(&mut c, key);
+        assert_eq!(d["id"], shared.as_str());
+        assert_eq!(d["title"], own, "{d}");
+        assert_eq!(evidence_of(&d), rows_of(rows, &shared), "{own}: {d}");
+        assert_eq!(trail(&d), [], "{own}");
+    }
+    // verdicts on it: each lands in the caller's tenant only
+    let call = |grade: &str, who: &str| format!(r#"{{"grade":"{grade}","reason":"{who}'s call"}}"#);
+    let va = verdict(&mut c, &a, &shared, &call("TP", "alice"));
+    assert_eq!(va.status, 201, "{}", va.text());
+    assert_eq!(trail(&detail(&mut c, &b)), [], "A's verdict reached B");
+    let vb = verdict(&mut c, &b, &shared, &call("FP", "bob"));
+    assert_eq!(vb.status, 201, "{}", vb.text());
+    let own = |g: &str, who: &str, why: &str| vec![(g.into(), who.into(), why.into())];
+    assert_eq!(
+        trail(&detail(&mut c, &a)),
+        own("TP", "alice", "alice's call")
+    );
+    assert_eq!(trail(&detail(&mut c, &b)), own("FP", "bob", "bob's call"));
+    for (key, grade) in [(&a, "TP"), (&b, "FP")] {
+        let done = c
+            .get("/v1/queue?status=verdicted", Some(key))
+            .unwrap()
+            .json();
+        assert_eq!(ids(&done), [shared.as_str()]);
+        assert_eq!(done["threats"][0]["verdict"]["grade"], grade);
     }
 
     // bad keys
