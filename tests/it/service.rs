@@ -308,21 +308,41 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
         assert_error(&r, 400, "bad_request");
     }
 
-    // notifications: every one at or above the threshold, with next steps
+    // notifications: exactly the threats at or above the threshold, highest first, with next
+    // steps. The threshold is the queue's second-lowest priority, so the list is neither empty
+    // nor everything.
+    let mut priorities: Vec<u64> = threats
+        .iter()
+        .map(|t| t["priority"].as_u64().unwrap())
+        .collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    assert!(
+        priorities.len() >= 2,
+        "fixture: threats of one priority only: {priorities:?}"
+    );
+    let min = priorities[1];
     let n = c
-        .get("/v1/notifications?min_priority=50", Some(&key))
+        .get(&format!("/v1/notifications?min_priority={min}"), Some(&key))
         .unwrap();
     assert_eq!(n.status, 200);
     let n = n.json();
-    assert_eq!(n["min_priority"], 50);
-    let expected = threats
+    assert_eq!(n["min_priority"], min);
+    let expected: Vec<String> = threats
         .iter()
-        .filter(|t| t["priority"].as_u64().unwrap() >= 50)
-        .count();
+        .filter(|t| t["priority"].as_u64().unwrap() >= min)
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .take(100)
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < threats.len());
     let list = n["notifications"].as_array().unwrap();
-    assert_eq!(list.len(), expected.min(100));
+    let got: Vec<String> = list
+        .iter()
+        .map(|x| x["threat"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, expected, "the queue's threats at priority >= {min}");
     for x in list {
-        assert!(x["priority"].as_u64().unwrap() >= 50);
+        assert!(x["priority"].as_u64().unwrap() >= min);
         assert!(x["next_steps"].as_array().is_some_and(|s| !s.is_empty()));
         assert!(x["scope"]["devices"].is_array() && x["scope"]["accounts"].is_array());
     }
@@ -330,7 +350,11 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
         .get("/v1/notifications?min_priority=100", Some(&key))
         .unwrap()
         .json();
-    assert!(hi["notifications"].as_array().unwrap().len() <= list.len());
+    let above_all = threats
+        .iter()
+        .filter(|t| t["priority"].as_u64().unwrap() >= 100)
+        .count();
+    assert_eq!(hi["notifications"].as_array().unwrap().len(), above_all);
 
     // health, metrics, OpenAPI: no key needed, no tenant data
     let h = c.get("/healthz", None).unwrap().json();
