@@ -1095,6 +1095,9 @@ pub struct StreamKafkaOutcome {
     pub held_alerts: usize,
     /// seconds spent
     pub seconds: f64,
+    /// seconds of the slowest batch, from taking it to its commit (scoring, producing,
+    /// acknowledgements): time that never counts as idle
+    pub slowest_batch_seconds: f64,
 }
 
 impl StreamKafkaOutcome {
@@ -1108,8 +1111,8 @@ impl StreamKafkaOutcome {
             s += &format!(" + {} handed back on rebalance", self.released);
         }
         s += &format!(
-            "; {} threats out; {} batches in {:.1} s; {} alerts held",
-            self.threats, self.batches, self.seconds, self.held_alerts
+            "; {} threats out; {} batches in {:.1} s (slowest {:.2} s); {} alerts held",
+            self.threats, self.batches, self.seconds, self.slowest_batch_seconds, self.held_alerts
         );
         if self.deferred_commits > 0 || self.uncommitted_partitions > 0 {
             s += &format!(
@@ -1432,6 +1435,7 @@ pub fn run(
         if !s.pending.is_empty() && (stopping || due || s.pending.len() >= p.max_batch) {
             let batch = std::mem::take(&mut s.pending);
             s.first_at = None;
+            let began = Instant::now();
             let out = produce_batch(&mut scorer, &batch, &producer, params, &rt)?;
             for (k, next) in out.commit {
                 let d = s.done.entry(k.clone()).or_insert(next);
@@ -1448,6 +1452,7 @@ pub fn run(
             t.batches += 1;
             t.held_alerts = scorer.held_alerts();
             t.seconds = start.elapsed().as_secs_f64();
+            t.slowest_batch_seconds = t.slowest_batch_seconds.max(began.elapsed().as_secs_f64());
             // idle is time spent waiting for messages, not scoring them
             s.last_activity = Instant::now();
             events(Event::Batch {

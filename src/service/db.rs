@@ -1078,6 +1078,39 @@ mod tests {
         assert!(db.revoke_key(99).is_err());
     }
 
+    /// `journal_mode` and `synchronous` of every connection `open` makes, read back: the
+    /// durability of an acknowledged write rests on them (`synchronous=FULL` fsyncs the WAL
+    /// at each commit; `NORMAL` would leave the last commits to the next checkpoint, `OFF` to
+    /// the OS). Read on a second open of the same file too (WAL is persistent, the rest is
+    /// per connection).
+    #[test]
+    fn every_connection_is_wal_with_synchronous_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        for _ in 0..2 {
+            let db = Db::open(&path, 3).unwrap();
+            let pragmas = |c: &Connection| -> (String, i64) {
+                let mode = c
+                    .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                    .unwrap();
+                let sync = c.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap();
+                (mode, sync)
+            };
+            let writer = db.write(|c| Ok(pragmas(c))).unwrap();
+            assert_eq!(
+                writer,
+                ("wal".to_string(), 2),
+                "writer: (journal_mode, synchronous)"
+            );
+            assert_eq!(db.readers.len(), 3);
+            for i in 0..db.readers.len() {
+                // `read` takes the readers in turn
+                let reader = db.read(|c| Ok(pragmas(c))).unwrap();
+                assert_eq!(reader, ("wal".to_string(), 2), "reader {i}");
+            }
+        }
+    }
+
     #[test]
     fn id_order_is_u64_order() {
         let ids = [0u64, 5, (1 << 63) - 1, 1 << 63, u64::MAX];

@@ -5,16 +5,17 @@
 //! One tenant's rows of the shipped sample are pushed into a fresh `threatrank serve`; one
 //! incident's alert title is replaced by an HTML payload, since titles are attacker-influenced.
 //! In the browser: a wrong key is refused on the login form; the right key shows the queue
-//! (every threat, the payload as plain text); sorting and a filter agree with the API; a threat
-//! opens with its reasons chart; a TP verdict is recorded; the service is killed (`SIGKILL`)
+//! (every threat, the payload as plain text); the payload's threat opens with the payload as
+//! text in its title and evidence, no element made of it and no script run; sorting and a
+//! filter agree with the API; a threat opens with its reasons chart; a TP verdict is recorded; the service is killed (`SIGKILL`)
 //! and started again on the same database; the reloaded page (still logged in from
 //! sessionStorage), after logging out and in again, shows the verdict in the threat's history.
 //!
 //! `THREATRANK_BROWSER_SCREENSHOT=FILE.png` saves the page with the threat's detail open; a
 //! timed-out wait saves `browser-failure.png` in Cargo's target tmp folder.
 //!
-//! Needs Debian's `chromium` and `chromium-driver`. Without them the test is skipped, unless
-//! `THREATRANK_REQUIRE_BROWSER=1` (set by `.ci/run`), which makes it fail.
+//! Needs Debian's `chromium` and `chromium-driver`: without them the test fails, saying how to
+//! install them (`.ci/run` installs them).
 
 use crate::common::*;
 use crate::service::add_key;
@@ -242,6 +243,17 @@ impl Browser {
         self.cmd("POST", &format!("/element/{e}/click"), &json!({}));
     }
 
+    /// Opens a threat: scrolls its queue row to the middle of the view (at the edge the
+    /// table's sticky header would take the click), then clicks it.
+    fn click_row(&mut self, id: &str) {
+        let css = format!("#queue tr[data-id=\"{id}\"]");
+        self.js(&format!(
+            "document.querySelector({}).scrollIntoView({{block: 'center'}}); return null",
+            json!(css)
+        ));
+        self.click(&css);
+    }
+
     fn type_into(&mut self, css: &str, text: &str) {
         let e = self.find(css);
         self.cmd("POST", &format!("/element/{e}/clear"), &json!({}));
@@ -410,32 +422,23 @@ fn revoke_key(db: &Path, label: &str) {
     assert!(o.status.success(), "keys revoke failed: {}", stderr(&o));
 }
 
-/// Whether the browser is here; `false` means skip (panics when CI requires it).
-fn browser_available() -> bool {
+/// Panics, saying how to install them, when the browser or its driver is missing.
+fn require_browser() {
     let missing: Vec<&str> = [CHROMIUM, CHROMEDRIVER]
         .into_iter()
         .filter(|p| !Path::new(p).exists())
         .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
+    assert!(
+        missing.is_empty(),
         "missing {}: install Debian's browser with `apt-get install -y --no-install-recommends \
          chromium chromium-driver`",
         missing.join(" and ")
     );
-    if std::env::var("THREATRANK_REQUIRE_BROWSER").as_deref() == Ok("1") {
-        panic!("THREATRANK_REQUIRE_BROWSER=1 and {msg}");
-    }
-    eprintln!("browser test skipped: {msg}");
-    false
 }
 
 #[test]
 fn hunter_page_queue_detail_verdict_survives_restart() {
-    if !browser_available() {
-        return;
-    }
+    require_browser();
     let started = Instant::now();
     let dir = tmp();
     let db = dir.path().join("threatrank.db");
@@ -547,6 +550,39 @@ fn hunter_page_queue_detail_verdict_survives_restart() {
         json!([true, 0, "undefined"]),
         "the payload is text, not markup"
     );
+    // the payload's own threat opened: the payload in its title and evidence as text, no
+    // element made of it, no script run
+    b.click_row(&hostile_id);
+    b.wait_js(
+        "the payload's threat",
+        &format!(
+            "const d = document.querySelector('#detail'); \
+             return !d.hidden && d.dataset.id === '{hostile_id}' && \
+             document.querySelectorAll('#evidence tbody tr').length > 0"
+        ),
+    );
+    let n_hostile = api
+        .get(&format!("/v1/threats/{hostile_id}"), Some(&key))
+        .expect("GET threat")
+        .json()["evidence"]
+        .as_array()
+        .map_or(0, |e| {
+            e.iter().filter(|e| e["title"] == json!(PAYLOAD)).count()
+        });
+    assert!(n_hostile > 0, "the payload's threat has payload rows");
+    let xss = b.js(&format!(
+        "const p = {}; \
+         return [document.querySelector('#d-title').textContent.startsWith(p), \
+         Array.from(document.querySelectorAll('#evidence tbody td'), td => td.textContent) \
+           .filter(t => t === p).length, \
+         document.querySelectorAll('img').length, typeof window.__xss]",
+        json!(PAYLOAD)
+    ));
+    assert_eq!(
+        xss,
+        json!([true, n_hostile, 0, "undefined"]),
+        "the payload in the detail is text, not markup"
+    );
     // drift: the page shows the status the API gives
     let drift = api.get("/v1/drift", Some(&key)).expect("GET /v1/drift");
     assert_eq!(drift.status, 200, "{}", drift.text());
@@ -603,7 +639,7 @@ fn hunter_page_queue_detail_verdict_survives_restart() {
         .get(&format!("/v1/threats/{target}"), Some(&key))
         .expect("GET threat")
         .json();
-    b.click(&format!("#queue tr[data-id=\"{target}\"]"));
+    b.click_row(&target);
     b.wait_js(
         "the threat's detail",
         &format!(
@@ -679,7 +715,7 @@ fn hunter_page_queue_detail_verdict_survives_restart() {
     b.type_into("#key", &key);
     b.click("#login");
     b.wait_rows(threats.len());
-    b.click(&format!("#queue tr[data-id=\"{target}\"]"));
+    b.click_row(&target);
     let li = b.wait_js(
         "the TP verdict after the restart",
         &format!(

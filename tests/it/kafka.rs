@@ -727,24 +727,36 @@ fn a_batch_slower_than_the_idle_limit_does_not_end_the_run() {
     let b = c.bootstrap_servers();
     let alerts = sample_alerts(160, 3);
     produce(&b, "alerts", &alert_messages(&alerts));
-    // exact reasons for every threat: each batch takes longer than the idle limit
+    // exact reasons for every threat of 50 alerts: a batch takes several times the idle limit
+    let idle_ms = 300;
     let p = params(&b, "g-idle")
         .max_batch(50)
         .reasons(2)
-        .exit_when_idle_ms(Some(300));
-    let mut slowest = Duration::ZERO;
-    let mut last = Instant::now();
-    let out = run_stream(&p, &Stop::new(), &mut |_| {
-        slowest = slowest.max(last.elapsed());
-        last = Instant::now();
+        .exit_when_idle_ms(Some(idle_ms));
+    let idle = idle_ms as f64 / 1000.0;
+    // the number of the first batch the run itself timed above the limit
+    let mut first_slow = None;
+    let out = run_stream(&p, &Stop::new(), &mut |t| {
+        if t.slowest_batch_seconds > idle {
+            first_slow.get_or_insert(t.batches);
+        }
     })
     .unwrap();
+    eprintln!("{}", out.summary());
+    let first_slow = first_slow.unwrap_or_else(|| {
+        panic!("no batch took longer than the {idle_ms} ms idle limit, nothing tested: {out:?}")
+    });
+    // the run went on after it, to the last message
+    assert!(
+        first_slow < out.batches,
+        "batch {first_slow} was slower than the idle limit and the run ended there: {out:?}"
+    );
     assert_eq!(out.messages, alerts.len() as u64, "{out:?}");
     let ts = threats(&read_topic(&b, "scored"));
     assert!(ts
         .iter()
         .all(|t| !t.reasons.is_empty() && t.reasons.len() <= 2));
-    eprintln!("slowest batch {slowest:?} against an idle limit of 300 ms");
+    assert_eq!(alerts_out(&ts), alerts_in(&alerts));
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use crate::common::{self, sample};
 use serde_json::Value;
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,18 @@ pub fn default_model() -> PathBuf {
 impl Server {
     /// Starts the service on `db` with `model` and extra flags; waits until it listens.
     pub fn start(db: &Path, model: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(db, model, extra, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_with_env(
+        db: &Path,
+        model: &Path,
+        extra: &[&str],
+        env: &[(&str, &OsStr)],
+    ) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_threatrank"))
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--db")
             .arg(db)
@@ -103,20 +115,21 @@ pub fn add_key(db: &Path, tenant: u64, label: &str) -> String {
     key
 }
 
+/// Up to `n` of the sample's rows of one tenant, split into fields.
+pub fn tenant_rows(tenant: u64, n: usize) -> Vec<Vec<String>> {
+    let org = common::col("OrgId");
+    sample()
+        .1
+        .iter()
+        .map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|r| r[org] == tenant.to_string())
+        .take(n)
+        .collect()
+}
+
 /// The sample's header and up to `n` of its rows of one tenant, as CSV text.
 pub fn tenant_csv(tenant: u64, n: usize) -> String {
-    let (header, lines) = sample();
-    let org = common::col("OrgId");
-    let mut s = format!("{header}\n");
-    for l in lines
-        .iter()
-        .filter(|l| l.split(',').nth(org) == Some(tenant.to_string().as_str()))
-        .take(n)
-    {
-        s.push_str(l);
-        s.push('\n');
-    }
-    s
+    common::csv_text(&common::header_names(), &tenant_rows(tenant, n))
 }
 
 fn post_csv(c: &mut Client, key: &str, csv: &str) -> Response {
@@ -307,21 +320,41 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
         assert_error(&r, 400, "bad_request");
     }
 
-    // notifications: every one at or above the threshold, with next steps
+    // notifications: exactly the threats at or above the threshold, highest first, with next
+    // steps. The threshold is the queue's second-lowest priority, so the list is neither empty
+    // nor everything.
+    let mut priorities: Vec<u64> = threats
+        .iter()
+        .map(|t| t["priority"].as_u64().unwrap())
+        .collect();
+    priorities.sort_unstable();
+    priorities.dedup();
+    assert!(
+        priorities.len() >= 2,
+        "fixture: threats of one priority only: {priorities:?}"
+    );
+    let min = priorities[1];
     let n = c
-        .get("/v1/notifications?min_priority=50", Some(&key))
+        .get(&format!("/v1/notifications?min_priority={min}"), Some(&key))
         .unwrap();
     assert_eq!(n.status, 200);
     let n = n.json();
-    assert_eq!(n["min_priority"], 50);
-    let expected = threats
+    assert_eq!(n["min_priority"], min);
+    let expected: Vec<String> = threats
         .iter()
-        .filter(|t| t["priority"].as_u64().unwrap() >= 50)
-        .count();
+        .filter(|t| t["priority"].as_u64().unwrap() >= min)
+        .map(|t| t["id"].as_str().unwrap().to_string())
+        .take(100)
+        .collect();
+    assert!(!expected.is_empty() && expected.len() < threats.len());
     let list = n["notifications"].as_array().unwrap();
-    assert_eq!(list.len(), expected.min(100));
+    let got: Vec<String> = list
+        .iter()
+        .map(|x| x["threat"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, expected, "the queue's threats at priority >= {min}");
     for x in list {
-        assert!(x["priority"].as_u64().unwrap() >= 50);
+        assert!(x["priority"].as_u64().unwrap() >= min);
         assert!(x["next_steps"].as_array().is_some_and(|s| !s.is_empty()));
         assert!(x["scope"]["devices"].is_array() && x["scope"]["accounts"].is_array());
     }
@@ -329,7 +362,11 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
         .get("/v1/notifications?min_priority=100", Some(&key))
         .unwrap()
         .json();
-    assert!(hi["notifications"].as_array().unwrap().len() <= list.len());
+    let above_all = threats
+        .iter()
+        .filter(|t| t["priority"].as_u64().unwrap() >= 100)
+        .count();
+    assert_eq!(hi["notifications"].as_array().unwrap().len(), above_all);
 
     // health, metrics, OpenAPI: no key needed, no tenant data
     let h = c.get("/healthz", None).unwrap().json();
@@ -375,16 +412,81 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
         .starts_with("text/html"));
 }
 
+/// Alert ids (sorted) and titles of a threat's rows in `rows`.
+fn rows_of(rows: &[Vec<String>], id: &str) -> (Vec<u64>, Vec<String>) {
+    let (inc, alert, title) = (
+        common::col("IncidentId"),
+        common::col("AlertId"),
+        common::col("AlertTitle"),
+    );
+    let mine: Vec<&Vec<String>> = rows.iter().filter(|r| r[inc] == id).collect();
+    let mut alerts: Vec<u64> = mine.iter().map(|r| r[alert].parse().unwrap()).collect();
+    alerts.sort_unstable();
+    let mut titles: Vec<String> = mine.iter().map(|r| r[title].clone()).collect();
+    titles.sort_unstable();
+    (alerts, titles)
+}
+
+/// Alert ids (sorted) and titles of a threat's detail (`GET /v1/threats/{id}`).
+fn evidence_of(detail: &Value) -> (Vec<u64>, Vec<String>) {
+    let ev = detail["evidence"].as_array().expect("evidence array");
+    let mut alerts: Vec<u64> = ev.iter().map(|e| e["alert_id"].as_u64().unwrap()).collect();
+    alerts.sort_unstable();
+    let mut titles: Vec<String> = ev
+        .iter()
+        .map(|e| e["title"].as_str().unwrap().to_string())
+        .collect();
+    titles.sort_unstable();
+    (alerts, titles)
+}
+
+/// `(grade, analyst, reason)` of a threat detail's verdict trail.
+fn trail(detail: &Value) -> Vec<(String, String, String)> {
+    detail["verdicts"]
+        .as_array()
+        .expect("verdicts array")
+        .iter()
+        .map(|v| {
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+            (s("grade"), s("analyst"), s("reason"))
+        })
+        .collect()
+}
+
+/// Tenants 0 and 1 of the sample, with tenant 1's first incident renumbered to tenant 0's
+/// first incident id: one id, two threats. Each key sees only its own tenant's threat under
+/// that id (title, evidence, verdicts) and a verdict written to it lands in the caller's
+/// tenant only; every other id of A's is a 404 for B, as an id nobody has.
 #[test]
 fn tenants_never_see_each_other_and_bad_keys_get_401() {
     let dir = common::tmp();
     let db = dir.path().join("s.db");
     let a = add_key(&db, 0, "alice");
     let b = add_key(&db, 1, "bob");
+    let (inc, title) = (common::col("IncidentId"), common::col("AlertTitle"));
+    let mut rows_a = tenant_rows(0, 40);
+    let mut rows_b = tenant_rows(1, 40);
+    let shared = rows_a[0][inc].clone();
+    assert!(
+        rows_b.iter().all(|r| r[inc] != shared),
+        "fixture: tenant 1 has no incident {shared} of its own yet"
+    );
+    let renamed = rows_b[0][inc].clone();
+    for r in rows_b.iter_mut().filter(|r| r[inc] == renamed) {
+        r[inc] = shared.clone();
+        r[title] = "bob's own incident".into();
+    }
+    for r in rows_a.iter_mut().filter(|r| r[inc] == shared) {
+        r[title] = "alice's own incident".into();
+    }
+    let header = common::header_names();
     let s = Server::start(&db, &default_model(), &[]);
     let mut c = s.client();
-    assert_eq!(post_csv(&mut c, &a, &tenant_csv(0, 40)).status, 200);
-    assert_eq!(post_csv(&mut c, &b, &tenant_csv(1, 40)).status, 200);
+    for (key, rows) in [(&a, &rows_a), (&b, &rows_b)] {
+        let r = post_csv(&mut c, key, &common::csv_text(&header, rows));
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["accepted"], rows.len());
+    }
     let qa = c
         .get("/v1/queue?top=1000&status=all", Some(&a))
         .unwrap()
@@ -395,6 +497,8 @@ fn tenants_never_see_each_other_and_bad_keys_get_401() {
         .json();
     let (ia, ib) = (ids(&qa), ids(&qb));
     assert!(!ia.is_empty() && !ib.is_empty());
+    let both: Vec<&String> = ia.iter().filter(|id| ib.contains(id)).collect();
+    assert_eq!(both, [&shared], "the one id both tenants have");
 
     // tenant A's rows pushed with B's key: every one rejected, naming the tenant column
     let r = post_csv(&mut c, &b, &tenant_csv(0, 10)).json();
@@ -405,11 +509,8 @@ fn tenants_never_see_each_other_and_bad_keys_get_401() {
     for rej in r["rejections"].as_array().unwrap() {
         assert_eq!(rej["column"], "OrgId");
     }
-    // B can neither read nor grade A's threats: 404, exactly as for an id nobody has
-    for id in &ia {
-        if ib.contains(id) {
-            continue; // the same incident id may exist in both tenants: then it is B's own
-        }
+    // B can neither read nor grade A's other threats: 404, exactly as for an id nobody has
+    for id in ia.iter().filter(|id| **id != shared) {
         assert_error(
             &c.get(&format!("/v1/threats/{id}"), Some(&b)).unwrap(),
             404,
@@ -441,8 +542,49 @@ fn tenants_never_see_each_other_and_bad_keys_get_401() {
         .get("/v1/notifications?min_priority=0", Some(&b))
         .unwrap()
         .json();
-    for n in nb["notifications"].as_array().unwrap() {
+    let nb = nb["notifications"].as_array().unwrap();
+    assert_eq!(nb.len(), ib.len().min(100), "min_priority=0: all of B's");
+    for n in nb {
         assert!(ib.contains(&n["threat"].as_str().unwrap().to_string()));
+    }
+
+    // the shared id: each key reads its own tenant's threat
+    let path = format!("/v1/threats/{shared}");
+    let detail = |c: &mut Client, key: &str| {
+        let r = c.get(&path, Some(key)).unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    };
+    for (key, rows, own) in [
+        (&a, &rows_a, "alice's own incident"),
+        (&b, &rows_b, "bob's own incident"),
+    ] {
+        let d = detail(&mut c, key);
+        assert_eq!(d["id"], shared.as_str());
+        assert_eq!(d["title"], own, "{d}");
+        assert_eq!(evidence_of(&d), rows_of(rows, &shared), "{own}: {d}");
+        assert_eq!(trail(&d), [], "{own}");
+    }
+    // verdicts on it: each lands in the caller's tenant only
+    let call = |grade: &str, who: &str| format!(r#"{{"grade":"{grade}","reason":"{who}'s call"}}"#);
+    let va = verdict(&mut c, &a, &shared, &call("TP", "alice"));
+    assert_eq!(va.status, 201, "{}", va.text());
+    assert_eq!(trail(&detail(&mut c, &b)), [], "A's verdict reached B");
+    let vb = verdict(&mut c, &b, &shared, &call("FP", "bob"));
+    assert_eq!(vb.status, 201, "{}", vb.text());
+    let own = |g: &str, who: &str, why: &str| vec![(g.into(), who.into(), why.into())];
+    assert_eq!(
+        trail(&detail(&mut c, &a)),
+        own("TP", "alice", "alice's call")
+    );
+    assert_eq!(trail(&detail(&mut c, &b)), own("FP", "bob", "bob's call"));
+    for (key, grade) in [(&a, "TP"), (&b, "FP")] {
+        let done = c
+            .get("/v1/queue?status=verdicted", Some(key))
+            .unwrap()
+            .json();
+        assert_eq!(ids(&done), [shared.as_str()]);
+        assert_eq!(done["threats"][0]["verdict"]["grade"], grade);
     }
 
     // bad keys
@@ -628,12 +770,88 @@ fn rusqlite_integrity(db: &Path) -> String {
         .expect("integrity check runs")
 }
 
+/// Compiles `sync_snapshot_shim.rs` (the `LD_PRELOAD` library that copies a file to
+/// `<file>.synced` at each of its fsyncs) into `dir` with the `rustc` that builds the tests.
+fn sync_snapshot_shim(dir: &Path) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/sync_snapshot_shim.rs");
+    let lib = dir.join("libsync_snapshot_shim.so");
+    let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let o = Command::new(rustc)
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "cdylib",
+            "-C",
+            "opt-level=1",
+            "-o",
+        ])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .expect("rustc runs");
+    assert!(
+        o.status.success(),
+        "shim: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    lib
+}
+
+/// Verdicts acknowledged with 201 are durable: on disk when acknowledged, not merely in the
+/// service's memory or the OS page cache.
+///
+/// Two checks after a `SIGKILL` right after the last acknowledgement (no shutdown, no
+/// checkpoint):
+/// 1. The files as a power loss would leave them: the service runs with an `LD_PRELOAD` shim
+///    (`sync_snapshot_shim.rs`) that copies a database file to `<file>.synced` each time the
+///    service fsyncs it. The database and its WAL are assembled from those copies alone (the
+///    `-shm` index is left out: SQLite rebuilds it from the WAL) and must hold every
+///    acknowledged verdict. A plain copy of the files, or the restart below, would not do:
+///    both read the page cache, which survives `kill -9` and holds writes never fsynced.
+/// 2. A restart on the live files answers every verdict (the `kill -9` case proper).
+///
+/// What the simulation catches: a commit not fsynced before the answer (`synchronous=NORMAL`,
+/// where the WAL is fsynced only at checkpoints, or `OFF`), and a verdict answered before its
+/// commit when the commit has not happened by the kill (one racing the answer by a few
+/// microseconds can slip through: the kill comes a round trip later). It was checked to fail
+/// with `synchronous=NORMAL` and `OFF` in `Db::connect`; the restart alone passes with both.
+/// What it cannot catch:
+/// it trusts fsync (a disk that acknowledges a flush it has not done, or a file system that
+/// loses synced data, is outside it), assumes a power loss keeps all synced bytes and drops
+/// all unsynced ones (a real one may keep some of the latter and tear pages; SQLite's WAL
+/// checksums are made for that, but this test does not produce torn pages), ignores the
+/// durability of directory entries (SQLite fsyncs the folder when it creates the WAL; a lost
+/// entry is not simulated), and sees only syncs made through libc's `fsync`/`fdatasync`. The
+/// baseline (the database `keys add` wrote and closed) is fsynced by the test itself.
 #[test]
-fn acknowledged_verdicts_survive_kill_9() {
+fn acknowledged_verdicts_survive_kill_9_and_a_simulated_power_loss() {
     let dir = common::tmp();
-    let db = dir.path().join("s.db");
+    let live = dir.path().join("live");
+    std::fs::create_dir(&live).unwrap();
+    let db = live.join("s.db");
     let key = add_key(&db, 0, "alice");
-    let s = Server::start(&db, &default_model(), &[]);
+    // the closed database as the baseline of what survives: fsynced here, copied to .synced
+    let with = |p: &Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        PathBuf::from(s)
+    };
+    let files = [db.clone(), with(&db, "-wal")];
+    for f in files.iter().filter(|f| f.exists()) {
+        std::fs::File::open(f).unwrap().sync_all().unwrap();
+        std::fs::copy(f, with(f, ".synced")).unwrap();
+    }
+    let shim = sync_snapshot_shim(dir.path());
+    let s = Server::start_with_env(
+        &db,
+        &default_model(),
+        &[],
+        &[
+            ("LD_PRELOAD", shim.as_os_str()),
+            ("THREATRANK_SYNC_SNAPSHOTS", live.as_os_str()),
+        ],
+    );
     let mut c = s.client();
     assert_eq!(post_csv(&mut c, &key, &tenant_csv(0, 60)).status, 200);
     let queue = ids(&c.get("/v1/queue?top=1000", Some(&key)).unwrap().json());
@@ -653,6 +871,31 @@ fn acknowledged_verdicts_survive_kill_9() {
     }
     // SIGKILL right after the last acknowledgement: no shutdown, no checkpoint
     s.kill9();
+
+    // 1. the power-loss image: only what the service fsynced
+    let image = dir.path().join("image");
+    std::fs::create_dir(&image).unwrap();
+    for f in &files {
+        let synced = with(f, ".synced");
+        if synced.exists() {
+            std::fs::copy(&synced, image.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let image_db = image.join("s.db");
+    let copy = threatrank::service::Db::open(&image_db, 1).expect("the image opens");
+    for (id, g, seq) in &acked {
+        let vs = copy.verdicts(0, id.parse().unwrap()).unwrap();
+        let got: Vec<(i64, &str)> = vs.iter().map(|v| (v.seq, v.grade.short())).collect();
+        assert_eq!(
+            got,
+            [(*seq, *g)],
+            "verdict on {id} acknowledged but not on disk at a power loss"
+        );
+    }
+    assert_eq!(copy.integrity().unwrap(), "ok");
+    drop(copy);
+
+    // 2. kill -9: a restart on the live files answers every verdict
     let s = Server::start(&db, &default_model(), &[]);
     let mut c = s.client();
     for (id, g, seq) in &acked {
