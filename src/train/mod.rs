@@ -481,6 +481,12 @@ struct Rows<'a> {
 
 /// Out-of-fold probabilities of the rows of `score` (aligned with `x`, `N_CLASSES` per row):
 /// per fold, a model trained on the other folds' rows of `x` scores the fold's rows of `score`.
+///
+/// A fold whose training part holds fewer than two grades cannot fit a model: its rows get that
+/// training part's grade prior, add-one smoothed (`(n_c + 1) / (n + N_CLASSES)`, see
+/// [`smoothed_prior`]): what a model that learnt nothing but the grade shares would say, never
+/// 0 for a grade (calibration, conformal sets and decision rules take logs and ranks of these),
+/// and computed from training labels only, so the held-out rows' own grades never reach them.
 fn out_of_fold(
     params: &TrainValidParams,
     x: &FeatureMatrix,
@@ -495,6 +501,10 @@ fn out_of_fold(
         let yt: Vec<u8> = fold.train.iter().map(|&i| y[i]).collect();
         let present = (0..N_CLASSES as u8).filter(|c| yt.contains(c)).count();
         if present < 2 {
+            let prior = smoothed_prior(&yt);
+            for &i in &fold.test {
+                oof[i * N_CLASSES..(i + 1) * N_CLASSES].copy_from_slice(&prior);
+            }
             continue;
         }
         let gt: Vec<u64> = fold.train.iter().map(|&i| i as u64).collect();
@@ -507,6 +517,18 @@ fn out_of_fold(
         }
     }
     Ok(oof)
+}
+
+/// Add-one smoothed grade shares of `y`: `(n_c + 1) / (n + N_CLASSES)` per grade.
+fn smoothed_prior(y: &[u8]) -> [f32; N_CLASSES] {
+    let mut n = [0usize; N_CLASSES];
+    for &c in y {
+        if let Some(k) = n.get_mut(usize::from(c)) {
+            *k += 1;
+        }
+    }
+    let total = (y.len() + N_CLASSES) as f32;
+    n.map(|k| (k + 1) as f32 / total)
 }
 
 /// Inner folds → out-of-fold probabilities → calibration (global + per tenant), conformal
@@ -627,6 +649,40 @@ mod tests {
                 ..TrainParams::default()
             };
             assert!(p.check().is_ok());
+        }
+    }
+
+    #[test]
+    fn a_fold_without_two_grades_gets_its_training_prior() {
+        // 6 rows; the first fold trains on rows 2..6, all TP (class 0), and tests rows 0, 1.
+        let x = FeatureMatrix::from_vec(6, 1, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        let y = [1, 2, 0, 0, 0, 0];
+        let folds = [
+            eval::Fold {
+                train: vec![2, 3, 4, 5],
+                test: vec![0, 1],
+            },
+            eval::Fold {
+                train: vec![0, 1, 2, 3],
+                test: vec![4, 5],
+            },
+        ];
+        let params = TrainParams::default()
+            .algorithm(Algorithm::Logistic)
+            .check()
+            .unwrap();
+        let oof = out_of_fold(&params, &x, &y, &[1; 6], &folds, &x).unwrap();
+        // (4 + 1) / 7 for TP, 1 / 7 for the grades the training part never saw
+        let prior = [5.0 / 7.0, 1.0 / 7.0, 1.0 / 7.0];
+        for r in 0..2 {
+            for (got, want) in oof[r * N_CLASSES..(r + 1) * N_CLASSES].iter().zip(prior) {
+                assert!((got - want).abs() < 1e-6, "row {r}: {oof:?}");
+            }
+        }
+        // the other fold was fitted: its rows are probabilities too
+        for r in 4..6 {
+            let s: f32 = oof[r * N_CLASSES..(r + 1) * N_CLASSES].iter().sum();
+            assert!((s - 1.0).abs() < 1e-4, "row {r}: {oof:?}");
         }
     }
 
