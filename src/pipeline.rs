@@ -94,7 +94,7 @@ impl Loaded {
     /// in order, incidents grouped by their given ids, no ingest report, no input hash.
     pub fn in_memory(mut evidence: Vec<Evidence>) -> Loaded {
         for (i, e) in evidence.iter_mut().enumerate() {
-            e.record = i as u32;
+            e.record = i as u64;
         }
         let corr = group_incidents(&evidence);
         Loaded {

@@ -414,7 +414,7 @@ impl Store<'_> {
 /// One output row, split around `top_reason` (filled at merge time).
 #[derive(Debug, Clone, PartialEq)]
 struct OutLine {
-    record: u32,
+    record: u64,
     /// the incident, for scored rows
     key: Option<IncidentKey>,
     /// CSV fields before `top_reason`, each followed by a comma
@@ -492,7 +492,7 @@ fn score_part(
             )
         })
         .collect();
-    let mut last_record: Option<u32> = None;
+    let mut last_record: Option<u64> = None;
     for (row, e) in evidence.iter().enumerate() {
         // One output line per record: its first evidence row.
         if last_record == Some(e.record) {
@@ -674,7 +674,7 @@ fn merge(
         .into_iter()
         .map(LineSink::into_source)
         .collect::<Result<_, _>>()?;
-    let mut heap: BinaryHeap<std::cmp::Reverse<(u32, usize)>> = BinaryHeap::new();
+    let mut heap: BinaryHeap<std::cmp::Reverse<(u64, usize)>> = BinaryHeap::new();
     let mut current: Vec<Option<OutLine>> = Vec::with_capacity(sources.len());
     for (i, s) in sources.iter_mut().enumerate() {
         let l = s.next()?;
@@ -772,7 +772,7 @@ impl LineSink {
                 Ok(())
             }
             LineSink::File(w) => {
-                w.u32(l.record);
+                w.u64(l.record);
                 match l.key {
                     Some(k) => {
                         w.u8(1);
@@ -819,7 +819,7 @@ impl LineSource {
         match self {
             LineSource::Memory(it) => Ok(it.next()),
             LineSource::File(r) => {
-                let Some(record) = r.u32_or_eof()? else {
+                let Some(record) = r.u64_or_eof()? else {
                     return Ok(None);
                 };
                 let key = if r.u8()? == 1 {
@@ -957,11 +957,11 @@ impl SpillReader {
     fn u32(&mut self) -> Result<u32, StreamError> {
         Ok(u32::from_ne_bytes(self.bytes()?))
     }
-    /// The next u32, or `None` at a clean end of file.
-    fn u32_or_eof(&mut self) -> Result<Option<u32>, StreamError> {
-        let mut b = [0u8; 4];
+    /// The next u64, or `None` at a clean end of file.
+    fn u64_or_eof(&mut self) -> Result<Option<u64>, StreamError> {
+        let mut b = [0u8; 8];
         let mut got = 0;
-        while got < 4 {
+        while got < 8 {
             match self.r.read(&mut b[got..]) {
                 Ok(0) if got == 0 => return Ok(None),
                 Ok(0) => {
@@ -972,7 +972,7 @@ impl SpillReader {
                 Err(e) => return Err(io_err(&self.path)(&e)),
             }
         }
-        Ok(Some(u32::from_ne_bytes(b)))
+        Ok(Some(u64::from_ne_bytes(b)))
     }
     fn u64(&mut self) -> Result<u64, StreamError> {
         Ok(u64::from_ne_bytes(self.bytes()?))
@@ -1003,7 +1003,7 @@ const SEVERITIES: [Severity; 5] = [
 ];
 
 fn encode_evidence(w: &mut SpillWriter, e: &Evidence) {
-    w.u32(e.record);
+    w.u64(e.record);
     w.u64(e.id);
     w.u64(e.tenant.0);
     w.u64(e.incident.0);
@@ -1041,7 +1041,7 @@ fn encode_evidence(w: &mut SpillWriter, e: &Evidence) {
         .map_or(0, |i| i as u8 + 1));
 }
 
-fn decode_evidence(r: &mut SpillReader, record: u32) -> Result<Evidence, StreamError> {
+fn decode_evidence(r: &mut SpillReader, record: u64) -> Result<Evidence, StreamError> {
     let id = r.u64()?;
     let tenant = TenantId(r.u64()?);
     let incident = IncidentId(r.u64()?);
@@ -1101,7 +1101,7 @@ fn decode_evidence(r: &mut SpillReader, record: u32) -> Result<Evidence, StreamE
 fn read_evidence(path: &Path) -> Result<Vec<Evidence>, StreamError> {
     let mut r = SpillReader::open(path)?;
     let mut out = Vec::new();
-    while let Some(record) = r.u32_or_eof()? {
+    while let Some(record) = r.u64_or_eof()? {
         out.push(decode_evidence(&mut r, record)?);
     }
     Ok(out)
@@ -1119,7 +1119,8 @@ mod tests {
         codes[0] = Some(7);
         codes[21] = Some(u64::MAX);
         let full = Evidence {
-            record: 9,
+            // past u32::MAX: a 32-bit record index would wrap here and misalign the output
+            record: u64::from(u32::MAX) + 9,
             id: 1,
             tenant: TenantId(2),
             incident: IncidentId(3),
@@ -1146,6 +1147,34 @@ mod tests {
         encode_evidence(&mut w, &Evidence::default());
         w.finish().unwrap();
         assert_eq!(read_evidence(&p).unwrap(), vec![full, Evidence::default()]);
+    }
+
+    #[test]
+    fn output_lines_past_four_billion_records_keep_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = |record| OutLine {
+            record,
+            key: Some(IncidentKey {
+                tenant: TenantId(1),
+                incident: IncidentId(2),
+            }),
+            head: "h,".into(),
+            tail: ",t".into(),
+        };
+        let lines = [
+            line(u64::from(u32::MAX)),
+            line(u64::from(u32::MAX) + 1),
+            line(1 << 40),
+        ];
+        let mut sink = LineSink::file(&dir.path().join("lines")).unwrap();
+        for l in &lines {
+            sink.push(l).unwrap();
+        }
+        let mut source = sink.into_source().unwrap();
+        for l in &lines {
+            assert_eq!(source.next().unwrap().as_ref(), Some(l));
+        }
+        assert_eq!(source.next().unwrap(), None);
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub struct Rejection {
     /// 1-based line where the record starts
     pub line: u64,
     /// 0-based data-record index (aligns score output)
-    pub record: u32,
+    pub record: u64,
     /// offending column (field name), when one is to blame
     pub column: Option<String>,
     /// what is wrong
