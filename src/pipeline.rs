@@ -214,7 +214,7 @@ fn create_parent(path: &Path) -> Result<(), PipelineError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| report::ReportError::Write {
             file: dir.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
     }
     Ok(())

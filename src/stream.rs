@@ -60,12 +60,13 @@ pub enum StreamError {
     #[error(transparent)]
     Correlate(#[from] correlate::CorrelateError),
     /// a scratch or output file
-    #[error("{file}: {reason}")]
+    #[error("{file}: {source}")]
     Io {
         /// path
         file: String,
-        /// cause
-        reason: String,
+        /// cause (an I/O, CSV or UTF-8 error, or a truncated spill file)
+        #[source]
+        source: crate::BoxError,
     },
     /// parameters
     #[error("invalid streaming parameter {name}: {reason}")]
@@ -633,13 +634,8 @@ impl Explainer {
         // Bounded batches keep the contribution buffer small.
         for chunk in cands.chunks(4096) {
             let data: Vec<f32> = chunk.iter().flat_map(|c| c.x.iter().copied()).collect();
-            let x =
-                crate::matrix::FeatureMatrix::from_vec(chunk.len(), width, data).map_err(|e| {
-                    StreamError::Io {
-                        file: "(features)".into(),
-                        reason: e.to_string(),
-                    }
-                })?;
+            let x = crate::matrix::FeatureMatrix::from_vec(chunk.len(), width, data)
+                .map_err(train::TrainError::from)?;
             let contrib = artifact.tp_contributions(&x)?;
             for (r, c) in chunk.iter().enumerate() {
                 let cr = &contrib[r * (width + 1)..r * (width + 1) + width];
@@ -665,11 +661,11 @@ fn merge(
     output: &Path,
 ) -> Result<u64, StreamError> {
     let err = io_err(output);
-    let f = File::create(output).map_err(|e| err(&e))?;
+    let f = File::create(output).map_err(|e| err(e.into()))?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     w.write_all(csv_line(&SCORE_HEADER.map(String::from)).as_bytes())
         .and_then(|_| w.write_all(b"\n"))
-        .map_err(|e| err(&e))?;
+        .map_err(|e| err(e.into()))?;
     let mut sources: Vec<LineSource> = sinks
         .into_iter()
         .map(LineSink::into_source)
@@ -697,7 +693,7 @@ fn merge(
             .and_then(|_| w.write_all(reason_field.as_bytes()))
             .and_then(|_| w.write_all(l.tail.as_bytes()))
             .and_then(|_| w.write_all(b"\n"))
-            .map_err(|e| err(&e))?;
+            .map_err(|e| err(e.into()))?;
         rows += 1;
         let next = sources[i].next()?;
         if let Some(n) = &next {
@@ -705,14 +701,14 @@ fn merge(
         }
         current[i] = next;
     }
-    w.flush().map_err(|e| err(&e))?;
+    w.flush().map_err(|e| err(e.into()))?;
     Ok(rows)
 }
 
-fn io_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> StreamError + '_ {
-    move |e| StreamError::Io {
+fn io_err(path: &Path) -> impl Fn(crate::BoxError) -> StreamError + '_ {
+    move |source| StreamError::Io {
         file: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     }
 }
 
@@ -740,7 +736,7 @@ impl Scratch {
     }
 
     fn ensure(&self) -> Result<(), StreamError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir)(&e))
+        std::fs::create_dir_all(&self.dir).map_err(|e| io_err(&self.dir)(e.into()))
     }
 
     fn remove(&self) {
@@ -882,9 +878,9 @@ struct SpillWriter {
 impl SpillWriter {
     fn create(path: &Path) -> Result<Self, StreamError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io_err(dir)(&e))?;
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir)(e.into()))?;
         }
-        let f = File::create(path).map_err(|e| io_err(path)(&e))?;
+        let f = File::create(path).map_err(|e| io_err(path)(e.into()))?;
         Ok(SpillWriter {
             path: path.to_path_buf(),
             file: BufWriter::with_capacity(1 << 16, f),
@@ -917,7 +913,7 @@ impl SpillWriter {
         if self.buf.len() >= 1 << 15 {
             self.file
                 .write_all(&self.buf)
-                .map_err(|e| io_err(&self.path)(&e))?;
+                .map_err(|e| io_err(&self.path)(e.into()))?;
             self.buf.clear();
         }
         Ok(())
@@ -926,7 +922,7 @@ impl SpillWriter {
         self.file
             .write_all(&self.buf)
             .and_then(|_| self.file.flush())
-            .map_err(|e| io_err(&self.path)(&e))?;
+            .map_err(|e| io_err(&self.path)(e.into()))?;
         Ok(self.path)
     }
 }
@@ -938,7 +934,7 @@ struct SpillReader {
 
 impl SpillReader {
     fn open(path: &Path) -> Result<Self, StreamError> {
-        let f = File::open(path).map_err(|e| io_err(path)(&e))?;
+        let f = File::open(path).map_err(|e| io_err(path)(e.into()))?;
         Ok(SpillReader {
             path: path.to_path_buf(),
             r: BufReader::with_capacity(1 << 16, f),
@@ -948,7 +944,7 @@ impl SpillReader {
         let mut b = [0u8; N];
         self.r
             .read_exact(&mut b)
-            .map_err(|e| io_err(&self.path)(&e))?;
+            .map_err(|e| io_err(&self.path)(e.into()))?;
         Ok(b)
     }
     fn u8(&mut self) -> Result<u8, StreamError> {
@@ -965,11 +961,11 @@ impl SpillReader {
             match self.r.read(&mut b[got..]) {
                 Ok(0) if got == 0 => return Ok(None),
                 Ok(0) => {
-                    return Err(io_err(&self.path)(&"truncated spill file"));
+                    return Err(io_err(&self.path)("truncated spill file".into()));
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err(&self.path)(&e)),
+                Err(e) => return Err(io_err(&self.path)(e.into())),
             }
         }
         Ok(Some(u64::from_ne_bytes(b)))
@@ -982,8 +978,8 @@ impl SpillReader {
         let mut v = vec![0u8; n];
         self.r
             .read_exact(&mut v)
-            .map_err(|e| io_err(&self.path)(&e))?;
-        String::from_utf8(v).map_err(|e| io_err(&self.path)(&e))
+            .map_err(|e| io_err(&self.path)(e.into()))?;
+        String::from_utf8(v).map_err(|e| io_err(&self.path)(e.into()))
     }
     fn opt_string(&mut self) -> Result<Option<String>, StreamError> {
         Ok(if self.u8()? == 1 {

@@ -70,6 +70,9 @@ pub enum TrainError {
     /// Evaluation failed.
     #[error(transparent)]
     Eval(#[from] eval::EvalError),
+    /// Feature rows of mismatched widths.
+    #[error(transparent)]
+    Matrix(#[from] crate::matrix::MatrixError),
     /// Too little labelled data.
     #[error("not enough labelled data: {reason}")]
     Data {
@@ -591,9 +594,7 @@ fn calibrate(params: &TrainValidParams, rows: &Rows<'_>) -> Result<Calibrated, T
                 .filter(|&i| x.get(i, support_column) > 0.0)
                 .collect();
             let mut xr = x.select_rows(&seen);
-            xr.extend(unseen).map_err(|e| TrainError::Data {
-                reason: e.to_string(),
-            })?;
+            xr.extend(unseen)?;
             let mut pr = prob_rows(&calibrated, &seen);
             pr.extend_from_slice(&unseen_probs);
             let mut yr: Vec<u8> = seen.iter().map(|&i| y[i]).collect();

@@ -155,6 +155,17 @@ fn garbage_and_truncated_models_are_parse_errors() {
             .contains("not a valid threatrank model artifact"),
         "{err}"
     );
+    // the JSON parser's error is kept as the source, not flattened into the message only
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(source.is::<serde_json::Error>(), "{source:?}");
+
+    // a file that starts like gzip but does not decompress: the I/O error is the source
+    let p = dir.path().join("corrupt.json.gz");
+    std::fs::write(&p, [0x1f, 0x8b, 0x08, 0x00, 0xff]).unwrap();
+    let err = Artifact::load(&p).unwrap_err();
+    assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(source.is::<std::io::Error>(), "{source:?}");
 
     let bytes = std::fs::read(shared_model()).unwrap();
     let p = dir.path().join("truncated.json");
