@@ -1419,15 +1419,62 @@ mod tests {
     }
 
     #[test]
-    fn schema_is_stable_and_named() {
+    fn schema_names_families_and_hash_agree_with_the_tables() {
         let s = schema();
         assert_eq!(s.len(), schema_len());
-        assert_eq!(s, schema());
         let mut names = s.names().to_vec();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), s.len(), "duplicate feature names");
-        assert!(s.index_of("tenant_detector:tp_rate").is_some());
+        // Families: each known, each with columns, in `Family::ALL` order.
+        let order: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+        let mut last = 0;
+        for f in s.families() {
+            let k = order.iter().position(|o| o == f).expect("a known family");
+            assert!(k >= last, "{f} column after a later family's");
+            last = k;
+        }
+        for f in &order {
+            assert!(s.families().iter().any(|x| x == f), "{f} has no column");
+        }
+        // One column per entry of the public tables the extractors walk.
+        let count = |prefix: &str| s.names().iter().filter(|n| n.starts_with(prefix)).count();
+        assert_eq!(count("tactic:"), TACTICS.len());
+        assert_eq!(
+            count("distinct_present:"),
+            crate::domain::ENTITY_COLUMNS.len()
+        );
+        assert_eq!(count("entity_type_rows:"), ENTITY_TYPES.len() + 1);
+        assert_eq!(count("category_rows:"), CATEGORIES.len() + 1);
         assert!(s.index_of("tactic:lateral-movement").is_some());
+        // Every grade-rate encoding has its three rates.
+        let mut encodings = 0;
+        for n in s.names() {
+            if let Some(prefix) = n.strip_suffix(":tp_rate") {
+                encodings += 1;
+                for r in ["bp_rate", "fp_rate"] {
+                    assert!(s.index_of(&format!("{prefix}:{r}")).is_some(), "{prefix}");
+                }
+            }
+        }
+        assert!(s.index_of("tenant_detector:tp_rate").is_some() && encodings > 1);
+        // The hash follows the names and the version: another name or version, another hash.
+        let columns: Vec<(String, String)> = s
+            .names()
+            .iter()
+            .cloned()
+            .zip(s.families().iter().cloned())
+            .collect();
+        assert_eq!(
+            FeatureSchema::new(s.version(), columns.clone()).hash(),
+            s.hash()
+        );
+        let mut renamed = columns.clone();
+        renamed[0].0.push('2');
+        assert_ne!(FeatureSchema::new(s.version(), renamed).hash(), s.hash());
+        assert_ne!(
+            FeatureSchema::new(s.version() + 1, columns).hash(),
+            s.hash()
+        );
     }
 }
