@@ -96,8 +96,9 @@ pub struct CardMetrics {
     pub folds: usize,
     /// calibration choice: each method's cross-fitted log-loss, and the per-tenant step's gain
     pub calibration: Option<TenantCalibrationReport>,
-    /// conformal sets on the calibrated out-of-fold probabilities (in-sample for the
-    /// thresholds; `threatrank eval` reports held-out coverage)
+    /// conformal sets on the calibrated out-of-fold probabilities, held out from the
+    /// conformal fit: per inner fold, thresholds fitted without the fold's incidents (the
+    /// calibration map saw every row; `threatrank eval` reports coverage on outer folds)
     pub conformal: Option<ConformalReport>,
 }
 

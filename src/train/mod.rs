@@ -18,8 +18,9 @@
 //!
 //! The conformal predictor is fitted on the inner models' out-of-fold probabilities and applied
 //! to the final model's: a cross-conformal approximation (the final model saw more rows, so its
-//! sets are, if anything, slightly conservative). `threatrank eval` measures the coverage that
-//! results on the outer folds.
+//! sets are, if anything, slightly conservative). The card's coverage is held out from the
+//! conformal fit (per inner fold, a predictor fitted without the fold's incidents sets the
+//! fold's rows); `threatrank eval` measures the coverage that results on the outer folds.
 
 mod abstain;
 pub mod artifact;
@@ -40,7 +41,9 @@ use crate::eval;
 use crate::features::{self, FeatureError, FeatureParams};
 use crate::matrix::FeatureMatrix;
 use crate::models::calibrate::{CalibrationParams, TenantCalibration};
-use crate::models::conformal::{ConformalMode, ConformalParams, GradeSet};
+use crate::models::conformal::{
+    ConformalMode, ConformalParams, ConformalReport, ConformalValidParams, GradeSet,
+};
 use crate::models::{
     Algorithm, ModelError, ModelParams, ProbabilityCalibrator, RankerParams, Scorer, N_CLASSES,
 };
@@ -534,6 +537,58 @@ fn smoothed_prior(y: &[u8]) -> [f32; N_CLASSES] {
     n.map(|k| (k + 1) as f32 / total)
 }
 
+/// The rows the conformal regimes and decision rules are fitted on.
+struct Regime<'a> {
+    x: &'a FeatureMatrix,
+    /// calibrated probabilities, `N_CLASSES` per row
+    probs: &'a [f32],
+    y: &'a [u8],
+    /// the row of the training matrix (the incident) each row comes from
+    origin: &'a [usize],
+}
+
+/// The card's conformal figures on rows held out from the conformal fit: per inner fold,
+/// regimes fitted on the regime rows that do not come from the fold's incidents give the
+/// sets of the fold's rows; pooled over the folds. (The probabilities are the calibrated
+/// out-of-fold ones; the calibration map itself was fitted on all rows.)
+fn held_out_conformal(
+    params: &ConformalValidParams,
+    target: f64,
+    folds: &[eval::Fold],
+    rows: &Rows<'_>,
+    calibrated: &[f32],
+    regime: &Regime<'_>,
+) -> Result<ConformalReport, TrainError> {
+    let n = rows.x.n_rows();
+    let mut sets = vec![GradeSet::EMPTY; n];
+    let mut held = vec![false; n];
+    for fold in folds {
+        held.fill(false);
+        for &i in &fold.test {
+            held[i] = true;
+        }
+        let keep: Vec<usize> = (0..regime.origin.len())
+            .filter(|&r| !held[regime.origin[r]])
+            .collect();
+        let y: Vec<u8> = keep.iter().map(|&r| regime.y[r]).collect();
+        let fitted = ConformalRegimes::fit(
+            params,
+            &regime.x.select_rows(&keep),
+            &prob_rows(regime.probs, &keep),
+            &y,
+            rows.support_column,
+        )?;
+        let test = fitted.sets(
+            &rows.x.select_rows(&fold.test),
+            &prob_rows(calibrated, &fold.test),
+        );
+        for (s, &i) in test.into_iter().zip(&fold.test) {
+            sets[i] = s;
+        }
+    }
+    Ok(abstain::coverage_report(target, &sets, rows.y))
+}
+
 /// Inner folds → out-of-fold probabilities → calibration (global + per tenant), conformal
 /// predictor, decision rules, card metrics and the calibrated out-of-fold P(TP) (for the drift
 /// reference).
@@ -599,17 +654,38 @@ fn calibrate(params: &TrainValidParams, rows: &Rows<'_>) -> Result<Calibrated, T
             pr.extend_from_slice(&unseen_probs);
             let mut yr: Vec<u8> = seen.iter().map(|&i| y[i]).collect();
             yr.extend_from_slice(y);
-            Some((xr, pr, yr))
+            // the row of `x` (the incident) each regime row comes from
+            let mut origin = seen;
+            origin.extend(0..x.n_rows());
+            Some((xr, pr, yr, origin))
         }
         _ => None,
     };
-    let (xr, pr, yr) = match &regime_rows {
-        Some((xr, pr, yr)) => (xr, pr.as_slice(), yr.as_slice()),
-        None => (x, calibrated.as_slice(), y),
+    let every_row: Vec<usize> = (0..x.n_rows()).collect();
+    let regime = match &regime_rows {
+        Some((xr, pr, yr, origin)) => Regime {
+            x: xr,
+            probs: pr,
+            y: yr,
+            origin,
+        },
+        None => Regime {
+            x,
+            probs: &calibrated,
+            y,
+            origin: &every_row,
+        },
     };
+    let (xr, pr, yr) = (regime.x, regime.probs, regime.y);
     let conformal = ConformalRegimes::fit(&params.conformal, xr, pr, yr, support_column)?;
-    let conformal_report =
-        abstain::coverage_report(1.0 - conformal.alpha(), &conformal.sets(x, &calibrated), y);
+    let conformal_report = held_out_conformal(
+        &params.conformal,
+        1.0 - conformal.alpha(),
+        &folds,
+        rows,
+        &calibrated,
+        &regime,
+    )?;
     let decision = DecisionRules::fit(xr, pr, yr, support_column)?;
     let report = eval::classification_report(y, &decision.decide_all(x, &calibrated), None)?;
     let tp = usize::from(Grade::TruePositive.class_id());
@@ -685,6 +761,55 @@ mod tests {
             let s: f32 = oof[r * N_CLASSES..(r + 1) * N_CLASSES].iter().sum();
             assert!((s - 1.0).abs() < 1e-4, "row {r}: {oof:?}");
         }
+    }
+
+    #[test]
+    fn the_card_coverage_is_held_out_from_the_conformal_fit() {
+        // 40 rows, all TP: fold 0 easy (P(TP) 0.9), fold 1 hard (P(TP) 0.1). Fitted on all
+        // rows, the 90% threshold covers every row (coverage 1.0 in-sample); held out, the
+        // hard fold's threshold comes from the easy fold and misses all of it: 0.5.
+        let n = 40;
+        let x = FeatureMatrix::from_vec(n, 1, vec![1.0; n]).unwrap();
+        let y = vec![0u8; n];
+        let probs: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                if i < 20 {
+                    [0.9, 0.05, 0.05]
+                } else {
+                    [0.1, 0.45, 0.45]
+                }
+            })
+            .collect();
+        let folds = [
+            eval::Fold {
+                train: (20..40).collect(),
+                test: (0..20).collect(),
+            },
+            eval::Fold {
+                train: (0..20).collect(),
+                test: (20..40).collect(),
+            },
+        ];
+        let rows = Rows {
+            x: &x,
+            unseen: None,
+            y: &y,
+            tenant_of_row: &[1; 40],
+            support_column: 0,
+        };
+        let every_row: Vec<usize> = (0..n).collect();
+        let regime = Regime {
+            x: &x,
+            probs: &probs,
+            y: &y,
+            origin: &every_row,
+        };
+        let params = ConformalParams::default().alpha(0.1).check().unwrap();
+        let in_sample = ConformalRegimes::fit(&params, &x, &probs, &y, 0).unwrap();
+        let all = abstain::coverage_report(0.9, &in_sample.sets(&x, &probs), &y);
+        assert_eq!(all.coverage, 1.0);
+        let r = held_out_conformal(&params, 0.9, &folds, &rows, &probs, &regime).unwrap();
+        assert_eq!((r.rows, r.coverage), (40, 0.5), "{r:?}");
     }
 
     #[test]
