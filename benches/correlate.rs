@@ -60,7 +60,7 @@ fn synthetic_alerts(n: usize, seed: u64) -> Vec<Evidence> {
                 _ => {}
             }
             Evidence {
-                record: a as u32,
+                record: a as u64,
                 id: a as u64,
                 tenant: TenantId(tenant),
                 incident: IncidentId(a as u64),

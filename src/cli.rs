@@ -827,6 +827,27 @@ fn eprint_report(r: &crate::ingest::IngestReport, rejects: Option<&Path>) {
     }
 }
 
+/// What the binary prints for an error: `error: <message>`, then one `  caused by: <cause>`
+/// line for each error down the `source()` chain whose text the lines above do not already
+/// hold (most messages embed their direct cause: printing it again would only repeat it).
+///
+/// ```
+/// let e = std::io::Error::other("disk full");
+/// assert_eq!(threatrank::cli::error_lines(&e), vec!["error: disk full"]);
+/// ```
+pub fn error_lines(e: &dyn std::error::Error) -> Vec<String> {
+    let mut lines = vec![format!("error: {e}")];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !lines.iter().any(|l| l.contains(&text)) {
+            lines.push(format!("  caused by: {text}"));
+        }
+        source = s.source();
+    }
+    lines
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> Result<(), PipelineError> {
     match cli.command {
@@ -941,7 +962,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 std::fs::write(&p, stats.to_string() + "\n").map_err(|e| {
                     crate::report::ReportError::Write {
                         file: p.display().to_string(),
-                        reason: e.to_string(),
+                        source: e.into(),
                     }
                 })?;
             }
@@ -1483,7 +1504,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 std::fs::write(&path, text + "\n").map_err(|e| {
                     crate::report::ReportError::Write {
                         file: path.display().to_string(),
-                        reason: e.to_string(),
+                        source: e.into(),
                     }
                 })?;
             }
@@ -1683,7 +1704,7 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
     let input = input.unwrap_or_else(shipped_sample);
     std::fs::create_dir_all(out).map_err(|e| crate::report::ReportError::Write {
         file: out.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let model = out.join("model.json");
     let kn = SignalsArgs::default().knowledge()?;
@@ -1731,4 +1752,47 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
     }
     eprintln!("(scored the training sample itself: in-sample, for illustration; see step 2 for honest figures)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a fixed message and an optional cause.
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn error_lines_print_every_cause_not_already_said() {
+        let io = Layer("Is a directory (os error 21)", None);
+        let parse = Layer("m.json: not a model", Some(Box::new(io)));
+        let top = Layer("loading the model", Some(Box::new(parse)));
+        assert_eq!(
+            error_lines(&top),
+            vec![
+                "error: loading the model",
+                "  caused by: m.json: not a model",
+                "  caused by: Is a directory (os error 21)",
+            ]
+        );
+        // a message that embeds its cause is not followed by it again
+        let io = Layer("Is a directory (os error 21)", None);
+        let embeds = Layer("m.json: Is a directory (os error 21)", Some(Box::new(io)));
+        assert_eq!(
+            error_lines(&embeds),
+            vec!["error: m.json: Is a directory (os error 21)"]
+        );
+    }
 }

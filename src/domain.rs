@@ -204,7 +204,7 @@ pub const ENTITY_COLUMNS: [&str; N_ENTITY_COLUMNS] = [
 pub struct Evidence {
     /// 0-based index of the input record this came from (CSV data row or JSONL line record);
     /// score output is aligned on it.
-    pub record: u32,
+    pub record: u64,
     /// GUIDE `Id` (not unique: never a key)
     pub id: u64,
     /// tenant

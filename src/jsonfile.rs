@@ -17,9 +17,9 @@ pub fn write<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), JsonFile
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    let json = serde_json::to_vec(value).map_err(|e| JsonFileError::Format {
+    let json = serde_json::to_vec(value).map_err(|source| JsonFileError::Json {
         file: file.clone(),
-        reason: e.to_string(),
+        source,
     })?;
     let bytes = if path.extension().is_some_and(|e| e == "gz") {
         let mut enc = flate2::GzBuilder::new()
@@ -46,10 +46,7 @@ pub fn read(path: &Path) -> Result<Vec<u8>, JsonFileError> {
     let mut json = Vec::new();
     flate2::read::GzDecoder::new(bytes.as_slice())
         .read_to_end(&mut json)
-        .map_err(|e| JsonFileError::Format {
-            file,
-            reason: format!("corrupt gzip: {e}"),
-        })?;
+        .map_err(|source| JsonFileError::Gzip { file, source })?;
     Ok(json)
 }
 
@@ -65,12 +62,22 @@ pub enum JsonFileError {
         #[source]
         source: std::io::Error,
     },
-    /// Not serializable, or corrupt compression.
-    #[error("{file}: {reason}")]
-    Format {
+    /// Not serializable as JSON.
+    #[error("{file}: {source}")]
+    Json {
         /// path
         file: String,
-        /// what is wrong
-        reason: String,
+        /// cause
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Starts like gzip but does not decompress.
+    #[error("{file}: corrupt gzip: {source}")]
+    Gzip {
+        /// path
+        file: String,
+        /// cause
+        #[source]
+        source: std::io::Error,
     },
 }

@@ -64,12 +64,13 @@ pub enum KafkaError {
     #[error(transparent)]
     Model(#[from] ArtifactError),
     /// the model was built under another pseudonymization key
-    #[error("{model}: {reason}")]
+    #[error("{model}: {source}")]
     Key {
         /// artifact path
         model: String,
         /// why
-        reason: String,
+        #[source]
+        source: crate::signals::GlobalSignalsError,
     },
     /// creating or subscribing a Kafka client
     #[error("kafka {what}: {source}")]
@@ -85,12 +86,23 @@ pub enum KafkaError {
     Score(#[source] Box<PipelineError>),
     /// a result was not acknowledged by the brokers: the batch's offsets were not committed,
     /// a restart replays it
-    #[error("producing to {topic}: {reason} (batch not committed; a restart replays it)")]
+    #[error("producing to {topic}: {source} (batch not committed; a restart replays it)")]
     Delivery {
         /// target topic
         topic: String,
+        /// cause (`Canceled` when the producer dropped the message)
+        #[source]
+        source: RdError,
+    },
+    /// a result could not be encoded as JSON (nothing of the batch was produced or committed):
+    /// never an empty message
+    #[error("encoding a {what} message: {source}")]
+    Encode {
+        /// which message
+        what: &'static str,
         /// cause
-        reason: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// the batch's results were produced and acknowledged but its offsets could not be
     /// committed: a restart replays it and its threats are produced twice
@@ -839,11 +851,11 @@ impl<'a> BatchScorer<'a> {
                 Ok(_) => {
                     out.counts.rejected += 1;
                     out.records
-                        .push(rejected(m, None, "no alert read from the value".into()));
+                        .push(rejected(m, None, "no alert read from the value".into())?);
                 }
                 Err((field, reason)) => {
                     out.counts.rejected += 1;
-                    out.records.push(rejected(m, field, reason));
+                    out.records.push(rejected(m, field, reason)?);
                 }
             }
         }
@@ -880,7 +892,7 @@ impl<'a> BatchScorer<'a> {
             out.records.push(OutRecord {
                 sink: Sink::Threats,
                 key: Some(s.key.tenant.0.to_string().into_bytes()),
-                value: serde_json::to_string(&threat).unwrap_or_default(),
+                value: encode("threat", &threat)?,
             });
             out.counts.threats += 1;
         }
@@ -888,7 +900,16 @@ impl<'a> BatchScorer<'a> {
     }
 }
 
-fn rejected(m: &SourceMessage, field: Option<String>, reason: String) -> OutRecord {
+/// JSON of one output message; an error rather than an empty message.
+fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<String, KafkaError> {
+    serde_json::to_string(value).map_err(|source| KafkaError::Encode { what, source })
+}
+
+fn rejected(
+    m: &SourceMessage,
+    field: Option<String>,
+    reason: String,
+) -> Result<OutRecord, KafkaError> {
     let value = m.value.as_deref().unwrap_or_default();
     let head = &value[..value.len().min(REJECT_VALUE_BYTES)];
     let r = RejectedOut {
@@ -900,11 +921,11 @@ fn rejected(m: &SourceMessage, field: Option<String>, reason: String) -> OutReco
         reason,
         value: String::from_utf8_lossy(head).into_owned(),
     };
-    OutRecord {
+    Ok(OutRecord {
         sink: Sink::Rejects,
         key: m.key.clone(),
-        value: serde_json::to_string(&r).unwrap_or_default(),
-    }
+        value: encode("rejected", &r)?,
+    })
 }
 
 fn threat_out(
@@ -967,9 +988,9 @@ impl Model {
                 .features
                 .global_signals()
                 .check_key(&kn.key)
-                .map_err(|e| KafkaError::Key {
+                .map_err(|source| KafkaError::Key {
                     model: path.display().to_string(),
-                    reason: e.to_string(),
+                    source,
                 })?;
         }
         Ok(Model {
@@ -1553,10 +1574,10 @@ fn produce_batch(
                     record = back;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((e, _)) => {
+                Err((source, _)) => {
                     return Err(KafkaError::Delivery {
                         topic: topic.to_string(),
-                        reason: e.to_string(),
+                        source,
                     })
                 }
             }
@@ -1564,14 +1585,15 @@ fn produce_batch(
     }
     rt.block_on(async {
         for (topic, f) in inflight {
-            let reason = match f.await {
+            let source = match f.await {
                 Ok(Ok(_)) => continue,
-                Ok(Err((e, _))) => e.to_string(),
-                Err(_) => "the producer dropped the message".to_string(),
+                Ok(Err((e, _))) => e,
+                // the producer dropped the message
+                Err(_) => RdError::Canceled,
             };
             return Err(KafkaError::Delivery {
                 topic: topic.to_string(),
-                reason,
+                source,
             });
         }
         Ok(())
@@ -1594,6 +1616,25 @@ mod tests {
             Err(KafkaError::Param { name, .. }) => name,
             other => panic!("expected a parameter error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_message_that_cannot_be_encoded_is_an_error_not_an_empty_value() {
+        /// serde refuses this value, as it would a map with non-string keys
+        struct Unencodable;
+        impl Serialize for Unencodable {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("refused"))
+            }
+        }
+        match encode("threat", &Unencodable) {
+            Err(e @ KafkaError::Encode { what: "threat", .. }) => {
+                assert!(e.to_string().contains("refused"), "{e}");
+                assert!(std::error::Error::source(&e).is_some());
+            }
+            other => panic!("expected an encoding error, got {other:?}"),
+        }
+        assert_eq!(encode("threat", &[1, 2]).unwrap(), "[1,2]");
     }
 
     #[test]

@@ -36,3 +36,7 @@ pub mod sql;
 pub mod stream;
 pub mod synth;
 pub mod train;
+
+/// The cause of an error whose source can be of several types (an I/O, CSV or JSON error),
+/// kept as its `source()` rather than flattened into a string.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

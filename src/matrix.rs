@@ -59,6 +59,16 @@ impl FeatureMatrix {
         }
     }
 
+    /// A matrix of `n_rows` × `n_cols` zeros (rows to be written with
+    /// [`FeatureMatrix::row_mut`] or [`FeatureMatrix::as_mut_slice`]).
+    pub fn zeros(n_rows: usize, n_cols: usize) -> Self {
+        Self {
+            n_rows,
+            n_cols,
+            data: vec![0.0; n_rows * n_cols],
+        }
+    }
+
     /// Wraps a row-major buffer; errors when `data.len() != rows * cols`.
     pub fn from_vec(n_rows: usize, n_cols: usize, data: Vec<f32>) -> Result<Self, MatrixError> {
         let expected = n_rows * n_cols;
@@ -101,6 +111,11 @@ impl FeatureMatrix {
         self.data.extend_from_slice(&other.data);
         self.n_rows += other.n_rows;
         Ok(())
+    }
+
+    /// The row-major buffer, mutable (its length stays `n_rows * n_cols`).
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.data
     }
 
     /// Number of rows.

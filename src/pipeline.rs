@@ -94,7 +94,7 @@ impl Loaded {
     /// in order, incidents grouped by their given ids, no ingest report, no input hash.
     pub fn in_memory(mut evidence: Vec<Evidence>) -> Loaded {
         for (i, e) in evidence.iter_mut().enumerate() {
-            e.record = i as u32;
+            e.record = i as u64;
         }
         let corr = group_incidents(&evidence);
         Loaded {
@@ -214,7 +214,7 @@ fn create_parent(path: &Path) -> Result<(), PipelineError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| report::ReportError::Write {
             file: dir.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
     }
     Ok(())

@@ -17,12 +17,13 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
     /// Could not write.
-    #[error("{file}: cannot write: {reason}")]
+    #[error("{file}: cannot write: {source}")]
     Write {
         /// path
         file: String,
-        /// cause
-        reason: String,
+        /// cause (an I/O, CSV or JSON error)
+        #[source]
+        source: crate::BoxError,
     },
 }
 
@@ -64,13 +65,13 @@ pub fn write_scores(
     ingest: &IngestReport,
     incidents: &[ScoredIncident],
 ) -> Result<u64, ReportError> {
-    let err = |e: &dyn std::fmt::Display| ReportError::Write {
+    let err = |source: crate::BoxError| ReportError::Write {
         file: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     };
-    let file = std::fs::File::create(path).map_err(|e| err(&e))?;
+    let file = std::fs::File::create(path).map_err(|e| err(e.into()))?;
     let mut w = csv::Writer::from_writer(std::io::BufWriter::with_capacity(1 << 16, file));
-    w.write_record(SCORE_HEADER).map_err(|e| err(&e))?;
+    w.write_record(SCORE_HEADER).map_err(|e| err(e.into()))?;
     // First evidence row of every accepted record (JSONL records may hold several).
     let n_records = ingest.records as usize;
     let mut first_ev: Vec<Option<u32>> = vec![None; n_records];
@@ -113,7 +114,7 @@ pub fn write_scores(
                     }
                     .into(),
                 ])
-                .map_err(|e| err(&e))?;
+                .map_err(|e| err(e.into()))?;
             }
             None => {
                 let reason = match rejected.peek() {
@@ -121,12 +122,13 @@ pub fn write_scores(
                     _ => None,
                 }
                 .unwrap_or_else(|| "record produced no evidence".into());
-                w.write_record(rejected_row(reason)).map_err(|e| err(&e))?;
+                w.write_record(rejected_row(reason))
+                    .map_err(|e| err(e.into()))?;
             }
         }
         rows += 1;
     }
-    w.flush().map_err(|e| err(&e))?;
+    w.flush().map_err(|e| err(e.into()))?;
     Ok(rows)
 }
 
@@ -202,13 +204,13 @@ pub fn queue_table(incidents: &[ScoredIncident], tenant: Option<TenantId>, top: 
 
 /// Writes any serializable value as pretty JSON.
 pub fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<(), ReportError> {
-    let err = |e: &dyn std::fmt::Display| ReportError::Write {
+    let err = |source: crate::BoxError| ReportError::Write {
         file: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| err(&e))?;
+        std::fs::create_dir_all(dir).map_err(|e| err(e.into()))?;
     }
-    let text = serde_json::to_string_pretty(value).map_err(|e| err(&e))?;
-    std::fs::write(path, text + "\n").map_err(|e| err(&e))
+    let text = serde_json::to_string_pretty(value).map_err(|e| err(e.into()))?;
+    std::fs::write(path, text + "\n").map_err(|e| err(e.into()))
 }

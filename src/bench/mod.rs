@@ -64,12 +64,13 @@ pub enum BenchError {
         reason: String,
     },
     /// Could not write an output file.
-    #[error("{file}: cannot write: {reason}")]
+    #[error("{file}: cannot write: {source}")]
     Write {
         /// path
         file: String,
-        /// cause
-        reason: String,
+        /// cause (an I/O or JSON error)
+        #[source]
+        source: crate::BoxError,
     },
     /// Cross-validation failed.
     #[error(transparent)]
@@ -682,7 +683,7 @@ pub fn write_report(report: &mut BenchReport, out: &Path) -> Result<Vec<PathBuf>
     set_write_time(report, seconds(t));
     let text = serde_json::to_string_pretty(&*report).map_err(|e| BenchError::Write {
         file: json.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     write(&json, &(text + "\n"))?;
     let mut all = vec![json, md, html];
@@ -748,14 +749,14 @@ pub fn write_predictions(
 fn create_dir(dir: &Path) -> Result<(), BenchError> {
     std::fs::create_dir_all(dir).map_err(|e| BenchError::Write {
         file: dir.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 
 fn write(path: &Path, text: &str) -> Result<(), BenchError> {
     std::fs::write(path, text).map_err(|e| BenchError::Write {
         file: path.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 
@@ -764,7 +765,7 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 fn remove_stale_plots(dir: &Path) -> Result<(), BenchError> {
     let err = |e: std::io::Error| BenchError::Write {
         file: dir.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     };
     for entry in std::fs::read_dir(dir).map_err(err)? {
         let path = entry.map_err(err)?.path();

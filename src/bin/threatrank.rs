@@ -7,11 +7,8 @@ fn main() -> ExitCode {
     match threatrank::cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
+            for line in threatrank::cli::error_lines(&e) {
+                eprintln!("{line}");
             }
             ExitCode::from(match e {
                 threatrank::pipeline::PipelineError::Ingest(_)

@@ -736,8 +736,9 @@ impl FittedFeatures {
         kn: &Knowledge,
     ) -> FeatureMatrix {
         let width = schema_len();
-        let mut data = vec![0f32; which.len() * width];
-        data.par_chunks_mut(width.max(1))
+        let mut x = FeatureMatrix::zeros(which.len(), width);
+        x.as_mut_slice()
+            .par_chunks_mut(width.max(1))
             .zip(which.par_iter())
             .with_min_len(64)
             .for_each(|(row, &i)| {
@@ -745,8 +746,7 @@ impl FittedFeatures {
                 let rows: Vec<&Evidence> = inc.rows(evidence);
                 self.extract(&rows, kn, &mut RowSink { out: row, i: 0 });
             });
-        FeatureMatrix::from_vec(which.len(), width, data)
-            .unwrap_or_else(|_| FeatureMatrix::with_columns(width))
+        x
     }
 
     /// Writes one incident's features (0 in the columns of switched-off families). `rows` is
@@ -1268,9 +1268,8 @@ pub fn fit_transform(
         return Err(FeatureError::NoLabels);
     }
     let full = FittedFeatures::fit(params, evidence, corr, &labelled, kn)?;
-    let width = schema_len();
-    let mut x = FeatureMatrix::from_vec(labelled.len(), width, vec![0.0; labelled.len() * width])
-        .unwrap_or_else(|_| FeatureMatrix::with_columns(width));
+    let signals = p.signals.check()?;
+    let mut x = FeatureMatrix::zeros(labelled.len(), schema_len());
     let fold_of: Vec<usize> = labelled
         .iter()
         .map(|&i| oof_fold(&corr.incidents[i], p))
@@ -1286,7 +1285,6 @@ pub fn fit_transform(
         .collect();
     let tenant_snapshots: Option<Vec<GlobalSignals>> =
         (kn.snapshot.is_none() && p.global_leave_tenant_out).then(|| {
-            let signals = p.signals.check();
             (0..p.oof_folds)
                 .map(|g| {
                     let on: Vec<usize> = labelled
@@ -1295,10 +1293,7 @@ pub fn fit_transform(
                         .filter(|(_, &k)| k != g)
                         .map(|(&i, _)| i)
                         .collect();
-                    match &signals {
-                        Ok(sp) => snapshot_of(sp, &kn.key, evidence, corr, &on, &full.sentinels),
-                        Err(_) => full.global.clone(),
-                    }
+                    snapshot_of(&signals, &kn.key, evidence, corr, &on, &full.sentinels)
                 })
                 .collect()
         });
@@ -1314,10 +1309,16 @@ pub fn fit_transform(
             continue;
         }
         let enc = if fit_on.is_empty() {
+            // Every labelled incident is in this fold: nothing out-of-fold to learn from. The
+            // fold's rows get what a tenant never seen gets from encoders fitted on no
+            // incident (uniform prior, no history, an empty snapshot or the given one), never
+            // the full-data encoders, which hold these incidents' own grades.
             let mut e = FittedFeatures::empty(&kn.key);
             e.params = p.clone();
-            e.global = full.global.clone();
-            e.prior = full.prior;
+            e.global = match &kn.snapshot {
+                Some(g) => g.clone(),
+                None => GlobalSignals::empty(&signals, &kn.key),
+            };
             e.sentinels = full.sentinels;
             e
         } else {
@@ -1375,17 +1376,105 @@ pub fn fit_transform(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Grade;
+
+    /// Out-of-fold rows of `evidence` (one graded incident per distinct incident id).
+    fn oof_rows(evidence: &[Evidence]) -> FeatureMatrix {
+        let corr = crate::correlate::group_incidents(evidence);
+        let kn = Knowledge::development().unwrap();
+        let params = FeatureParams::default().check().unwrap();
+        let all: Vec<usize> = (0..corr.incidents.len()).collect();
+        fit_transform(&params, evidence, &corr, &all, &kn)
+            .unwrap()
+            .1
+    }
 
     #[test]
-    fn schema_is_stable_and_named() {
+    fn a_fold_with_nothing_out_of_fold_does_not_see_its_own_grade() {
+        // One labelled incident: its fold has no other incident to learn from, so its row must
+        // not depend on its own grade (the full-data encoders hold it).
+        let incident = |grade| {
+            vec![Evidence {
+                tenant: crate::domain::TenantId(3),
+                incident: crate::domain::IncidentId(11),
+                alert: crate::domain::AlertId(5),
+                detector: "d1".into(),
+                category: "Exfiltration".into(),
+                grade: Some(grade),
+                ..Evidence::default()
+            }]
+        };
+        let tp = oof_rows(&incident(Grade::TruePositive));
+        let fp = oof_rows(&incident(Grade::FalsePositive));
+        assert_eq!(tp.n_rows(), 1);
+        assert_eq!(tp, fp, "the row moved with its own grade");
+        // the tenant family falls back to the uniform prior, not a one-hot of the grade
+        let s = schema();
+        let tp_rate = s.index_of("tenant:tp_rate").unwrap();
+        assert!(
+            (tp.get(0, tp_rate) - 1.0 / 3.0).abs() < 1e-6,
+            "{}",
+            tp.get(0, tp_rate)
+        );
+    }
+
+    #[test]
+    fn schema_names_families_and_hash_agree_with_the_tables() {
         let s = schema();
         assert_eq!(s.len(), schema_len());
-        assert_eq!(s, schema());
         let mut names = s.names().to_vec();
         names.sort();
         names.dedup();
         assert_eq!(names.len(), s.len(), "duplicate feature names");
-        assert!(s.index_of("tenant_detector:tp_rate").is_some());
+        // Families: each known, each with columns, in `Family::ALL` order.
+        let order: Vec<&str> = Family::ALL.iter().map(|f| f.name()).collect();
+        let mut last = 0;
+        for f in s.families() {
+            let k = order.iter().position(|o| o == f).expect("a known family");
+            assert!(k >= last, "{f} column after a later family's");
+            last = k;
+        }
+        for f in &order {
+            assert!(s.families().iter().any(|x| x == f), "{f} has no column");
+        }
+        // One column per entry of the public tables the extractors walk.
+        let count = |prefix: &str| s.names().iter().filter(|n| n.starts_with(prefix)).count();
+        assert_eq!(count("tactic:"), TACTICS.len());
+        assert_eq!(
+            count("distinct_present:"),
+            crate::domain::ENTITY_COLUMNS.len()
+        );
+        assert_eq!(count("entity_type_rows:"), ENTITY_TYPES.len() + 1);
+        assert_eq!(count("category_rows:"), CATEGORIES.len() + 1);
         assert!(s.index_of("tactic:lateral-movement").is_some());
+        // Every grade-rate encoding has its three rates.
+        let mut encodings = 0;
+        for n in s.names() {
+            if let Some(prefix) = n.strip_suffix(":tp_rate") {
+                encodings += 1;
+                for r in ["bp_rate", "fp_rate"] {
+                    assert!(s.index_of(&format!("{prefix}:{r}")).is_some(), "{prefix}");
+                }
+            }
+        }
+        assert!(s.index_of("tenant_detector:tp_rate").is_some() && encodings > 1);
+        // The hash follows the names and the version: another name or version, another hash.
+        let columns: Vec<(String, String)> = s
+            .names()
+            .iter()
+            .cloned()
+            .zip(s.families().iter().cloned())
+            .collect();
+        assert_eq!(
+            FeatureSchema::new(s.version(), columns.clone()).hash(),
+            s.hash()
+        );
+        let mut renamed = columns.clone();
+        renamed[0].0.push('2');
+        assert_ne!(FeatureSchema::new(s.version(), renamed).hash(), s.hash());
+        assert_ne!(
+            FeatureSchema::new(s.version() + 1, columns).hash(),
+            s.hash()
+        );
     }
 }

@@ -120,7 +120,7 @@ struct RawState<R: Read> {
     inner: csv::Reader<Tracked<R>>,
     events: Events,
     lines_before: u64,
-    index: u32,
+    index: u64,
     done: bool,
 }
 
@@ -129,7 +129,7 @@ struct RawState<R: Read> {
 #[derive(Default)]
 struct RawBatch {
     recs: Vec<ByteRecord>,
-    meta: Vec<(u32, Result<u64, Rejection>)>,
+    meta: Vec<(u64, Result<u64, Rejection>)>,
 }
 
 impl RawBatch {
@@ -362,7 +362,7 @@ impl GuideParser {
         &self.file
     }
 
-    fn reject(&self, index: u32, line: u64, column: Option<usize>, reason: String) -> Rejection {
+    fn reject(&self, index: u64, line: u64, column: Option<usize>, reason: String) -> Rejection {
         Rejection {
             file: self.file.clone(),
             line,
@@ -378,7 +378,7 @@ impl GuideParser {
         &self,
         rec: &ByteRecord,
         line: u64,
-        index: u32,
+        index: u64,
     ) -> Result<Evidence, Rejection> {
         if rec.len() != self.header.len() {
             let hint = if rec.len() < self.header.len() {
@@ -616,7 +616,7 @@ impl<R: Read> RawState<R> {
         &mut self,
         parser: &GuideParser,
         rec: &mut ByteRecord,
-    ) -> Option<(u32, Result<u64, Rejection>)> {
+    ) -> Option<(u64, Result<u64, Rejection>)> {
         if self.done {
             return None;
         }
@@ -823,6 +823,30 @@ mod tests {
         assert_eq!(parse_code("7."), None);
         assert_eq!(parse_code("-1"), None);
         assert_eq!(parse_code("1e3"), None);
+    }
+
+    #[test]
+    fn record_indices_count_past_u32_max() {
+        let csv = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/datasets/guide/guide_sample.csv"
+        ))
+        .unwrap();
+        // the header and two data rows, then a row with one field too few
+        let mut lines = csv.lines();
+        let head: Vec<&str> = lines.by_ref().take(3).collect();
+        let short = lines.next().unwrap().rsplit_once(',').unwrap().0;
+        let input = format!("{}\n{short}\n", head.join("\n"));
+        let params = crate::ingest::IngestParams::default().check().unwrap();
+        let mut r = GuideReader::new(input.as_bytes(), "x.csv", &params).unwrap();
+        // as after u32::MAX records
+        r.raw.index = u64::from(u32::MAX);
+        let first = r.next().unwrap().unwrap();
+        let second = r.next().unwrap().unwrap();
+        let rejected = r.next().unwrap().unwrap_err();
+        assert_eq!(first[0].record, u64::from(u32::MAX));
+        assert_eq!(second[0].record, u64::from(u32::MAX) + 1);
+        assert_eq!(rejected.record, u64::from(u32::MAX) + 2);
     }
 
     #[test]

@@ -86,12 +86,13 @@ pub enum IngestError {
         reason: String,
     },
     /// Writing the rejects file failed.
-    #[error("{file}: cannot write rejects: {reason}")]
+    #[error("{file}: cannot write rejects: {source}")]
     Rejects {
         /// path
         file: String,
         /// cause
-        reason: String,
+        #[source]
+        source: csv::Error,
     },
 }
 
@@ -103,7 +104,7 @@ pub struct Rejection {
     /// 1-based line where the record starts
     pub line: u64,
     /// 0-based data-record index (aligns score output)
-    pub record: u32,
+    pub record: u64,
     /// offending column (field name), when one is to blame
     pub column: Option<String>,
     /// what is wrong
@@ -174,10 +175,10 @@ impl RejectsWriter {
     /// Creates the file and writes the header.
     pub fn create(path: &Path) -> Result<Self, IngestError> {
         let err = rejects_err(path);
-        let f = File::create(path).map_err(|e| err(&e))?;
+        let f = File::create(path).map_err(|e| err(e.into()))?;
         let mut w = csv::Writer::from_writer(std::io::BufWriter::new(f));
         w.write_record(["file", "line", "record", "column", "reason"])
-            .map_err(|e| err(&e))?;
+            .map_err(err)?;
         Ok(RejectsWriter {
             path: path.to_path_buf(),
             w,
@@ -194,19 +195,21 @@ impl RejectsWriter {
                 r.column.as_deref().unwrap_or(""),
                 r.reason.as_str(),
             ])
-            .map_err(|e| rejects_err(&self.path)(&e))
+            .map_err(rejects_err(&self.path))
     }
 
     /// Flushes the file.
     pub fn finish(mut self) -> Result<(), IngestError> {
-        self.w.flush().map_err(|e| rejects_err(&self.path)(&e))
+        self.w
+            .flush()
+            .map_err(|e| rejects_err(&self.path)(e.into()))
     }
 }
 
-fn rejects_err(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> IngestError + '_ {
-    move |e| IngestError::Rejects {
+fn rejects_err(path: &Path) -> impl Fn(csv::Error) -> IngestError + '_ {
+    move |source| IngestError::Rejects {
         file: path.display().to_string(),
-        reason: e.to_string(),
+        source,
     }
 }
 

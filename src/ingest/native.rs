@@ -89,7 +89,7 @@ pub struct NativeReader<R: Read> {
     inner: BufReader<R>,
     buf: Vec<u8>,
     line: u64,
-    index: u32,
+    index: u64,
     max_line: usize,
     read_labels: bool,
     only_tenant: Option<u64>,

@@ -92,7 +92,7 @@ pub struct ParquetGuideReader {
     next_file: usize,
     open: Option<Open>,
     params: IngestValidParams,
-    index: u32,
+    index: u64,
     failed: bool,
     /// rows handed out so far, shared with a progress or sizing observer
     rows_read: Arc<AtomicU64>,
@@ -286,7 +286,7 @@ impl RecordSource for ParquetGuideReader {
     /// Up to `max` rows, parsed in parallel, in order. A file that cannot be read ends the
     /// input with one rejection naming it (the rows before it were delivered).
     fn next_batch(&mut self, max: usize) -> Vec<RecordResult> {
-        let mut raw: Vec<(Arc<GuideParser>, ByteRecord, u64, u32)> = Vec::new();
+        let mut raw: Vec<(Arc<GuideParser>, ByteRecord, u64, u64)> = Vec::new();
         let mut failure = None;
         while raw.len() < max && !self.failed {
             match self.fill() {

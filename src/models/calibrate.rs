@@ -205,26 +205,18 @@ fn scaled_log_loss(logp: &[f64], y: &[u8], inv_t: f64) -> f64 {
 /// Mean multiclass log-loss: `−mean ln(max(p_{row, y_row}, 1e-15))`, `probs` row-major with
 /// `N_CLASSES` per row.
 ///
-/// Rows are paired with labels up to the shorter of the two; a label out of range counts as a
-/// probability of 0 (the floor). Returns NaN when no row is paired.
-pub fn log_loss(probs: &[f32], y: &[u8]) -> f64 {
-    let mut total = 0.0;
-    let mut n = 0usize;
-    for (r, &c) in probs.chunks_exact(N_CLASSES).zip(y) {
-        let p = r.get(c as usize).map_or(0.0, |&p| p as f64);
-        total -= if p > LOG_LOSS_FLOOR {
-            p
-        } else {
-            LOG_LOSS_FLOOR
-        }
-        .ln();
-        n += 1;
-    }
-    if n == 0 {
-        f64::NAN
-    } else {
-        total / n as f64
-    }
+/// As strict as `eval::log_loss` (which `models` does not call: it sits below `eval`): no
+/// rows ([`ModelError::Empty`]), `probs.len() != y.len() * N_CLASSES`, a label out of range or
+/// a non-finite probability ([`ModelError::Labels`]) are errors, never a figure over part of
+/// the rows.
+pub fn log_loss(probs: &[f32], y: &[u8]) -> Result<f64, ModelError> {
+    check_prob_rows(probs, y, "no rows to compute a log-loss on")?;
+    let total: f64 = probs
+        .chunks_exact(N_CLASSES)
+        .zip(y)
+        .map(|(r, &c)| -f64::from(r[usize::from(c)]).max(LOG_LOSS_FLOOR).ln())
+        .sum();
+    Ok(total / y.len() as f64)
 }
 
 /// Shared input checks of every fit: at least one row, `N_CLASSES` finite probabilities per
@@ -990,7 +982,7 @@ impl CalibrationValidParams {
         let mut candidates = Vec::with_capacity(self.methods.len());
         for &method in &self.methods {
             cross_fit(method, probs, y, &folds, &mut scratch)?;
-            let loss = log_loss(&scratch, y);
+            let loss = log_loss(&scratch, y)?;
             candidates.push(CandidateLogLoss {
                 method,
                 log_loss: loss,
@@ -1065,8 +1057,8 @@ impl CalibrationValidParams {
         distinct.sort_unstable();
         distinct.dedup();
         let report = TenantCalibrationReport {
-            log_loss_global: log_loss(oof, y),
-            log_loss_tenant: log_loss(&adjusted, y),
+            log_loss_global: log_loss(oof, y)?,
+            log_loss_tenant: log_loss(&adjusted, y)?,
             tenants: distinct.len(),
             tenants_adjusted: tenants.len(),
             rows_adjusted: tenants.iter().map(|t| t.rows as usize).sum(),
@@ -1616,11 +1608,11 @@ mod tests {
     #[test]
     fn over_confident_probabilities_are_softened() {
         let (mut probs, y) = synthetic(2000, 3.0);
-        let before = log_loss(&probs, &y);
+        let before = log_loss(&probs, &y).unwrap();
         let cal = Calibrator::fit(&probs, &y).unwrap();
         assert!(cal.temperature() > 1.5, "T = {}", cal.temperature());
         cal.apply_into(&mut probs);
-        let after = log_loss(&probs, &y);
+        let after = log_loss(&probs, &y).unwrap();
         assert!(after < before - 0.05, "{before} -> {after}");
         assert!(probs
             .chunks(3)
@@ -1630,11 +1622,11 @@ mod tests {
     #[test]
     fn under_confident_probabilities_are_sharpened() {
         let (mut probs, y) = synthetic(2000, 0.3);
-        let before = log_loss(&probs, &y);
+        let before = log_loss(&probs, &y).unwrap();
         let cal = Calibrator::fit(&probs, &y).unwrap();
         assert!(cal.temperature() < 0.7, "T = {}", cal.temperature());
         cal.apply_into(&mut probs);
-        assert!(log_loss(&probs, &y) < before);
+        assert!(log_loss(&probs, &y).unwrap() < before);
     }
 
     #[test]
@@ -1691,9 +1683,34 @@ mod tests {
         assert!(serde_json::from_str::<Calibrator>(r#"{"temperature": -1.0}"#).is_err());
         let c: Calibrator = serde_json::from_str(r#"{"temperature": 2.0}"#).unwrap();
         assert_eq!(c.temperature(), 2.0);
-        assert!(log_loss(&[], &[]).is_nan());
-        assert!((log_loss(&[1.0, 0.0, 0.0], &[0])).abs() < 1e-12);
-        assert!((log_loss(&[0.0, 0.0, 1.0], &[0]) + LOG_LOSS_FLOOR.ln()).abs() < 1e-9);
+        assert!((log_loss(&[1.0, 0.0, 0.0], &[0]).unwrap()).abs() < 1e-12);
+        assert!((log_loss(&[0.0, 0.0, 1.0], &[0]).unwrap() + LOG_LOSS_FLOOR.ln()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn log_loss_refuses_what_it_cannot_pair() {
+        assert!(matches!(log_loss(&[], &[]), Err(ModelError::Empty { .. })));
+        // two rows, one label: not a figure over the first row
+        let two_rows = [0.7, 0.2, 0.1, 0.1, 0.1, 0.8];
+        assert!(matches!(
+            log_loss(&two_rows, &[0]),
+            Err(ModelError::Labels { .. })
+        ));
+        // one row, two labels
+        assert!(matches!(
+            log_loss(&two_rows[..3], &[0, 2]),
+            Err(ModelError::Labels { .. })
+        ));
+        assert!(matches!(
+            log_loss(&[0.5, 0.5, 0.0], &[3]),
+            Err(ModelError::Labels { .. })
+        ));
+        assert!(matches!(
+            log_loss(&[0.5, f32::NAN, 0.0], &[0]),
+            Err(ModelError::Labels { .. })
+        ));
+        let both = log_loss(&two_rows, &[0, 2]).unwrap();
+        assert!((both - (-(0.7f64.ln() + 0.8f64.ln()) / 2.0)).abs() < 1e-6);
     }
 
     /// splitmix64 stream of uniforms in `[0, 1)` for the tests below.
@@ -1753,12 +1770,12 @@ mod tests {
         let mut rng = Rng(7);
         let (mut probs, mut y) = (Vec::new(), Vec::new());
         tenant_rows(&mut rng, 4000, 2.0, [1.0, -0.5, -0.5], &mut probs, &mut y);
-        let before = log_loss(&probs, &y);
+        let before = log_loss(&probs, &y).unwrap();
         let cal = PlattCalibrator::fit(&probs, &y).unwrap();
         assert_eq!(cal, PlattCalibrator::fit(&probs, &y).unwrap());
         let mut p = probs.clone();
         cal.apply_into(&mut p);
-        let after = log_loss(&p, &y);
+        let after = log_loss(&p, &y).unwrap();
         assert!(after < before - 0.05, "{before} -> {after}");
         assert!(rows_sum_to_one(&p));
         // over-confident input: every slope below 1
@@ -1830,7 +1847,7 @@ mod tests {
         }
         let mut p = probs.clone();
         cal.apply_into(&mut p);
-        assert!(log_loss(&p, &y) < log_loss(&probs, &y) - 0.02);
+        assert!(log_loss(&p, &y).unwrap() < log_loss(&probs, &y).unwrap() - 0.02);
         assert!(rows_sum_to_one(&p));
     }
 
@@ -2071,10 +2088,13 @@ mod tests {
         let mut per_tenant = test_p.clone();
         cal.apply_into(&test_t, &mut per_tenant).unwrap();
         assert!(rows_sum_to_one(&per_tenant));
-        let (lg, lt) = (log_loss(&global, &test_y), log_loss(&per_tenant, &test_y));
+        let (lg, lt) = (
+            log_loss(&global, &test_y).unwrap(),
+            log_loss(&per_tenant, &test_y).unwrap(),
+        );
         println!(
             "held-out log-loss: raw {:.4}, global {lg:.4}, per-tenant {lt:.4}; {report:?}",
-            log_loss(&test_p, &test_y)
+            log_loss(&test_p, &test_y).unwrap()
         );
         assert!(lt < lg - 0.02, "global {lg} vs per-tenant {lt}");
 

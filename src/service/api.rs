@@ -244,7 +244,7 @@ pub struct RejectionOut {
     /// 1-based line in the body
     pub line: u64,
     /// 0-based record index
-    pub record: u32,
+    pub record: u64,
     /// field to blame
     pub column: Option<String>,
     /// why

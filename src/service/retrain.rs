@@ -134,7 +134,7 @@ fn combine(base: &[Evidence], verdicts: &[&Labelled]) -> (Vec<Evidence>, usize) 
         all.extend(l.evidence.iter().cloned());
     }
     for (i, e) in all.iter_mut().enumerate() {
-        e.record = i as u32;
+        e.record = i as u64;
     }
     (all, overridden.len())
 }

@@ -275,7 +275,7 @@ fn features_of(engine: &Engine, rows: Vec<Vec<u8>>, counts: Vec<u32>) -> DfResul
         first_row.push((!p.evidence.is_empty()).then_some(evidence.len()));
         meta.push((p.evidence.len() as u64, p.rejected, p.rejection));
         for mut e in p.evidence {
-            e.record = evidence.len() as u32;
+            e.record = evidence.len() as u64;
             evidence.push(e);
         }
     }

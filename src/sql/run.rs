@@ -190,7 +190,7 @@ fn write_stats(p: &Path, stats: &serde_json::Value) -> Result<(), PipelineError>
     std::fs::write(p, stats.to_string() + "\n").map_err(|e| {
         crate::report::ReportError::Write {
             file: p.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         }
         .into()
     })

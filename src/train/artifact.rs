@@ -30,13 +30,15 @@ pub enum ArtifactError {
         #[source]
         source: std::io::Error,
     },
-    /// Not a threatrank artifact, or corrupted.
-    #[error("{file}: not a valid threatrank model artifact: {reason}")]
+    /// Not a threatrank artifact, or corrupted (not JSON of an artifact, corrupt gzip), or
+    /// not serializable.
+    #[error("{file}: not a valid threatrank model artifact: {source}")]
     Parse {
         /// path
         file: String,
-        /// cause
-        reason: String,
+        /// cause: the JSON or gzip error
+        #[source]
+        source: crate::BoxError,
     },
     /// Written by another format version.
     #[error("{file}: artifact format version {found}, this build reads version {expected}; retrain with `threatrank train`")]
@@ -94,8 +96,9 @@ pub struct CardMetrics {
     pub folds: usize,
     /// calibration choice: each method's cross-fitted log-loss, and the per-tenant step's gain
     pub calibration: Option<TenantCalibrationReport>,
-    /// conformal sets on the calibrated out-of-fold probabilities (in-sample for the
-    /// thresholds; `threatrank eval` reports held-out coverage)
+    /// conformal sets on the calibrated out-of-fold probabilities, held out from the
+    /// conformal fit: per inner fold, thresholds fitted without the fold's incidents (the
+    /// calibration map saw every row; `threatrank eval` reports coverage on outer folds)
     pub conformal: Option<ConformalReport>,
 }
 
@@ -162,7 +165,14 @@ impl ArtifactError {
     fn from_file(e: crate::jsonfile::JsonFileError) -> Self {
         match e {
             crate::jsonfile::JsonFileError::Io { file, source } => Self::Io { file, source },
-            crate::jsonfile::JsonFileError::Format { file, reason } => Self::Parse { file, reason },
+            crate::jsonfile::JsonFileError::Json { file, source } => Self::Parse {
+                file,
+                source: source.into(),
+            },
+            crate::jsonfile::JsonFileError::Gzip { file, source } => Self::Parse {
+                file,
+                source: source.into(),
+            },
         }
     }
 }
@@ -188,10 +198,11 @@ impl Artifact {
             format_version: u32,
             schema_hash: String,
         }
-        let head: Head = serde_json::from_slice(bytes).map_err(|e| ArtifactError::Parse {
+        let parse = |e: serde_json::Error| ArtifactError::Parse {
             file: file.to_string(),
-            reason: e.to_string(),
-        })?;
+            source: e.into(),
+        };
+        let head: Head = serde_json::from_slice(bytes).map_err(parse)?;
         if head.format_version != FORMAT_VERSION {
             return Err(ArtifactError::Version {
                 file: file.to_string(),
@@ -207,10 +218,7 @@ impl Artifact {
                 current_hash: current.hash().to_string(),
             });
         }
-        let a: Artifact = serde_json::from_slice(bytes).map_err(|e| ArtifactError::Parse {
-            file: file.to_string(),
-            reason: e.to_string(),
-        })?;
+        let a: Artifact = serde_json::from_slice(bytes).map_err(parse)?;
         if a.schema.hash() != a.schema_hash || a.schema != current {
             return Err(ArtifactError::Schema {
                 file: file.to_string(),

@@ -18,8 +18,9 @@
 //!
 //! The conformal predictor is fitted on the inner models' out-of-fold probabilities and applied
 //! to the final model's: a cross-conformal approximation (the final model saw more rows, so its
-//! sets are, if anything, slightly conservative). `threatrank eval` measures the coverage that
-//! results on the outer folds.
+//! sets are, if anything, slightly conservative). The card's coverage is held out from the
+//! conformal fit (per inner fold, a predictor fitted without the fold's incidents sets the
+//! fold's rows); `threatrank eval` measures the coverage that results on the outer folds.
 
 mod abstain;
 pub mod artifact;
@@ -40,7 +41,9 @@ use crate::eval;
 use crate::features::{self, FeatureError, FeatureParams};
 use crate::matrix::FeatureMatrix;
 use crate::models::calibrate::{CalibrationParams, TenantCalibration};
-use crate::models::conformal::{ConformalMode, ConformalParams, GradeSet};
+use crate::models::conformal::{
+    ConformalMode, ConformalParams, ConformalReport, ConformalValidParams, GradeSet,
+};
 use crate::models::{
     Algorithm, ModelError, ModelParams, ProbabilityCalibrator, RankerParams, Scorer, N_CLASSES,
 };
@@ -70,6 +73,9 @@ pub enum TrainError {
     /// Evaluation failed.
     #[error(transparent)]
     Eval(#[from] eval::EvalError),
+    /// Feature rows of mismatched widths.
+    #[error(transparent)]
+    Matrix(#[from] crate::matrix::MatrixError),
     /// Too little labelled data.
     #[error("not enough labelled data: {reason}")]
     Data {
@@ -481,6 +487,12 @@ struct Rows<'a> {
 
 /// Out-of-fold probabilities of the rows of `score` (aligned with `x`, `N_CLASSES` per row):
 /// per fold, a model trained on the other folds' rows of `x` scores the fold's rows of `score`.
+///
+/// A fold whose training part holds fewer than two grades cannot fit a model: its rows get that
+/// training part's grade prior, add-one smoothed (`(n_c + 1) / (n + N_CLASSES)`, see
+/// [`smoothed_prior`]): what a model that learnt nothing but the grade shares would say, never
+/// 0 for a grade (calibration, conformal sets and decision rules take logs and ranks of these),
+/// and computed from training labels only, so the held-out rows' own grades never reach them.
 fn out_of_fold(
     params: &TrainValidParams,
     x: &FeatureMatrix,
@@ -495,6 +507,10 @@ fn out_of_fold(
         let yt: Vec<u8> = fold.train.iter().map(|&i| y[i]).collect();
         let present = (0..N_CLASSES as u8).filter(|c| yt.contains(c)).count();
         if present < 2 {
+            let prior = smoothed_prior(&yt);
+            for &i in &fold.test {
+                oof[i * N_CLASSES..(i + 1) * N_CLASSES].copy_from_slice(&prior);
+            }
             continue;
         }
         let gt: Vec<u64> = fold.train.iter().map(|&i| i as u64).collect();
@@ -507,6 +523,70 @@ fn out_of_fold(
         }
     }
     Ok(oof)
+}
+
+/// Add-one smoothed grade shares of `y`: `(n_c + 1) / (n + N_CLASSES)` per grade.
+fn smoothed_prior(y: &[u8]) -> [f32; N_CLASSES] {
+    let mut n = [0usize; N_CLASSES];
+    for &c in y {
+        if let Some(k) = n.get_mut(usize::from(c)) {
+            *k += 1;
+        }
+    }
+    let total = (y.len() + N_CLASSES) as f32;
+    n.map(|k| (k + 1) as f32 / total)
+}
+
+/// The rows the conformal regimes and decision rules are fitted on.
+struct Regime<'a> {
+    x: &'a FeatureMatrix,
+    /// calibrated probabilities, `N_CLASSES` per row
+    probs: &'a [f32],
+    y: &'a [u8],
+    /// the row of the training matrix (the incident) each row comes from
+    origin: &'a [usize],
+}
+
+/// The card's conformal figures on rows held out from the conformal fit: per inner fold,
+/// regimes fitted on the regime rows that do not come from the fold's incidents give the
+/// sets of the fold's rows; pooled over the folds. (The probabilities are the calibrated
+/// out-of-fold ones; the calibration map itself was fitted on all rows.)
+fn held_out_conformal(
+    params: &ConformalValidParams,
+    target: f64,
+    folds: &[eval::Fold],
+    rows: &Rows<'_>,
+    calibrated: &[f32],
+    regime: &Regime<'_>,
+) -> Result<ConformalReport, TrainError> {
+    let n = rows.x.n_rows();
+    let mut sets = vec![GradeSet::EMPTY; n];
+    let mut held = vec![false; n];
+    for fold in folds {
+        held.fill(false);
+        for &i in &fold.test {
+            held[i] = true;
+        }
+        let keep: Vec<usize> = (0..regime.origin.len())
+            .filter(|&r| !held[regime.origin[r]])
+            .collect();
+        let y: Vec<u8> = keep.iter().map(|&r| regime.y[r]).collect();
+        let fitted = ConformalRegimes::fit(
+            params,
+            &regime.x.select_rows(&keep),
+            &prob_rows(regime.probs, &keep),
+            &y,
+            rows.support_column,
+        )?;
+        let test = fitted.sets(
+            &rows.x.select_rows(&fold.test),
+            &prob_rows(calibrated, &fold.test),
+        );
+        for (s, &i) in test.into_iter().zip(&fold.test) {
+            sets[i] = s;
+        }
+    }
+    Ok(abstain::coverage_report(target, &sets, rows.y))
 }
 
 /// Inner folds → out-of-fold probabilities → calibration (global + per tenant), conformal
@@ -569,24 +649,43 @@ fn calibrate(params: &TrainValidParams, rows: &Rows<'_>) -> Result<Calibrated, T
                 .filter(|&i| x.get(i, support_column) > 0.0)
                 .collect();
             let mut xr = x.select_rows(&seen);
-            xr.extend(unseen).map_err(|e| TrainError::Data {
-                reason: e.to_string(),
-            })?;
+            xr.extend(unseen)?;
             let mut pr = prob_rows(&calibrated, &seen);
             pr.extend_from_slice(&unseen_probs);
             let mut yr: Vec<u8> = seen.iter().map(|&i| y[i]).collect();
             yr.extend_from_slice(y);
-            Some((xr, pr, yr))
+            // the row of `x` (the incident) each regime row comes from
+            let mut origin = seen;
+            origin.extend(0..x.n_rows());
+            Some((xr, pr, yr, origin))
         }
         _ => None,
     };
-    let (xr, pr, yr) = match &regime_rows {
-        Some((xr, pr, yr)) => (xr, pr.as_slice(), yr.as_slice()),
-        None => (x, calibrated.as_slice(), y),
+    let every_row: Vec<usize> = (0..x.n_rows()).collect();
+    let regime = match &regime_rows {
+        Some((xr, pr, yr, origin)) => Regime {
+            x: xr,
+            probs: pr,
+            y: yr,
+            origin,
+        },
+        None => Regime {
+            x,
+            probs: &calibrated,
+            y,
+            origin: &every_row,
+        },
     };
+    let (xr, pr, yr) = (regime.x, regime.probs, regime.y);
     let conformal = ConformalRegimes::fit(&params.conformal, xr, pr, yr, support_column)?;
-    let conformal_report =
-        abstain::coverage_report(1.0 - conformal.alpha(), &conformal.sets(x, &calibrated), y);
+    let conformal_report = held_out_conformal(
+        &params.conformal,
+        1.0 - conformal.alpha(),
+        &folds,
+        rows,
+        &calibrated,
+        &regime,
+    )?;
     let decision = DecisionRules::fit(xr, pr, yr, support_column)?;
     let report = eval::classification_report(y, &decision.decide_all(x, &calibrated), None)?;
     let tp = usize::from(Grade::TruePositive.class_id());
@@ -628,6 +727,89 @@ mod tests {
             };
             assert!(p.check().is_ok());
         }
+    }
+
+    #[test]
+    fn a_fold_without_two_grades_gets_its_training_prior() {
+        // 6 rows; the first fold trains on rows 2..6, all TP (class 0), and tests rows 0, 1.
+        let x = FeatureMatrix::from_vec(6, 1, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]).unwrap();
+        let y = [1, 2, 0, 0, 0, 0];
+        let folds = [
+            eval::Fold {
+                train: vec![2, 3, 4, 5],
+                test: vec![0, 1],
+            },
+            eval::Fold {
+                train: vec![0, 1, 2, 3],
+                test: vec![4, 5],
+            },
+        ];
+        let params = TrainParams::default()
+            .algorithm(Algorithm::Logistic)
+            .check()
+            .unwrap();
+        let oof = out_of_fold(&params, &x, &y, &[1; 6], &folds, &x).unwrap();
+        // (4 + 1) / 7 for TP, 1 / 7 for the grades the training part never saw
+        let prior = [5.0 / 7.0, 1.0 / 7.0, 1.0 / 7.0];
+        for r in 0..2 {
+            for (got, want) in oof[r * N_CLASSES..(r + 1) * N_CLASSES].iter().zip(prior) {
+                assert!((got - want).abs() < 1e-6, "row {r}: {oof:?}");
+            }
+        }
+        // the other fold was fitted: its rows are probabilities too
+        for r in 4..6 {
+            let s: f32 = oof[r * N_CLASSES..(r + 1) * N_CLASSES].iter().sum();
+            assert!((s - 1.0).abs() < 1e-4, "row {r}: {oof:?}");
+        }
+    }
+
+    #[test]
+    fn the_card_coverage_is_held_out_from_the_conformal_fit() {
+        // 40 rows, all TP: fold 0 easy (P(TP) 0.9), fold 1 hard (P(TP) 0.1). Fitted on all
+        // rows, the 90% threshold covers every row (coverage 1.0 in-sample); held out, the
+        // hard fold's threshold comes from the easy fold and misses all of it: 0.5.
+        let n = 40;
+        let x = FeatureMatrix::from_vec(n, 1, vec![1.0; n]).unwrap();
+        let y = vec![0u8; n];
+        let probs: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                if i < 20 {
+                    [0.9, 0.05, 0.05]
+                } else {
+                    [0.1, 0.45, 0.45]
+                }
+            })
+            .collect();
+        let folds = [
+            eval::Fold {
+                train: (20..40).collect(),
+                test: (0..20).collect(),
+            },
+            eval::Fold {
+                train: (0..20).collect(),
+                test: (20..40).collect(),
+            },
+        ];
+        let rows = Rows {
+            x: &x,
+            unseen: None,
+            y: &y,
+            tenant_of_row: &[1; 40],
+            support_column: 0,
+        };
+        let every_row: Vec<usize> = (0..n).collect();
+        let regime = Regime {
+            x: &x,
+            probs: &probs,
+            y: &y,
+            origin: &every_row,
+        };
+        let params = ConformalParams::default().alpha(0.1).check().unwrap();
+        let in_sample = ConformalRegimes::fit(&params, &x, &probs, &y, 0).unwrap();
+        let all = abstain::coverage_report(0.9, &in_sample.sets(&x, &probs), &y);
+        assert_eq!(all.coverage, 1.0);
+        let r = held_out_conformal(&params, 0.9, &folds, &rows, &probs, &regime).unwrap();
+        assert_eq!((r.rows, r.coverage), (40, 0.5), "{r:?}");
     }
 
     #[test]

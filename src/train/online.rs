@@ -213,9 +213,7 @@ pub fn simulate(
             let t = Instant::now();
             updated = updated.update(&xp, &yp)?.0;
             update_seconds = t.elapsed().as_secs_f64();
-            held_x.extend(&xp).map_err(|e| TrainError::Data {
-                reason: e.to_string(),
-            })?;
+            held_x.extend(&xp)?;
             held_y.extend_from_slice(&yp);
             let t = Instant::now();
             retrained = OnlineGbdt::train(&gbdt, rounds, &held_x, &held_y)?;

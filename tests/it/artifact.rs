@@ -16,6 +16,39 @@ fn write_json(dir: &std::path::Path, name: &str, v: &Value) -> std::path::PathBu
     p
 }
 
+/// Distinct labelled incidents per tenant among the shipped sample's data rows `rows`, counted
+/// straight from the file with the `csv` crate (not through `ingest` or `correlate`): the
+/// independent count the drift baselines are checked against.
+fn labelled_incidents_per_tenant(
+    rows: std::ops::Range<usize>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut r = csv::Reader::from_path(sample_path()).unwrap();
+    let h = r.headers().unwrap().clone();
+    let col = |name: &str| h.iter().position(|c| c == name).unwrap();
+    let (org, incident, grade) = (col("OrgId"), col("IncidentId"), col("IncidentGrade"));
+    let mut seen = std::collections::BTreeSet::new();
+    for rec in r.records().skip(rows.start).take(rows.len()) {
+        let rec = rec.unwrap();
+        if !rec[grade].is_empty() {
+            seen.insert((rec[org].to_string(), rec[incident].to_string()));
+        }
+    }
+    let mut per = std::collections::BTreeMap::new();
+    for (t, _) in seen {
+        *per.entry(t).or_insert(0) += 1;
+    }
+    per
+}
+
+/// Tenants with at least `MIN_TENANT_ROWS` labelled incidents among `rows`.
+fn tenants_with_a_baseline(rows: std::ops::Range<usize>) -> std::collections::BTreeSet<String> {
+    labelled_incidents_per_tenant(rows)
+        .into_iter()
+        .filter(|&(_, n)| n >= threatrank::drift::MIN_TENANT_ROWS as usize)
+        .map(|(t, _)| t)
+        .collect()
+}
+
 #[test]
 fn saved_model_loads_and_round_trips() {
     let a = Artifact::load(shared_model()).unwrap();
@@ -155,6 +188,17 @@ fn garbage_and_truncated_models_are_parse_errors() {
             .contains("not a valid threatrank model artifact"),
         "{err}"
     );
+    // the JSON parser's error is kept as the source, not flattened into the message only
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(source.is::<serde_json::Error>(), "{source:?}");
+
+    // a file that starts like gzip but does not decompress: the I/O error is the source
+    let p = dir.path().join("corrupt.json.gz");
+    std::fs::write(&p, [0x1f, 0x8b, 0x08, 0x00, 0xff]).unwrap();
+    let err = Artifact::load(&p).unwrap_err();
+    assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
+    let source = std::error::Error::source(&err).expect("a source");
+    assert!(source.is::<std::io::Error>(), "{source:?}");
 
     let bytes = std::fs::read(shared_model()).unwrap();
     let p = dir.path().join("truncated.json");
@@ -227,12 +271,21 @@ fn committed_default_model_carries_the_drift_reference() {
     let s = r.score_shares();
     assert_eq!(r.score_edges()[0], 0.0);
     assert!(s[0] < 0.4 && s[1..].iter().all(|&v| v < 0.2), "{s:?}");
-    // Own baselines for the 48 tenants with at least 30 training incidents.
+    // Own baselines for the tenants with at least 30 training incidents (48), counted from the
+    // file the model was trained on: the whole shipped sample.
     assert_eq!(
         r.min_tenant_rows(),
         Some(threatrank::drift::MIN_TENANT_ROWS)
     );
-    assert_eq!(r.baseline_tenants().len(), 48);
+    let sample_bytes = std::fs::read(sample_path()).unwrap();
+    assert_eq!(
+        a.card.data.sha256,
+        threatrank::matrix::hex(&<sha2::Sha256 as sha2::Digest>::digest(&sample_bytes))
+    );
+    let want = tenants_with_a_baseline(0..sample().1.len());
+    let got: std::collections::BTreeSet<String> =
+        r.baseline_tenants().map(|t| t.to_string()).collect();
+    assert_eq!(got, want);
     let mut held = 0;
     for t in r.baseline_tenants() {
         held += r.tenant_rows(t).unwrap();
@@ -360,7 +413,10 @@ fn tenants_are_judged_against_their_own_training_incidents() {
         profile.min_tenant_rows(),
         Some(threatrank::drift::MIN_TENANT_ROWS)
     );
-    assert_eq!(profile.baseline_tenants().len(), 34);
+    let trained = tenants_with_a_baseline(0..cut);
+    let got: std::collections::BTreeSet<String> =
+        profile.baseline_tenants().map(|t| t.to_string()).collect();
+    assert_eq!(got, trained);
     let ingest = threatrank::ingest::IngestParams::default().check().unwrap();
     let l = threatrank::pipeline::load(&held, &ingest).unwrap();
     let which: Vec<usize> = (0..l.corr.incidents.len()).collect();
@@ -425,7 +481,12 @@ fn tenants_are_judged_against_their_own_training_incidents() {
         }
     }
     assert_eq!(without_baseline, 0);
-    assert_eq!(ok + warned.len(), 10, "{warned:?}");
+    // judged: tenants with a baseline and at least 30 held-out incidents
+    let judged = labelled_incidents_per_tenant(cut..lines.len())
+        .into_iter()
+        .filter(|(t, n)| *n >= 30 && trained.contains(t))
+        .count();
+    assert_eq!(ok + warned.len(), judged, "{warned:?}");
     assert!(ok >= 8, "{ok} ok; warned: {warned:?}; score PSI {psi:?}");
     let r = profile.report_for(None, &all[0], None, &drift).unwrap();
     assert_eq!(

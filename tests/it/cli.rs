@@ -787,6 +787,35 @@ fn score_with_a_missing_model_exits_3() {
     assert!(stderr(&o).contains("nope.json"), "{}", stderr(&o));
 }
 
+/// A model path that cannot be read, or is not an artifact: exit 3, and the cause (the
+/// operating system's or the JSON parser's words) is printed, once.
+#[test]
+fn an_unreadable_model_prints_its_cause_once() {
+    let dir = tmp();
+    let input = write(dir.path(), "in.csv", &sample_head(3));
+    let folder = dir.path().join("folder.json");
+    std::fs::create_dir(&folder).unwrap();
+    let o = score_cli(&folder, &input, &dir.path().join("s.csv"));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    let os_words = std::io::Error::from_raw_os_error(21).to_string();
+    assert_eq!(e.matches(&os_words).count(), 1, "{e}");
+    assert!(e.contains("folder.json"), "{e}");
+
+    let corrupt = write(dir.path(), "corrupt.json", "{\"format_version\": 3, ");
+    let o = score_cli(&corrupt, &input, &dir.path().join("s.csv"));
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let e = stderr(&o);
+    let json_words = serde_json::from_str::<serde_json::Value>("{\"format_version\": 3, ")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e.matches(&json_words).count(), 1, "{e}");
+    assert!(
+        e.contains("corrupt.json: not a valid threatrank model artifact"),
+        "{e}"
+    );
+}
+
 #[test]
 fn train_on_unlabelled_input_fails_naming_the_file() {
     let dir = tmp();

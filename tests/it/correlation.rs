@@ -41,7 +41,7 @@ fn evidence(rows: &[Row]) -> Vec<Evidence> {
                 entities.codes[slot] = Some(code);
             }
             Evidence {
-                record: i as u32,
+                record: i as u64,
                 id: i as u64,
                 tenant: TenantId(t),
                 incident: IncidentId(inc.unwrap_or(a)),

@@ -41,7 +41,7 @@ fn one_rejection(bytes: &[u8]) -> Rejection {
 }
 
 #[track_caller]
-fn assert_rejection(r: &Rejection, line: u64, record: u32, column: Option<&str>, reason: &str) {
+fn assert_rejection(r: &Rejection, line: u64, record: u64, column: Option<&str>, reason: &str) {
     assert_eq!(r.file, "bad.csv", "{r}");
     assert_eq!(r.line, line, "{r}");
     assert_eq!(r.record, record, "{r}");
@@ -326,16 +326,16 @@ fn batches_and_single_records_interleave_in_order() {
     // in batches of another size, must still come in input order, none lost or repeated.
     let bytes = csv_text(&header_names(), &rows(40)).into_bytes();
     let params = IngestParams::default().check().unwrap();
-    let all: Vec<u32> = ingest::GuideReader::new(&bytes[..], "s.csv", &params)
+    let all: Vec<u64> = ingest::GuideReader::new(&bytes[..], "s.csv", &params)
         .unwrap()
         .map(|r| r.unwrap()[0].record)
         .collect();
-    assert_eq!(all, (0..40).collect::<Vec<u32>>());
+    assert_eq!(all, (0..40).collect::<Vec<u64>>());
     let mut reader = ingest::GuideReader::new(&bytes[..], "s.csv", &params).unwrap();
     let mut got = Vec::new();
     // 0: two records through `Iterator::next`; otherwise a batch of that size
     for step in [7, 0, 3, 20, 2, 0, 5, 9] {
-        let records: Vec<u32> = if step == 0 {
+        let records: Vec<u64> = if step == 0 {
             reader
                 .by_ref()
                 .take(2)
@@ -355,7 +355,7 @@ fn batches_and_single_records_interleave_in_order() {
 #[test]
 fn other_rows_survive_a_rejection_and_keep_their_record_index() {
     let ing = read_guide(&five_with(1, "Category", b"\xff"), "bad.csv").unwrap();
-    let recs: Vec<u32> = ing.evidence.iter().map(|e| e.record).collect();
+    let recs: Vec<u64> = ing.evidence.iter().map(|e| e.record).collect();
     assert_eq!(recs, vec![0, 2, 3, 4]);
 }
 
@@ -476,7 +476,7 @@ fn non_integer_ids_are_rejected_naming_the_column() {
     for (row, (column, value, reason)) in cases.iter().enumerate() {
         let row = row % 5;
         let r = one_rejection(&five_with(row, column, value));
-        assert_rejection(&r, row as u64 + 2, row as u32, Some(column), reason);
+        assert_rejection(&r, row as u64 + 2, row as u64, Some(column), reason);
     }
 }
 
@@ -503,7 +503,7 @@ fn bad_timestamps_are_rejected_naming_the_column() {
     ];
     for (row, (value, reason)) in cases.iter().enumerate() {
         let r = one_rejection(&five_with(row, "Timestamp", value));
-        assert_rejection(&r, row as u64 + 2, row as u32, Some("Timestamp"), reason);
+        assert_rejection(&r, row as u64 + 2, row as u64, Some("Timestamp"), reason);
     }
 }
 
@@ -649,15 +649,15 @@ fn many_bad_rows_each_reported_once_in_order_and_written_to_rejects() {
     }
     let ing = read_guide(csv_text(&header, &rows).as_bytes(), "many.csv").unwrap();
     assert_counts(&ing, 40, 34, 6);
-    let got: Vec<(u64, u32, Option<&str>)> = ing
+    let got: Vec<(u64, u64, Option<&str>)> = ing
         .report
         .rejected
         .iter()
         .map(|r| (r.line, r.record, r.column.as_deref()))
         .collect();
-    let want: Vec<(u64, u32, Option<&str>)> = bad
+    let want: Vec<(u64, u64, Option<&str>)> = bad
         .iter()
-        .map(|(r, c, _)| (*r as u64 + 2, *r as u32, Some(*c)))
+        .map(|(r, c, _)| (*r as u64 + 2, *r as u64, Some(*c)))
         .collect();
     assert_eq!(got, want);
     assert_eq!(

@@ -13,6 +13,7 @@ mod cli;
 mod cluster;
 mod common;
 mod correlation;
+mod coverage;
 mod guide_input;
 #[cfg(feature = "kafka")]
 mod kafka;

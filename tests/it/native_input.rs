@@ -82,7 +82,7 @@ fn valid_alerts_become_one_evidence_per_entity() {
     let ing = read_native((lines.join("\n") + "\n").as_bytes(), "ok.jsonl").unwrap();
     assert_counts(&ing, 4, 4, 0);
     assert_eq!(ing.evidence.len(), 7);
-    let recs: Vec<u32> = ing.evidence.iter().map(|e| e.record).collect();
+    let recs: Vec<u64> = ing.evidence.iter().map(|e| e.record).collect();
     assert_eq!(recs, vec![0, 0, 1, 1, 2, 2, 3]);
     let e = &ing.evidence[0];
     assert_eq!(
@@ -156,7 +156,7 @@ fn missing_required_field_names_it() {
     {
         let row = i % 5;
         let r = one_rejection(&five_with_field(row, field, None));
-        assert_eq!((r.line, r.record), (row as u64 + 1, row as u32), "{r}");
+        assert_eq!((r.line, r.record), (row as u64 + 1, row as u64), "{r}");
         assert_eq!(r.column.as_deref(), Some(*field), "{r}");
         assert_eq!(r.reason, "missing required field", "{r}");
     }
@@ -242,7 +242,7 @@ fn non_integer_ids_are_rejected() {
     ];
     for (i, (field, v)) in cases.into_iter().enumerate() {
         let r = one_rejection(&five_with_field(i, field, Some(v)));
-        assert_eq!((r.line, r.record), (i as u64 + 1, i as u32), "{r}");
+        assert_eq!((r.line, r.record), (i as u64 + 1, i as u64), "{r}");
         assert_eq!(r.column.as_deref(), Some(field), "{r}");
         assert!(r.reason.starts_with("invalid value: invalid "), "{r}");
         assert!(r.reason.contains("expected u64"), "{r}");

@@ -11,7 +11,7 @@ fn evidence(rows: &[(u64, u64, u64, i64, Option<u8>)]) -> Vec<Evidence> {
     rows.iter()
         .enumerate()
         .map(|(i, &(t, inc, al, ts, g))| Evidence {
-            record: i as u32,
+            record: i as u64,
             id: i as u64,
             tenant: TenantId(t),
             incident: IncidentId(inc),
