@@ -140,6 +140,26 @@ fn edited_schema_error_names_two_different_hashes() {
     }
 }
 
+/// Found by `fuzz_artifact`: an artifact with fewer than the three tenant × detector / title /
+/// category tables loaded, then scoring indexed past the end and panicked. It is refused at load.
+#[test]
+fn artifact_missing_a_tenant_history_table_is_refused_at_load() {
+    let dir = tmp();
+    for keep in [0, 2, 4] {
+        let mut v = model_json();
+        let tables = v
+            .pointer_mut("/features/tenant_keyed")
+            .and_then(Value::as_array_mut)
+            .expect("features.tenant_keyed");
+        assert_eq!(tables.len(), 3);
+        tables.resize(keep, tables[0].clone());
+        let p = write_json(dir.path(), "tables.json", &v);
+        let err = Artifact::load(&p).unwrap_err();
+        assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
+        assert!(err.to_string().contains(&p.display().to_string()), "{err}");
+    }
+}
+
 #[test]
 fn format_version_mismatch_names_both_versions() {
     let dir = tmp();
