@@ -540,3 +540,29 @@ fn fuzz_http_raw() {
         Ok(())
     });
 }
+
+/// Found by `fuzz_http_requests`: a threat id whose percent-escapes decode to bytes that are not
+/// UTF-8 got axum's plain-text 400 ("Invalid URL: Invalid UTF-8 in `id`") instead of the JSON
+/// error every other unknown id gets.
+#[test]
+fn threat_ids_that_do_not_decode_get_the_json_404() {
+    let s = service();
+    let auth = format!("Bearer {}", s.key);
+    for (method, target) in [
+        ("GET", "/v1/threats/%ff"),
+        ("GET", "/v1/threats/%c3%28"),
+        ("POST", "/v1/threats/%ff/verdict"),
+    ] {
+        let headers = [
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let body = br#"{"grade":"TP"}"#;
+        let (status, answer) = send(s.addr, &request(method, target, &headers, body), false)
+            .unwrap_or_else(|e| panic!("{target}: {e}"));
+        let v: Value = serde_json::from_slice(&answer)
+            .unwrap_or_else(|e| panic!("{target}: {e}: {}", String::from_utf8_lossy(&answer)));
+        assert_eq!(status, 404, "{target}: {v}");
+        assert_eq!(v["error"]["code"], "not_found", "{target}: {v}");
+    }
+}
