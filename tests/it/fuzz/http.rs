@@ -516,8 +516,8 @@ fn fuzz_http_raw() {
         blob(any::<u8>(), 600),
         (
             select(ROUTES),
-            blob(any::<u8>(), 40),
-            blob(any::<u8>(), 200)
+            prop_oneof![Just(Blob(Vec::new())), blob(any::<u8>(), 40)],
+            prop_oneof![Just(Blob(Vec::new())), blob(any::<u8>(), 200)],
         )
             .prop_map(|(route, junk, tail)| {
                 let mut r = format!("GET {route}").into_bytes();
