@@ -160,6 +160,24 @@ fn artifact_missing_a_tenant_history_table_is_refused_at_load() {
     }
 }
 
+/// Found by `fuzz_artifact`: a logistic weight of 1e300 (beyond f32) loaded as infinity; the
+/// artifact then re-saved it as `null` and could not be loaded again. It is refused at load.
+#[test]
+fn logistic_parameter_beyond_f32_is_refused_at_load() {
+    let dir = tmp();
+    for field in ["/model/weights/0", "/model/mean/3", "/model/intercept/1"] {
+        let mut v = model_json();
+        *v.pointer_mut(field).unwrap_or_else(|| panic!("{field}")) = Value::from(-1e300);
+        let p = write_json(dir.path(), "huge.json", &v);
+        let err = Artifact::load(&p).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::Parse { .. }),
+            "{field}: {err:?}"
+        );
+        assert!(err.to_string().contains("non-finite"), "{field}: {err}");
+    }
+}
+
 #[test]
 fn format_version_mismatch_names_both_versions() {
     let dir = tmp();
