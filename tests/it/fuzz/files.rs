@@ -312,6 +312,34 @@ fn artifacts() -> &'static Vec<PathBuf> {
     })
 }
 
+/// Writes a case's bytes to `file` and loads them: `None` when refused (with an error naming
+/// the file), else the loaded value, after checking that a truncated gzip did not load and that
+/// an unedited document loaded as `original`.
+fn write_and_load<T: PartialEq, E: std::fmt::Display>(
+    what: &str,
+    file: &Path,
+    case: &FileCase,
+    base: &(Vec<u8>, Value),
+    original: &T,
+    load: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<Option<T>, TestCaseError> {
+    let (bytes, truncated, unedited) = file_bytes(case, base);
+    std::fs::write(file, &bytes).unwrap();
+    let loaded = match no_panic(what, || load(file))? {
+        Err(e) => {
+            prop_assert!(e.to_string().contains(&file.display().to_string()), "{e}");
+            return Ok(None);
+        }
+        Ok(v) => v,
+    };
+    prop_assert!(!truncated, "{what}: a truncated gzip file loaded");
+    prop_assert!(
+        !unedited || loaded == *original,
+        "{what}: a corrupted file loaded as another value"
+    );
+    Ok(Some(loaded))
+}
+
 #[test]
 fn fuzz_artifact() {
     let paths = artifacts();
@@ -319,23 +347,17 @@ fn fuzz_artifact() {
     let originals: Vec<Artifact> = paths.iter().map(|p| Artifact::load(p).unwrap()).collect();
     let file = fuzz_dir().join("fuzzed-artifact");
     fuzz("fuzz_artifact", 3, file_case(bases.len()), |case| {
-        let (bytes, truncated, unedited) = file_bytes(&case, &bases[case.which]);
-        std::fs::write(&file, &bytes).unwrap();
-        let loaded = no_panic("Artifact::load", || Artifact::load(&file))?;
-        let a = match loaded {
-            Err(e) => {
-                prop_assert!(e.to_string().contains(&file.display().to_string()), "{e}");
-                return Ok(());
-            }
-            Ok(a) => a,
+        let Some(a) = write_and_load(
+            "Artifact::load",
+            &file,
+            &case,
+            &bases[case.which],
+            &originals[case.which],
+            Artifact::load,
+        )?
+        else {
+            return Ok(());
         };
-        prop_assert!(!truncated, "a truncated gzip artifact loaded");
-        if unedited {
-            prop_assert!(
-                a == originals[case.which],
-                "a corrupted file loaded as another artifact"
-            );
-        }
         check_scores(&a, kn())?;
         // what loads saves and loads back as itself
         let again = fuzz_dir().join("resaved-artifact.json");
@@ -372,20 +394,17 @@ fn fuzz_signals_snapshot() {
     let model = Artifact::load(shared_model()).unwrap();
     let file = fuzz_dir().join("fuzzed-signals");
     fuzz("fuzz_signals_snapshot", 3, file_case(1), |case| {
-        let (bytes, truncated, unedited) = file_bytes(&case, &bases[0]);
-        std::fs::write(&file, &bytes).unwrap();
-        let loaded = no_panic("GlobalSignals::load", || GlobalSignals::load(&file))?;
-        let s = match loaded {
-            Err(e) => {
-                prop_assert!(e.to_string().contains(&file.display().to_string()), "{e}");
-                return Ok(());
-            }
-            Ok(s) => s,
+        let Some(s) = write_and_load(
+            "GlobalSignals::load",
+            &file,
+            &case,
+            &bases[0],
+            &original,
+            GlobalSignals::load,
+        )?
+        else {
+            return Ok(());
         };
-        prop_assert!(!truncated, "a truncated gzip snapshot loaded");
-        if unedited {
-            prop_assert!(s == original, "a corrupted file loaded as another snapshot");
-        }
         let Ok(kn) = no_panic("Knowledge::with_snapshot", || kn().clone().with_snapshot(s))? else {
             return Ok(());
         };

@@ -983,24 +983,32 @@ fn native_evidence(row: usize, labels: bool) -> Vec<Evidence> {
     ing.evidence.into_iter().map(without_record).collect()
 }
 
-/// Top-level fields a native rejection may name, and line-level reasons that name none.
-const NATIVE_COLUMNS: &[&str] = &[
-    "tenant",
-    "alert_id",
-    "incident_id",
-    "timestamp",
-    "detector",
-    "title",
-    "category",
-    "techniques",
-    "severity",
-    "entities",
-    "grade",
-    "id",
-    "entities.role",
-    "entities.type",
-    "entities.value",
-];
+/// Fields a native rejection may name: the top-level fields of [`NativeAlert`] as serde spells
+/// them, and the entity sub-fields.
+fn native_columns() -> Vec<String> {
+    let alert = threatrank::ingest::NativeAlert {
+        tenant: 0,
+        alert_id: 0,
+        incident_id: None,
+        timestamp: String::new(),
+        detector: String::new(),
+        title: String::new(),
+        category: String::new(),
+        techniques: Vec::new(),
+        severity: None,
+        entities: Vec::new(),
+        grade: None,
+        id: None,
+    };
+    let mut cols: Vec<String> = match serde_json::to_value(&alert) {
+        Ok(Value::Object(o)) => o.keys().cloned().collect(),
+        other => panic!("a native alert serializes as an object, not {other:?}"),
+    };
+    cols.extend(["entities.role", "entities.type", "entities.value"].map(String::from));
+    cols
+}
+
+/// Reasons of whole-line problems, which name no field.
 const NATIVE_WHOLE_RECORD: &[&str] = &[
     "invalid JSON",
     "an alert must be a JSON object",
@@ -1052,7 +1060,7 @@ fn check_native(bytes: &[u8], labels: bool) -> Result<Option<Ingested>, TestCase
         }
         Err(e) => return Err(TestCaseError::fail(format!("unexpected error kind: {e}"))),
     };
-    let mut columns: Vec<String> = NATIVE_COLUMNS.iter().map(|s| s.to_string()).collect();
+    let mut columns = native_columns();
     columns.extend(line_keys(bytes));
     check_report(
         &ing,
