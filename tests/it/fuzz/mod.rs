@@ -1193,9 +1193,17 @@ fn apply_bytes(b: &mut Vec<u8>, e: &ByteEdit) {
 }
 
 /// A temporary folder for this process's fuzz files.
+/// (Under the build's temporary folder, like the shared model's: a static is never dropped, so
+/// a folder in the system's temporary folder would outlive every run.)
 fn fuzz_dir() -> &'static Path {
-    static D: OnceLock<tempfile::TempDir> = OnceLock::new();
-    D.get_or_init(tmp).path()
+    static D: OnceLock<PathBuf> = OnceLock::new();
+    D.get_or_init(|| {
+        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("threatrank-fuzz-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("fuzz dir");
+        d
+    })
 }
 
 mod files;
