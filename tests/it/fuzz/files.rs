@@ -380,6 +380,8 @@ fn snapshot_path() -> &'static PathBuf {
             &p,
             &SignalsParams::default().min_tenants(2),
             &PseudonymKey::development(),
+            &fuzz_dir().join("signals-ledger.json"),
+            1000.0,
         )
         .unwrap();
         p

@@ -268,7 +268,7 @@ fn check_report(
     let r = &ing.report;
     prop_assert!(r.balanced(), "{}", r.summary());
     let mut seen = vec![false; r.records as usize];
-    let mut mark = |i: u32, what: &str| -> Result<(), TestCaseError> {
+    let mut mark = |i: u64, what: &str| -> Result<(), TestCaseError> {
         let slot = seen.get_mut(i as usize).ok_or_else(|| {
             TestCaseError::fail(format!("{what} record {i} beyond {} records", r.records))
         })?;
@@ -279,7 +279,7 @@ fn check_report(
     for e in &ing.evidence {
         mark(e.record, "evidence")?;
     }
-    let accepted: std::collections::BTreeSet<u32> = ing.evidence.iter().map(|e| e.record).collect();
+    let accepted: std::collections::BTreeSet<u64> = ing.evidence.iter().map(|e| e.record).collect();
     prop_assert_eq!(accepted.len() as u64, r.accepted);
     for rej in &r.rejected {
         prop_assert!(
@@ -689,7 +689,7 @@ fn fuzz_guide_csv_structured() {
                 );
             }
             // Rows left untouched read exactly as the sample row (header by name).
-            let by_record: BTreeMap<u32, &Evidence> =
+            let by_record: BTreeMap<u64, &Evidence> =
                 ing.evidence.iter().map(|e| (e.record, e)).collect();
             let nonblank: Vec<usize> = (0..case.rows.len())
                 .filter(|&k| {
@@ -702,7 +702,7 @@ fn fuzz_guide_csv_structured() {
             if nonblank.len() == records.len() {
                 for (rec, &k) in nonblank.iter().enumerate() {
                     if let Some(s) = built.untouched[k] {
-                        let got = by_record.get(&(rec as u32)).ok_or_else(|| {
+                        let got = by_record.get(&(rec as u64)).ok_or_else(|| {
                             TestCaseError::fail(format!("untouched row {k} was rejected"))
                         })?;
                         prop_assert_eq!(
@@ -1129,7 +1129,7 @@ fn fuzz_native_jsonl_structured() {
                     let got: Vec<Evidence> = ing
                         .evidence
                         .iter()
-                        .filter(|e| e.record == rec as u32)
+                        .filter(|e| e.record == rec as u64)
                         .cloned()
                         .map(without_record)
                         .collect();

@@ -219,7 +219,7 @@ fn fuzz_parquet() {
         prop_assert_eq!(ing.report.records, case.rows.len() as u64);
         for rej in &ing.report.rejected {
             prop_assert_eq!(&rej.file, &name);
-            prop_assert_eq!(rej.line, u64::from(rej.record) + 1, "row of {}", rej);
+            prop_assert_eq!(rej.line, rej.record + 1, "row of {}", rej);
         }
         // Text columns: the same evidence and rejections as the CSV of the same rows.
         let binary_bad = case.types.iter().any(|(_, t)| !matches!(t, ColType::Utf8));
@@ -229,7 +229,7 @@ fn fuzz_parquet() {
         let csv = read_guide(&csv_of(&text_rows), "same.csv")
             .map_err(|e| TestCaseError::fail(format!("CSV twin refused: {e}")))?;
         prop_assert_eq!(&ing.evidence, &csv.evidence);
-        let why = |i: &Ingested| -> Vec<(u32, Option<String>, String)> {
+        let why = |i: &Ingested| -> Vec<(u64, Option<String>, String)> {
             i.report
                 .rejected
                 .iter()
