@@ -1192,15 +1192,11 @@ fn apply_bytes(b: &mut Vec<u8>, e: &ByteEdit) {
     }
 }
 
-/// A temporary folder for this process's fuzz files.
-/// (Under the build's temporary folder, like the shared model's: a static is never dropped, so
-/// a folder in the system's temporary folder would outlive every run.)
+/// A folder for this process's fuzz files, inside the test process's own folder.
 fn fuzz_dir() -> &'static Path {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
-        let d = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("threatrank-fuzz-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
+        let d = process_dir().join("fuzz");
         std::fs::create_dir_all(&d).expect("fuzz dir");
         d
     })
