@@ -413,3 +413,39 @@ fn fuzz_signals_snapshot() {
         check_scores(&model, &kn)
     });
 }
+
+/// Found by `fuzz_artifact` (campaign seed 2026120705, round 47): a forest leaf whose stored
+/// right child was 1 instead of 0 loaded, and re-saving it wrote 0, so the artifact did not
+/// load back as itself. A leaf with a child is refused at load.
+#[test]
+fn forest_leaf_with_a_child_is_refused_at_load() {
+    let forest = &artifacts()[2];
+    let mut v: Value =
+        serde_json::from_slice(&threatrank::jsonfile::read(forest).unwrap()).unwrap();
+    // the first tree's first leaf (left = 0 marks a leaf)
+    fn tree_at(v: &Value, at: String) -> Option<String> {
+        match v {
+            Value::Object(o) if o.contains_key("left") && o.contains_key("right") => Some(at),
+            Value::Object(o) => o.iter().find_map(|(k, c)| tree_at(c, format!("{at}/{k}"))),
+            Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, c)| tree_at(c, format!("{at}/{i}"))),
+            _ => None,
+        }
+    }
+    let at = tree_at(&v, String::new()).expect("a forest artifact holds trees");
+    let tree = v.pointer_mut(&at).unwrap();
+    let leaf = tree["left"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|l| l == 0)
+        .expect("a tree has a leaf");
+    assert_eq!(tree["right"][leaf], 0);
+    tree["right"][leaf] = Value::from(1);
+    let p = fuzz_dir().join("leaf-with-child.json");
+    std::fs::write(&p, serde_json::to_vec(&v).unwrap()).unwrap();
+    let err = Artifact::load(&p).unwrap_err();
+    assert!(err.to_string().contains("has a right child"), "{err}");
+}
