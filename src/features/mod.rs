@@ -282,8 +282,9 @@ pub struct FittedFeatures {
     global: GlobalSignals,
     /// tenant grade history, key = tenant id
     tenant: Table,
-    /// tenant × detector / title / category, key = `tenant/value`
-    tenant_keyed: Vec<Table>,
+    /// tenant × detector / title / category, key = `tenant/value` (an array: an artifact with
+    /// another count is refused at load instead of indexing past the end at scoring)
+    tenant_keyed: [Table; 3],
     /// tenant × entity, key = `tenant/column/code`
     entity_tenant: Table,
 }
@@ -618,7 +619,7 @@ impl FittedFeatures {
             sentinels: [None; N_ENTITY_COLUMNS],
             global,
             tenant: Table::default(),
-            tenant_keyed: vec![Table::default(); 3],
+            tenant_keyed: Default::default(),
             entity_tenant: Table::default(),
         }
     }
@@ -658,7 +659,7 @@ impl FittedFeatures {
         let mut entity_tenant = TableBuilder::default();
         let mut prior_n = [0u32; 3];
         let mut tenant = TableBuilder::default();
-        let mut keyed: Vec<TableBuilder> = (0..3).map(|_| TableBuilder::default()).collect();
+        let mut keyed: [TableBuilder; 3] = Default::default();
         let signals = p.signals.check()?;
         let mut snapshot = given.is_none().then(|| SnapshotBuilder::new(&signals, key));
         for &i in train {
@@ -696,7 +697,7 @@ impl FittedFeatures {
             sentinels,
             global,
             tenant: tenant.build_tenant(),
-            tenant_keyed: keyed.into_iter().map(TableBuilder::build_tenant).collect(),
+            tenant_keyed: keyed.map(TableBuilder::build_tenant),
             entity_tenant: entity_tenant.build_tenant(),
             params: p,
         })

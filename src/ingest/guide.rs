@@ -189,7 +189,7 @@ impl<R: Read> GuideReader<R> {
                 inner: reader,
                 events: events.clone(),
                 offset: 0,
-                pending_cr: false,
+                last: None,
             });
         let mut rec = ByteRecord::new();
         let got = inner
@@ -707,10 +707,21 @@ struct Events(std::sync::Arc<std::sync::Mutex<EventLog>>);
 
 #[derive(Debug, Default)]
 struct EventLog {
-    /// (offset, is_quote) in increasing offset order
-    queue: std::collections::VecDeque<(u64, bool)>,
+    /// (offset, what) in increasing offset order
+    queue: std::collections::VecDeque<(u64, Event)>,
     eof: bool,
     total: u64,
+}
+
+/// A byte [`Tracked`] logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Event {
+    /// `"`
+    Quote,
+    /// the end of a line holding something
+    LineEnd,
+    /// the end of an empty line (csv skips those before a record, within the record's span)
+    BlankLineEnd,
 }
 
 /// What lies before and inside one record's byte span.
@@ -736,16 +747,29 @@ impl Events {
             lines_inside: 0,
             quotes: 0,
         };
-        while let Some(&(off, quote)) = log.queue.front() {
+        // Empty lines csv skipped before the record lie inside its span but before its line.
+        let mut leading = true;
+        while let Some(&(off, event)) = log.queue.front() {
             if off >= end {
                 break;
             }
             log.queue.pop_front();
-            match (quote, off < start) {
-                (false, true) => span.lines_before += 1,
-                (false, false) => span.lines_inside += 1,
-                (true, false) => span.quotes += 1,
-                (true, true) => {}
+            if off < start {
+                if event != Event::Quote {
+                    span.lines_before += 1;
+                }
+                continue;
+            }
+            match event {
+                Event::BlankLineEnd if leading => span.lines_before += 1,
+                Event::Quote => {
+                    leading = false;
+                    span.quotes += 1;
+                }
+                Event::LineEnd | Event::BlankLineEnd => {
+                    leading = false;
+                    span.lines_inside += 1;
+                }
             }
         }
         span
@@ -757,12 +781,14 @@ impl Events {
     }
 }
 
-/// Reader wrapper that logs line ends (`\n`, `\r\n` once, lone `\r`) and `"` bytes by offset.
+/// Reader wrapper that logs line ends (`\n`, `\r\n` once, lone `\r`; whether the line they end
+/// is empty) and `"` bytes by offset.
 struct Tracked<R> {
     inner: R,
     events: Events,
     offset: u64,
-    pending_cr: bool,
+    /// the last byte read so far, if any
+    last: Option<u8>,
 }
 
 impl<R: Read> Read for Tracked<R> {
@@ -772,23 +798,24 @@ impl<R: Read> Read for Tracked<R> {
         let mut log = self.events.lock();
         for i in memchr::memchr3_iter(b'\n', b'\r', b'"', data) {
             let off = self.offset + i as u64;
+            let before = match i {
+                0 => self.last,
+                _ => Some(data[i - 1]),
+            };
+            // a line is empty when it starts the input or follows another line end
+            let line_end = || match before {
+                None | Some(b'\n' | b'\r') => Event::BlankLineEnd,
+                Some(_) => Event::LineEnd,
+            };
             match data[i] {
-                b'\n' => {
-                    // "\r\n" was counted at the '\r'.
-                    let after_cr = match i {
-                        0 => self.pending_cr,
-                        _ => data[i - 1] == b'\r',
-                    };
-                    if !after_cr {
-                        log.queue.push_back((off, false));
-                    }
-                }
-                b'\r' => log.queue.push_back((off, false)),
-                _ => log.queue.push_back((off, true)),
+                // "\r\n" was counted at the '\r'.
+                b'\n' if before == Some(b'\r') => {}
+                b'\n' | b'\r' => log.queue.push_back((off, line_end())),
+                _ => log.queue.push_back((off, Event::Quote)),
             }
         }
         if let Some(&last) = data.last() {
-            self.pending_cr = last == b'\r';
+            self.last = Some(last);
         }
         self.offset += n as u64;
         log.total = self.offset;

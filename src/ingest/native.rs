@@ -412,14 +412,15 @@ impl<R: Read> Iterator for NativeReader<R> {
             self.line += 1;
             let raw = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
             let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-            if raw.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
+            // A BOM is not content: a first line holding only one is blank too.
             let raw = if self.line == 1 {
                 raw.strip_prefix(b"\xef\xbb\xbf").unwrap_or(raw)
             } else {
                 raw
             };
+            if raw.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
             let item = if raw.len() > self.max_line {
                 let text = String::from_utf8_lossy(raw);
                 let max = self.max_line;

@@ -125,8 +125,10 @@ impl ParquetGuideReader {
                 file: file.clone(),
                 source,
             })?;
-            let b =
-                ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| IngestError::Format {
+            let b = guarded(|| ParquetRecordBatchReaderBuilder::try_new(f))
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| IngestError::Format {
                     file,
                     reason: format!("not a readable Parquet file: {e}"),
                 })?;
@@ -155,7 +157,13 @@ impl ParquetGuideReader {
             file: file.clone(),
             reason: format!("not a readable Parquet file: {e}"),
         };
-        let builder = ParquetRecordBatchReaderBuilder::try_new(f).map_err(bad)?;
+        let corrupt = |reason: String| IngestError::Format {
+            file: file.clone(),
+            reason: format!("not a readable Parquet file: corrupt: {reason}"),
+        };
+        let builder = guarded(|| ParquetRecordBatchReaderBuilder::try_new(f))
+            .map_err(&corrupt)?
+            .map_err(bad)?;
         let header: Vec<String> = builder
             .schema()
             .fields()
@@ -178,7 +186,9 @@ impl ParquetGuideReader {
                 },
                 other => other,
             })?;
-        let batches = builder.with_batch_size(BATCH_ROWS).build().map_err(bad)?;
+        let batches = guarded(|| builder.with_batch_size(BATCH_ROWS).build())
+            .map_err(&corrupt)?
+            .map_err(bad)?;
         self.open = Some(Open {
             batches,
             parser: Arc::new(parser),
@@ -198,7 +208,12 @@ impl ParquetGuideReader {
             if open.columns.first().is_some_and(|c| open.row < c.len()) {
                 return Ok(true);
             }
-            match open.batches.next() {
+            let next = guarded(|| open.batches.next()).unwrap_or_else(|reason| {
+                Some(Err(arrow_schema::ArrowError::ParquetError(format!(
+                    "corrupt: {reason}"
+                ))))
+            });
+            match next {
                 Some(Ok(batch)) => {
                     open.columns = text_columns(&batch).map_err(|reason| IngestError::Format {
                         file: open.parser.file().to_string(),
@@ -223,6 +238,18 @@ impl ParquetGuideReader {
             }
         }
     }
+}
+
+/// Runs a call into the parquet crate, which panics on some corrupt files (a negative chunk
+/// offset in the footer, an unknown physical type, …): the panic becomes `Err` with its message.
+/// The reader that panicked is never used again.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "the Parquet decoder panicked".into())
+    })
 }
 
 /// Every column of a batch as text (nulls read as empty fields, like empty CSV fields).

@@ -505,6 +505,11 @@ impl Tree {
                 return Err(format!("node {i} has a non-finite value"));
             }
             if n.is_leaf {
+                // a leaf is stored as left = right = 0: another right child would be dropped
+                // on the next save
+                if n.right != 0 {
+                    return Err(format!("leaf {i} has a right child"));
+                }
                 continue;
             }
             let (l, r) = (n.left as usize, n.right as usize);

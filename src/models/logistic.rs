@@ -277,6 +277,15 @@ impl TryFrom<FittedLogisticRepr> for FittedLogistic {
         if r.scale.iter().any(|s| !(s.is_finite() && *s > 0.0)) {
             return Err("logistic model has a non-positive or non-finite scale".into());
         }
+        // A JSON number beyond f32 (1e300) reads as infinity: refuse it rather than score with it.
+        if r.mean
+            .iter()
+            .chain(&r.weights)
+            .chain(&r.intercept)
+            .any(|v| !v.is_finite())
+        {
+            return Err("logistic model has a non-finite mean, weight or intercept".into());
+        }
         Ok(Self {
             n_features: d,
             mean: r.mean,

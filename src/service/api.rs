@@ -7,7 +7,7 @@ use crate::ingest::{self, format_rfc3339, IngestParams, InputFormat};
 use crate::pipeline::{self, Loaded};
 use crate::rank::{Actor, FamilyContribution, Reason, ScoredIncident};
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
@@ -165,6 +165,14 @@ async fn caller(state: &Shared, headers: &HeaderMap) -> ApiResult<KeyInfo> {
 fn parse_threat_id(s: &str) -> ApiResult<u64> {
     s.parse()
         .map_err(|_| ApiError::not_found(format!("no threat {s:?} for this key")))
+}
+
+/// The `{id}` path segment as a threat id; one that does not even decode (percent-escaped bytes
+/// that are not UTF-8) is the same JSON 404 as any other id that names no threat.
+fn threat_id(id: Result<Path<String>, PathRejection>) -> ApiResult<u64> {
+    let Path(id) =
+        id.map_err(|r| ApiError::not_found(format!("no such threat: {}", r.body_text())))?;
+    parse_threat_id(&id)
 }
 
 /// A body, or the JSON error of why it could not be read (413 when too large).
@@ -816,10 +824,10 @@ pub struct ThreatOut {
 async fn threat(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<ThreatOut>> {
     let key = caller(&state, &headers).await?;
-    let id = parse_threat_id(&id)?;
+    let id = threat_id(id)?;
     let db = state.db.clone();
     let tenant = key.tenant;
     let t = blocking(move || {
@@ -862,11 +870,11 @@ pub const MAX_REASON_CHARS: usize = 2000;
 async fn post_verdict(
     State(state): State<Shared>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<VerdictOut>)> {
     let key = caller(&state, &headers).await?;
-    let id = parse_threat_id(&id)?;
+    let id = threat_id(id)?;
     let body = body_or_error(body)?;
     let v: VerdictIn = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("verdict body: {e}")))?;

@@ -140,6 +140,44 @@ fn edited_schema_error_names_two_different_hashes() {
     }
 }
 
+/// Found by `fuzz_artifact`: an artifact with fewer than the three tenant × detector / title /
+/// category tables loaded, then scoring indexed past the end and panicked. It is refused at load.
+#[test]
+fn artifact_missing_a_tenant_history_table_is_refused_at_load() {
+    let dir = tmp();
+    for keep in [0, 2, 4] {
+        let mut v = model_json();
+        let tables = v
+            .pointer_mut("/features/tenant_keyed")
+            .and_then(Value::as_array_mut)
+            .expect("features.tenant_keyed");
+        assert_eq!(tables.len(), 3);
+        tables.resize(keep, tables[0].clone());
+        let p = write_json(dir.path(), "tables.json", &v);
+        let err = Artifact::load(&p).unwrap_err();
+        assert!(matches!(err, ArtifactError::Parse { .. }), "{err:?}");
+        assert!(err.to_string().contains(&p.display().to_string()), "{err}");
+    }
+}
+
+/// Found by `fuzz_artifact`: a logistic weight of 1e300 (beyond f32) loaded as infinity; the
+/// artifact then re-saved it as `null` and could not be loaded again. It is refused at load.
+#[test]
+fn logistic_parameter_beyond_f32_is_refused_at_load() {
+    let dir = tmp();
+    for field in ["/model/weights/0", "/model/mean/3", "/model/intercept/1"] {
+        let mut v = model_json();
+        *v.pointer_mut(field).unwrap_or_else(|| panic!("{field}")) = Value::from(-1e300);
+        let p = write_json(dir.path(), "huge.json", &v);
+        let err = Artifact::load(&p).unwrap_err();
+        assert!(
+            matches!(err, ArtifactError::Parse { .. }),
+            "{field}: {err:?}"
+        );
+        assert!(err.to_string().contains("non-finite"), "{field}: {err}");
+    }
+}
+
 #[test]
 fn format_version_mismatch_names_both_versions() {
     let dir = tmp();

@@ -135,7 +135,7 @@ pub fn tmp() -> tempfile::TempDir {
 }
 
 /// A directory that lives as long as the test process (for the shared model).
-fn process_dir() -> &'static PathBuf {
+pub fn process_dir() -> &'static PathBuf {
     static D: OnceLock<PathBuf> = OnceLock::new();
     D.get_or_init(|| {
         let d = Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -611,6 +611,30 @@ fn blank_lines_are_not_records_and_do_not_shift_line_numbers() {
     );
 }
 
+/// Found by `fuzz_guide_csv_structured`: csv skips empty lines inside the next record's span,
+/// so a rejection right after blank lines named the first blank line instead of its own.
+#[test]
+fn a_rejection_right_after_blank_lines_names_its_own_line() {
+    let text = String::from_utf8(five_with(4, "OrgId", b"bad")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for eol in ["\n", "\r\n", "\r"] {
+        // header, r1..r4, two blank lines, r5 (bad): r5 on line 8
+        let mut t = lines[..5].join(eol);
+        t.push_str(&eol.repeat(3));
+        t.push_str(lines[5]);
+        t.push_str(eol);
+        let ing = read_guide(t.as_bytes(), "bad.csv").unwrap();
+        assert_counts(&ing, 5, 4, 1);
+        assert_rejection(
+            &ing.report.rejected[0],
+            8,
+            4,
+            Some("OrgId"),
+            "not a non-negative integer: \"bad\"",
+        );
+    }
+}
+
 #[test]
 fn quoted_field_spanning_lines_keeps_later_line_numbers_right() {
     let mut bytes = five_with(1, "City", b"\"two\nlines\"");

@@ -14,6 +14,7 @@ mod cluster;
 mod common;
 mod correlation;
 mod coverage;
+mod fuzz;
 mod guide_input;
 #[cfg(feature = "kafka")]
 mod kafka;

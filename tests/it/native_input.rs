@@ -416,6 +416,19 @@ fn bom_at_start_is_accepted() {
     assert_counts(&ing, 5, 5, 0);
 }
 
+/// Found by `fuzz_native_jsonl_structured`: a BOM alone on the first line was read as an empty
+/// record and rejected as invalid JSON.
+#[test]
+fn bom_on_an_otherwise_blank_first_line_is_not_a_record() {
+    for blank in [&b"\n"[..], b"\r\n", b"  \n"] {
+        let mut bytes = b"\xef\xbb\xbf".to_vec();
+        bytes.extend_from_slice(blank);
+        bytes.extend_from_slice(&five_with(9, b""));
+        let ing = read_native(&bytes, "bom.jsonl").unwrap();
+        assert_counts(&ing, 5, 5, 0);
+    }
+}
+
 #[test]
 fn jsonl_extension_selects_the_native_reader() {
     let dir = tmp();
