@@ -1993,9 +1993,10 @@ mod tests {
         assert_eq!((a.verdicts(), a.agreed(), a.rate()), (100, 55, Some(0.55)));
         let r = profile.report(&c, Some(a), &params()).unwrap();
         assert_eq!(r.status, DriftStatus::Warning);
+        // the global report (all tenants) names no count: its verdicts mix tenants
         assert_eq!(
             r.warnings,
-            vec!["analysts agree with the predicted grade on 0.55 of the last 100 verdicts < 0.60"]
+            vec!["analysts agree with the predicted grade on 0.55 of the recent verdicts < 0.60"]
         );
         // At the threshold: no warning.
         let r = profile.report(&c, Some(pairs(100, 60)), &params()).unwrap();

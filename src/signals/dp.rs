@@ -56,7 +56,7 @@ impl Ratio {
     }
 
     /// The product, reduced; `None` on overflow.
-    pub fn mul(self, o: Ratio) -> Option<Ratio> {
+    pub fn times(self, o: Ratio) -> Option<Ratio> {
         let g1 = gcd(self.num, o.den);
         let g2 = gcd(o.num, self.den);
         let num = (self.num / g1).checked_mul(o.num / g2)?;
@@ -175,7 +175,7 @@ mod tests {
         assert_eq!(Ratio::from_f64(0.0), None);
         assert_eq!(Ratio::from_f64(1e-9), None);
         assert_eq!(Ratio::from_f64(f64::NAN), None);
-        let r = Ratio::new(2, 3).unwrap().mul(Ratio::new(9, 4).unwrap());
+        let r = Ratio::new(2, 3).unwrap().times(Ratio::new(9, 4).unwrap());
         assert_eq!(r, Ratio::new(3, 2));
         assert_eq!(Ratio::new(3, 2).unwrap().inv(), Ratio::new(2, 3).unwrap());
     }

@@ -414,8 +414,8 @@ pub struct Privacy {
 
 /// The noise scale of one statistic: `sensitivity / (ε · share)`.
 fn scale_of(eps: Ratio, share: (u64, u64), sensitivity: u64) -> Option<Ratio> {
-    let spent = eps.mul(Ratio::new(share.0, share.1)?)?;
-    Ratio::new(sensitivity, 1)?.mul(spent.inv())
+    let spent = eps.times(Ratio::new(share.0, share.1)?)?;
+    Ratio::new(sensitivity, 1)?.times(spent.inv())
 }
 
 /// Clips one tenant's contribution to `cap` per count; grades are scaled to a total of at most

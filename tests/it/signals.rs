@@ -286,8 +286,7 @@ fn attack_one(
     k: usize,
     diff: &dyn Fn(SignalKind, &str) -> [f64; 6],
 ) {
-    let published: Vec<(&(SignalKind, String), &BTreeMap<u64, [u32; 5]>)> =
-        private.iter().filter(|(_, t)| t.len() >= k).collect();
+    let published: Vec<_> = private.iter().filter(|(_, t)| t.len() >= k).collect();
     let members: Vec<_> = published
         .iter()
         .filter(|(_, t)| t.contains_key(&victim))
@@ -540,7 +539,7 @@ fn signals_build_then_score_with_the_snapshot_and_keys() {
     assert_eq!(book["releases"].as_array().unwrap().len(), 1, "{book}");
     // other data past the budget: refused, nothing written
     let refused = dir.path().join("refused.json.gz");
-    let o = build(&train_csv(), &refused, &["--budget", "1.5"]);
+    let o = build(train_csv(), &refused, &["--budget", "1.5"]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("privacy budget exhausted"),
@@ -550,7 +549,7 @@ fn signals_build_then_score_with_the_snapshot_and_keys() {
     assert!(!refused.exists());
     // exact counts: written with a warning, never charged
     let exact = dir.path().join("exact.json.gz");
-    let o = build(&train_csv(), &exact, &["--exact", "--budget", "1.5"]);
+    let o = build(train_csv(), &exact, &["--exact", "--budget", "1.5"]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("never share it"), "{}", stderr(&o));
     assert_eq!(
