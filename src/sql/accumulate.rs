@@ -250,7 +250,7 @@ fn features_of(engine: &Engine, rows: Vec<Vec<u8>>, counts: Vec<u32>) -> DfResul
                 rejection: None,
             };
             for (i, rec) in recs.iter().enumerate() {
-                match parser.parse(rec, i as u64 + 1, i as u32) {
+                match parser.parse(rec, i as u64 + 1, i as u64) {
                     Ok(e) => p.evidence.push(e),
                     Err(r) => {
                         p.rejected += 1;
