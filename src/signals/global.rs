@@ -224,6 +224,13 @@ impl SignalsParams {
         if self.max_keys_per_tenant == 0 {
             return bad("max_keys_per_tenant", "must be at least 1".into());
         }
+        // never a silent exact release: with ε the noise scales must compute
+        if self.epsilon.is_some() && noise_scales(self).is_none() {
+            return bad(
+                "epsilon",
+                format!("{:?} gives no representable noise scale", self.epsilon),
+            );
+        }
         Ok(SignalsValidParams(self.clone()))
     }
 }
@@ -418,6 +425,19 @@ fn scale_of(eps: Ratio, share: (u64, u64), sensitivity: u64) -> Option<Ratio> {
     Ratio::new(sensitivity, 1)?.times(spent.inv())
 }
 
+/// The noise scales of tenants, incidents, alerts and each grade count; `None` without ε or
+/// when they do not compute (which [`SignalsParams::check`] refuses).
+fn noise_scales(p: &SignalsParams) -> Option<[Ratio; 4]> {
+    let eps = Ratio::from_f64(p.epsilon?)?;
+    let cap = u64::from(p.contribution_cap);
+    let sens = [1, cap, cap, cap];
+    let mut out = [eps; 4];
+    for i in 0..4 {
+        out[i] = scale_of(eps, EPSILON_SHARES[i], sens[i])?;
+    }
+    Some(out)
+}
+
 /// Clips one tenant's contribution to `cap` per count; grades are scaled to a total of at most
 /// `cap` by largest remainder (ties to the lower grade index), so the grade vector's L1 norm is
 /// at most `cap`.
@@ -574,15 +594,8 @@ impl<'k> SnapshotBuilder<'k> {
         let digest = Self::digest(&p, &bounded);
         let (seed, release_id) = self.key.release(&digest);
         let mut rng = <ChaCha20Rng as rand_chacha::rand_core::SeedableRng>::from_seed(seed);
-        let cap = u64::from(p.contribution_cap);
-        // checked parameters always give scales (ε ≥ 10^-6, cap ≤ 10^4, shares ≤ 20)
-        let scales: Option<[Ratio; 4]> = p.epsilon.and_then(Ratio::from_f64).and_then(|eps| {
-            let sens = [1, cap, cap, cap];
-            let s: Vec<Ratio> = (0..4)
-                .filter_map(|i| scale_of(eps, EPSILON_SHARES[i], sens[i]))
-                .collect();
-            s.try_into().ok()
-        });
+        // `check` refused any ε whose scales do not compute, so `None` here means exact mode
+        let scales = noise_scales(&p);
         let mut tables: BTreeMap<SignalKind, KeyMap<Released>> = BTreeMap::new();
         for ((kind, key), v) in bounded {
             let sum = |f: &dyn Fn(&Contribution) -> u32| -> f64 {
