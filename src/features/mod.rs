@@ -7,16 +7,24 @@
 //! (cross-tenant target encodings behind a minimum-tenant floor) and `tenant` (the tenant's own
 //! grade history).
 //!
-//! Leakage: encoders are fitted only on labelled *training* incidents. The training matrix
-//! itself is built out-of-fold ([`fit_transform`]): each training incident is encoded by tables
-//! fitted on the other folds, so its own grade never reaches its own features. Scoring uses
-//! tables fitted on all training incidents ([`FittedFeatures::transform`]).
+//! Leakage: encoders are fitted only on labelled *training* incidents, and every label-derived
+//! value is read **past-only**: a verdict is taken to exist from the end (last evidence) of its
+//! incident, and an incident's features see only the verdicts of incidents that ended strictly
+//! before its first evidence (an incident ending at the very second another begins is not in
+//! that one's past). This holds for the grade prior, the tenant family (tenant, tenant ×
+//! detector / title / category / entity: [`Series`] histories read as of the incident's
+//! start) and, in the training matrix ([`fit_transform`]), the global signals (a snapshot of
+//! the incidents that ended before the incident's UTC day began). So an incident never sees its
+//! own grade nor any later one, in training, in `eval` and at scoring alike
+//! ([`FittedFeatures::transform`] reads the same histories as of each incident's start). The
+//! global signals at scoring are the one snapshot the encoders hold (or a given one): built
+//! from training verdicts only, which all predate a deployment's incidents.
 
 mod encode;
 
-pub use encode::{smooth, Counts, Table, TableBuilder};
+pub use encode::{smooth, Series, Table, TableBuilder};
 
-use crate::correlate::{Correlated, Incident};
+use crate::correlate::Correlated;
 use crate::domain::{Evidence, N_ENTITY_COLUMNS};
 use crate::matrix::{FeatureMatrix, FeatureSchema};
 use crate::signals::{
@@ -177,16 +185,15 @@ pub struct FeatureParams {
     /// Privacy rules of the global-signals snapshot built from the training data (floor of
     /// distinct tenants, default 5; optional Laplace noise).
     pub signals: SignalsParams,
-    /// Folds of the out-of-fold encoding of the training matrix. Default 5.
+    /// Tenant folds of the leave-tenant-out global signals of the training matrix
+    /// ([`FeatureParams::global_leave_tenant_out`]). Default 5.
     pub oof_folds: usize,
-    /// Seed of the out-of-fold assignment. Default 7.
+    /// Seed of the tenant-fold assignment. Default 7.
     pub seed: u64,
-    /// Out-of-fold global signals of a training incident leave out its whole tenant (folds by
-    /// tenant), so that the model learns them as they are for a tenant never seen; its own
-    /// history (`tenant` family) still comes from its other incidents. With `false` the global
-    /// signals are out-of-fold by incident like the rest. Default true (grouped 5-fold CV:
-    /// tenant-disjoint macro-F1 0.548/0.483 rows/incidents vs 0.527/0.462, incident-disjoint
-    /// 0.879/0.846 vs 0.881/0.848).
+    /// The global signals of a training row leave out the tenants of its tenant fold, so that
+    /// the model learns them as they are for a tenant never seen (they are past-only either
+    /// way: a snapshot of the incidents that ended before the row's day). With `false` every
+    /// row reads the snapshot of all earlier verdicts. Default true.
     pub global_leave_tenant_out: bool,
     /// Families switched off: their columns stay in the schema (so every artifact has the same
     /// schema) and are written as 0, which no model can split on. Default none.
@@ -274,8 +281,10 @@ impl FeatureValidParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FittedFeatures {
     params: FeatureParams,
-    /// global grade prior (incident shares)
+    /// global grade prior of all training incidents (add-one smoothed shares)
     prior: [f64; 3],
+    /// grade counts of all training incidents by end time: the prior as of an incident's start
+    prior_history: Series,
     /// per entity column, the "not present" code (most frequent code when it covers ≥ 20% rows)
     sentinels: [Option<u64>; N_ENTITY_COLUMNS],
     /// cross-tenant aggregates (privacy floor applied, entities pseudonymized)
@@ -306,7 +315,7 @@ pub fn schema() -> FeatureSchema {
             let dummy = FittedFeatures::empty(&kn.key);
             let ev = dummy_evidence();
             // Column names do not depend on the knowledge tables: empty ones will do.
-            dummy.extract(&[&ev], &kn, &mut s);
+            dummy.extract(&[&ev], &kn, &dummy.global, &mut s);
             FeatureSchema::new(FEATURE_VERSION, s.0)
         })
         .clone()
@@ -616,6 +625,7 @@ impl FittedFeatures {
         Self {
             params,
             prior: [1.0 / 3.0; 3],
+            prior_history: Series::default(),
             sentinels: [None; N_ENTITY_COLUMNS],
             global,
             tenant: Table::default(),
@@ -658,6 +668,7 @@ impl FittedFeatures {
         let p = params.get().clone();
         let mut entity_tenant = TableBuilder::default();
         let mut prior_n = [0u32; 3];
+        let mut prior_history = TableBuilder::default();
         let mut tenant = TableBuilder::default();
         let mut keyed: [TableBuilder; 3] = Default::default();
         let signals = p.signals.check()?;
@@ -667,18 +678,20 @@ impl FittedFeatures {
             let Some(g) = inc.grade else { continue };
             let class = g.class_id();
             let t = inc.key.tenant.0;
+            let ended = inc.last_seen;
             prior_n[class as usize] += 1;
+            prior_history.add("", class, ended);
             let rows: Vec<&Evidence> = inc.rows(evidence);
             if let Some(b) = snapshot.as_mut() {
                 observe_incident(b, &rows, &sentinels, Some(g));
             }
             for key in entity_keys(&rows, &sentinels) {
-                entity_tenant.add(&tenant_key(t, &key), class);
+                entity_tenant.add(&tenant_key(t, &key), class, ended);
             }
-            tenant.add(&t.to_string(), class);
+            tenant.add(&t.to_string(), class, ended);
             for (k, b) in keyed.iter_mut().enumerate() {
                 for v in identities(&rows, k) {
-                    b.add(&tenant_key(t, v), class);
+                    b.add(&tenant_key(t, v), class, ended);
                 }
             }
         }
@@ -686,7 +699,7 @@ impl FittedFeatures {
         if total == 0 {
             return Err(FeatureError::NoLabels);
         }
-        let prior = [0, 1, 2].map(|c| f64::from(prior_n[c]) / f64::from(total));
+        let prior = prior_of(prior_n);
         let global = match (snapshot, given) {
             (Some(b), _) => b.build(),
             (None, Some(g)) => g.clone(),
@@ -694,6 +707,7 @@ impl FittedFeatures {
         };
         Ok(Self {
             prior,
+            prior_history: prior_history.build_series(),
             sentinels,
             global,
             tenant: tenant.build_tenant(),
@@ -723,14 +737,39 @@ impl FittedFeatures {
         &self.params
     }
 
-    /// Global grade prior (TP, BP, FP shares of training incidents).
+    /// Global grade prior (TP, BP, FP add-one smoothed shares of all training incidents).
     pub fn prior(&self) -> [f64; 3] {
         self.prior
+    }
+
+    /// The grade prior as of time `t`: add-one smoothed shares of the training incidents that
+    /// ended strictly before `t` (uniform before any did).
+    pub fn prior_at(&self, t: i64) -> [f64; 3] {
+        prior_of(self.prior_history.as_of(t))
+    }
+
+    /// End time of the latest training verdict the encoders hold (`None` without any).
+    pub fn history_end(&self) -> Option<i64> {
+        self.prior_history.last_time()
     }
 
     /// Feature rows for the incidents `which` (indices into `corr.incidents`), in that order.
     pub fn transform(
         &self,
+        evidence: &[Evidence],
+        corr: &Correlated,
+        which: &[usize],
+        kn: &Knowledge,
+    ) -> FeatureMatrix {
+        // An external snapshot, when given, replaces the one fitted with these encoders.
+        let global = kn.snapshot.as_ref().unwrap_or(&self.global);
+        self.transform_with(global, evidence, corr, which, kn)
+    }
+
+    /// [`FittedFeatures::transform`] with the global signals of `global`.
+    fn transform_with(
+        &self,
+        global: &GlobalSignals,
         evidence: &[Evidence],
         corr: &Correlated,
         which: &[usize],
@@ -745,20 +784,35 @@ impl FittedFeatures {
             .for_each(|(row, &i)| {
                 let inc = &corr.incidents[i];
                 let rows: Vec<&Evidence> = inc.rows(evidence);
-                self.extract(&rows, kn, &mut RowSink { out: row, i: 0 });
+                self.extract(&rows, kn, global, &mut RowSink { out: row, i: 0 });
             });
         x
     }
 
     /// Writes one incident's features (0 in the columns of switched-off families). `rows` is
     /// non-empty and from one tenant.
-    fn extract<S: Sink>(&self, rows: &[&Evidence], kn: &Knowledge, s: &mut S) {
+    fn extract<S: Sink>(
+        &self,
+        rows: &[&Evidence],
+        kn: &Knowledge,
+        global: &GlobalSignals,
+        s: &mut S,
+    ) {
         let off = self.params.disabled.iter().fold(0u16, |m, f| m | f.bit());
-        self.extract_all(rows, kn, &mut Masked { inner: s, off });
+        self.extract_all(rows, kn, global, &mut Masked { inner: s, off });
     }
 
-    fn extract_all<S: Sink>(&self, rows: &[&Evidence], kn: &Knowledge, s: &mut S) {
+    fn extract_all<S: Sink>(
+        &self,
+        rows: &[&Evidence],
+        kn: &Knowledge,
+        global: &GlobalSignals,
+        s: &mut S,
+    ) {
         let attack = &kn.attack;
+        // the incident's start: every label-derived value is read as of it
+        let first = rows.iter().map(|e| e.timestamp).min().unwrap_or(0);
+        let prior = self.prior_at(first);
         let n = rows.len().max(1);
         let nf = n as f64;
         let tenant = rows.first().map(|e| e.tenant.0).unwrap_or(0);
@@ -963,7 +1017,6 @@ impl FittedFeatures {
         s.put(Family::Actor, "actor_top_shared", "", shared as f64);
 
         // --- time
-        let first = rows.iter().map(|e| e.timestamp).min().unwrap_or(0);
         let last = rows.iter().map(|e| e.timestamp).max().unwrap_or(0);
         s.put(
             Family::Time,
@@ -1042,30 +1095,32 @@ impl FittedFeatures {
                 SignalKind::Family => &families,
                 SignalKind::Entity => &entity_refs,
             };
-            self.put_global(s, kind, values, kn);
+            self.put_global(s, kind, values, kn, global, prior);
         }
 
         // --- the tenant's own history (smoothed toward the global prior, and tenant × key
         // toward the tenant's own rates)
-        self.put_tenant(s, Some(tenant), &ids, &entities);
+        self.put_tenant(s, Some((tenant, first)), prior, &ids, &entities);
     }
 
     /// Writes the `tenant` family: the tenant's own grade history overall and per detector /
-    /// title / category / entity. `tenant = None` writes what a tenant without graded history
-    /// gets, whatever the incident: the prior and zero support (see
+    /// title / category / entity, over its incidents that ended before `as_of` (`tenant =
+    /// Some((tenant, as_of))`), smoothed toward `prior`. `tenant = None` writes what a tenant
+    /// without graded history gets, whatever the incident: the prior and zero support (see
     /// [`FittedFeatures::as_unseen_tenant`]).
     fn put_tenant<S: Sink>(
         &self,
         s: &mut S,
-        tenant: Option<u64>,
+        tenant: Option<(u64, i64)>,
+        prior: [f64; 3],
         ids: &[Vec<&str>],
         entities: &[String],
     ) {
+        let m = self.params.smoothing;
+        let as_of = tenant.map_or(i64::MIN, |(_, t)| t);
         let (t_rates, t_support) = match tenant {
-            Some(t) => self
-                .tenant
-                .rates(&t.to_string(), self.prior, self.params.smoothing),
-            None => (self.prior, 0),
+            Some((t, as_of)) => self.tenant.rates(&t.to_string(), prior, m, as_of),
+            None => (prior, 0),
         };
         for (c, g) in RATE_NAMES.iter().enumerate() {
             s.put(Family::Tenant, "tenant", g, t_rates[c]);
@@ -1087,45 +1142,51 @@ impl FittedFeatures {
         let mut spans: Vec<std::ops::Range<usize>> = Vec::new();
         for (k, (name, values)) in keyed.into_iter().enumerate() {
             let table = match tenant {
-                Some(t) => {
+                Some((t, _)) => {
                     tenant_keys(t, values.iter().copied(), &mut buf, &mut spans);
                     &self.tenant_keyed[k]
                 }
                 None => &empty,
             };
             let keys: Vec<&str> = spans.iter().map(|r| &buf[r.clone()]).collect();
-            self.put_encoding(s, name, table, &keys, t_rates);
+            self.put_encoding(s, name, table, &keys, t_rates, as_of);
         }
         let table = match tenant {
-            Some(t) => {
+            Some((t, _)) => {
                 tenant_keys(t, entities.iter().map(String::as_str), &mut buf, &mut spans);
                 &self.entity_tenant
             }
             None => &empty,
         };
         let keys: Vec<&str> = spans.iter().map(|r| &buf[r.clone()]).collect();
-        self.put_encoding(s, "tenant_entity", table, &keys, t_rates);
+        self.put_encoding(s, "tenant_entity", table, &keys, t_rates, as_of);
     }
 
     /// `x` as it would be for tenants without graded history: every `tenant` family column
-    /// set to what [`FittedFeatures::transform`] writes for a tenant never seen (the prior,
-    /// zero support, nothing seen); every other column unchanged. Training fits the grade
-    /// weights and conformal sets of new tenants on every training incident rewritten so
-    /// (`TrainParams::unseen_folds`).
-    pub fn as_unseen_tenant(&self, x: &FeatureMatrix) -> FeatureMatrix {
+    /// set to what [`FittedFeatures::transform`] writes for a tenant never seen (the prior as
+    /// of the row's incident start `starts[r]`, zero support, nothing seen); every other column
+    /// unchanged. Training fits the grade weights and conformal sets of new tenants on every
+    /// training incident rewritten so (`TrainParams::unseen_folds`).
+    ///
+    /// # Panics
+    /// When `starts` does not hold one time per row of `x` (a caller's bug).
+    pub fn as_unseen_tenant(&self, x: &FeatureMatrix, starts: &[i64]) -> FeatureMatrix {
+        assert_eq!(starts.len(), x.n_rows(), "one incident start per row");
         let schema = schema();
         let cols: Vec<usize> = (0..schema.len())
             .filter(|&j| schema.families()[j] == Family::Tenant.name())
             .collect();
-        let mut values = Vec::with_capacity(cols.len());
         let off = self.params.disabled.iter().fold(0u16, |m, f| m | f.bit());
-        let mut sink = Masked {
-            inner: &mut ValueSink(&mut values),
-            off,
-        };
-        self.put_tenant(&mut sink, None, &[Vec::new(), Vec::new(), Vec::new()], &[]);
+        let no_ids = [Vec::new(), Vec::new(), Vec::new()];
+        let mut values = Vec::with_capacity(cols.len());
         let mut out = x.clone();
-        for i in 0..out.n_rows() {
+        for (i, &start) in starts.iter().enumerate() {
+            values.clear();
+            let mut sink = Masked {
+                inner: &mut ValueSink(&mut values),
+                off,
+            };
+            self.put_tenant(&mut sink, None, self.prior_at(start), &no_ids, &[]);
             let row = out.row_mut(i);
             for (&j, &v) in cols.iter().zip(&values) {
                 row[j] = v;
@@ -1143,8 +1204,10 @@ impl FittedFeatures {
         table: &Table,
         values: &[&str],
         parent: [f64; 3],
+        as_of: i64,
     ) {
-        let (rates, support, known) = self.mean_rates(table, values, parent, self.params.smoothing);
+        let (rates, support, known) =
+            mean_rates(table, values, parent, self.params.smoothing, as_of);
         for (c, g) in RATE_NAMES.iter().enumerate() {
             s.put(Family::Tenant, name, g, rates[c]);
         }
@@ -1156,9 +1219,15 @@ impl FittedFeatures {
     /// smoothed TP/BP/FP rates, the largest TP and FP rates, log1p of the summed incidents,
     /// log1p of the most tenants, and the share of values released. Unknown values (below the
     /// floor, or never seen) count as the global prior.
-    fn put_global<S: Sink>(&self, s: &mut S, kind: SignalKind, values: &[&str], kn: &Knowledge) {
-        // An external snapshot, when given, replaces the one fitted with these encoders.
-        let global = kn.snapshot.as_ref().unwrap_or(&self.global);
+    fn put_global<S: Sink>(
+        &self,
+        s: &mut S,
+        kind: SignalKind,
+        values: &[&str],
+        kn: &Knowledge,
+        global: &GlobalSignals,
+        prior: [f64; 3],
+    ) {
         let m = self.params.smoothing;
         let mut acc = [0.0; 3];
         let (mut max_tp, mut max_fp) = (0.0f64, 0.0f64);
@@ -1169,9 +1238,9 @@ impl FittedFeatures {
                     support += r.incidents;
                     tenants = tenants.max(r.tenants);
                     known += 1;
-                    r.rates(self.prior, m)
+                    r.rates(prior, m)
                 }
-                None => self.prior,
+                None => prior,
             };
             for c in 0..3 {
                 acc[c] += rates[c];
@@ -1180,9 +1249,9 @@ impl FittedFeatures {
             max_fp = max_fp.max(rates[2]);
         }
         let (rates, share) = if values.is_empty() {
-            max_tp = self.prior[0];
-            max_fp = self.prior[2];
-            (self.prior, 0.0)
+            max_tp = prior[0];
+            max_fp = prior[2];
+            (prior, 0.0)
         } else {
             let k = values.len() as f64;
             (acc.map(|a| a / k), known as f64 / k)
@@ -1197,37 +1266,43 @@ impl FittedFeatures {
         s.put(Family::Global, name, "log_tenants", tenants.ln_1p());
         s.put(Family::Global, name, "share_released", share);
     }
+}
 
-    /// Mean smoothed rates over `values`, log1p of summed support and the share of values
-    /// found in the table. No value → parent, 0, 0.
-    fn mean_rates(
-        &self,
-        table: &Table,
-        values: &[&str],
-        parent: [f64; 3],
-        m: f64,
-    ) -> ([f64; 3], f64, f64) {
-        if values.is_empty() {
-            return (parent, 0.0, 0.0);
-        }
-        let mut acc = [0.0; 3];
-        let mut support = 0u64;
-        let mut known = 0usize;
-        for v in values {
-            let (r, n) = table.rates(v, parent, m);
-            for c in 0..3 {
-                acc[c] += r[c];
-            }
-            support += u64::from(n);
-            known += usize::from(n > 0);
-        }
-        let k = values.len() as f64;
-        (
-            acc.map(|a| a / k),
-            (support as f64).ln_1p(),
-            known as f64 / k,
-        )
+/// Mean smoothed rates over `values` (their histories as of `as_of`), log1p of summed support
+/// and the share of values with support. No value → parent, 0, 0.
+fn mean_rates(
+    table: &Table,
+    values: &[&str],
+    parent: [f64; 3],
+    m: f64,
+    as_of: i64,
+) -> ([f64; 3], f64, f64) {
+    if values.is_empty() {
+        return (parent, 0.0, 0.0);
     }
+    let mut acc = [0.0; 3];
+    let mut support = 0u64;
+    let mut known = 0usize;
+    for v in values {
+        let (r, n) = table.rates(v, parent, m, as_of);
+        for c in 0..3 {
+            acc[c] += r[c];
+        }
+        support += u64::from(n);
+        known += usize::from(n > 0);
+    }
+    let k = values.len() as f64;
+    (
+        acc.map(|a| a / k),
+        (support as f64).ln_1p(),
+        known as f64 / k,
+    )
+}
+
+/// Add-one smoothed grade shares of `n` (uniform when `n` is all zero).
+fn prior_of(n: [u32; 3]) -> [f64; 3] {
+    let total = f64::from(n[0]) + f64::from(n[1]) + f64::from(n[2]);
+    n.map(|c| (f64::from(c) + 1.0) / (total + 3.0))
 }
 
 /// Suffixes of the three grade-rate columns of an encoding.
@@ -1239,19 +1314,30 @@ pub fn schema_len() -> usize {
     *LEN.get_or_init(|| schema().len())
 }
 
-/// Out-of-fold fold of a training incident (deterministic in seed and key).
-fn oof_fold(inc: &Incident, p: &FeatureParams) -> usize {
-    let t = crate::rng::mix64(p.seed ^ crate::rng::mix64(inc.key.tenant.0));
-    let z = crate::rng::mix64(
-        t ^ crate::rng::mix64(inc.key.incident.0.wrapping_add(0x5851_F42D_4C95_7F2D)),
-    );
+/// Seconds of a UTC day.
+const DAY: i64 = 86_400;
+
+/// The fold of a tenant in the leave-tenant-out global signals of the training matrix
+/// (deterministic in the seed and the tenant id).
+fn tenant_fold(tenant: u64, p: &FeatureParams) -> usize {
+    // "tenant" in ASCII: a stream of its own
+    let z = crate::rng::mix64(p.seed ^ 0x7465_6e61_6e74 ^ crate::rng::mix64(tenant));
     (z % p.oof_folds as u64) as usize
 }
 
-/// The training matrix, built out-of-fold, and the encoders fitted on all of `train`.
+/// The training matrix, built past-only, and the encoders fitted on all of `train`.
 ///
-/// Returns `(encoders, matrix, labels)`, rows in the order of the labelled incidents of `train`
-/// (unlabelled ones are skipped; the returned index list says which incident each row is).
+/// Every row reads only verdicts that existed when its incident began (module docs): the
+/// prior and the tenant family from the fitted histories as of the incident's start, exactly
+/// as [`FittedFeatures::transform`] reads them; the global signals from a snapshot of the
+/// labelled training incidents that ended before the incident's UTC day began (with
+/// [`FeatureParams::global_leave_tenant_out`], also without the tenants of the incident's
+/// tenant fold, as they are for a tenant never seen). A snapshot given in `kn` is used for
+/// every row as it is (it is not sliced by time).
+///
+/// Returns `(encoders, matrix, labels, incidents)`, rows in the order of the labelled
+/// incidents of `train` (unlabelled ones are skipped; the returned index list says which
+/// incident each row is).
 pub fn fit_transform(
     params: &FeatureValidParams,
     evidence: &[Evidence],
@@ -1269,108 +1355,76 @@ pub fn fit_transform(
         return Err(FeatureError::NoLabels);
     }
     let full = FittedFeatures::fit(params, evidence, corr, &labelled, kn)?;
-    let signals = p.signals.check()?;
-    let mut x = FeatureMatrix::zeros(labelled.len(), schema_len());
-    let fold_of: Vec<usize> = labelled
-        .iter()
-        .map(|&i| oof_fold(&corr.incidents[i], p))
-        .collect();
-    let tenant_fold: Vec<usize> = labelled
-        .iter()
-        .map(|&i| {
-            let t = corr.incidents[i].key.tenant.0;
-            // "tenant" in ASCII: a different stream from the incident folds
-            let z = crate::rng::mix64(p.seed ^ 0x7465_6e61_6e74 ^ crate::rng::mix64(t));
-            (z % p.oof_folds as u64) as usize
-        })
-        .collect();
-    let tenant_snapshots: Option<Vec<GlobalSignals>> =
-        (kn.snapshot.is_none() && p.global_leave_tenant_out).then(|| {
-            (0..p.oof_folds)
-                .map(|g| {
-                    let on: Vec<usize> = labelled
-                        .iter()
-                        .zip(&tenant_fold)
-                        .filter(|(_, &k)| k != g)
-                        .map(|(&i, _)| i)
-                        .collect();
-                    snapshot_of(&signals, &kn.key, evidence, corr, &on, &full.sentinels)
-                })
-                .collect()
-        });
-    for f in 0..p.oof_folds {
-        let fit_on: Vec<usize> = labelled
-            .iter()
-            .zip(&fold_of)
-            .filter(|(_, &k)| k != f)
-            .map(|(&i, _)| i)
-            .collect();
-        let pos: Vec<usize> = (0..labelled.len()).filter(|&j| fold_of[j] == f).collect();
-        if pos.is_empty() {
-            continue;
-        }
-        let enc = if fit_on.is_empty() {
-            // Every labelled incident is in this fold: nothing out-of-fold to learn from. The
-            // fold's rows get what a tenant never seen gets from encoders fitted on no
-            // incident (uniform prior, no history, an empty snapshot or the given one), never
-            // the full-data encoders, which hold these incidents' own grades.
-            let mut e = FittedFeatures::empty(&kn.key);
-            e.params = p.clone();
-            e.global = match &kn.snapshot {
-                Some(g) => g.clone(),
-                None => GlobalSignals::empty(&signals, &kn.key),
-            };
-            e.sentinels = full.sentinels;
-            e
-        } else {
-            // Sentinels describe the export format, not labels: use the full-data ones. With
-            // tenant folds the global signals are replaced below: do not build them here.
-            let given = match &tenant_snapshots {
-                Some(_) => Some(&full.global),
-                None => kn.snapshot.as_ref(),
-            };
-            FittedFeatures::fit_with_sentinels(
-                params,
-                evidence,
-                corr,
-                &fit_on,
-                full.sentinels,
-                &kn.key,
-                given,
-            )?
-        };
-        if let Some(by_tenant) = &tenant_snapshots {
-            // Global signals of a training incident leave its whole tenant out, as they will
-            // for a tenant never seen; the tenant's own history comes from the other folds.
-            for (g, snap) in by_tenant.iter().enumerate() {
-                let sub: Vec<usize> = pos
-                    .iter()
-                    .copied()
-                    .filter(|&j| tenant_fold[j] == g)
-                    .collect();
-                if sub.is_empty() {
-                    continue;
-                }
-                let mut e = enc.clone();
-                e.global = snap.clone();
-                let which: Vec<usize> = sub.iter().map(|&j| labelled[j]).collect();
-                let part = e.transform(evidence, corr, &which, kn);
-                for (r, &j) in sub.iter().enumerate() {
-                    x.row_mut(j).copy_from_slice(part.row(r));
-                }
-            }
-            continue;
-        }
-        let which: Vec<usize> = pos.iter().map(|&j| labelled[j]).collect();
-        let part = enc.transform(evidence, corr, &which, kn);
-        for (r, &j) in pos.iter().enumerate() {
-            x.row_mut(j).copy_from_slice(part.row(r));
-        }
-    }
     let y: Vec<u8> = labelled
         .iter()
         .map(|&i| corr.incidents[i].grade.map_or(0, |g| g.class_id()))
         .collect();
+    if kn.snapshot.is_some() {
+        let x = full.transform(evidence, corr, &labelled, kn);
+        return Ok((full, x, y, labelled));
+    }
+    let signals = p.signals.check()?;
+    let groups = if p.global_leave_tenant_out {
+        p.oof_folds
+    } else {
+        1
+    };
+    let group_of = |i: usize| {
+        if groups == 1 {
+            0
+        } else {
+            tenant_fold(corr.incidents[i].key.tenant.0, p)
+        }
+    };
+    // rows (positions in `labelled`) by the UTC day their incident began
+    let mut by_day: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+    for (j, &i) in labelled.iter().enumerate() {
+        by_day
+            .entry(corr.incidents[i].first_seen.div_euclid(DAY))
+            .or_default()
+            .push(j);
+    }
+    // verdicts in the order they became known
+    let mut by_end: Vec<usize> = labelled.clone();
+    by_end.sort_by_key(|&i| (corr.incidents[i].last_seen, i));
+    let mut builders: Vec<SnapshotBuilder<'_>> = (0..groups)
+        .map(|_| SnapshotBuilder::new(&signals, &kn.key))
+        .collect();
+    let mut next = 0;
+    let mut x = FeatureMatrix::zeros(labelled.len(), schema_len());
+    for (day, rows) in by_day {
+        let start = day.saturating_mul(DAY);
+        while let Some(&i) = by_end.get(next) {
+            let inc = &corr.incidents[i];
+            if inc.last_seen >= start {
+                break;
+            }
+            let ev: Vec<&Evidence> = inc.rows(evidence);
+            let own = group_of(i);
+            for (g, b) in builders.iter_mut().enumerate() {
+                if groups == 1 || g != own {
+                    observe_incident(b, &ev, &full.sentinels, inc.grade);
+                }
+            }
+            next += 1;
+        }
+        for (g, b) in builders.iter().enumerate() {
+            let sub: Vec<usize> = rows
+                .iter()
+                .copied()
+                .filter(|&j| group_of(labelled[j]) == g)
+                .collect();
+            if sub.is_empty() {
+                continue;
+            }
+            let snapshot = b.clone().build();
+            let which: Vec<usize> = sub.iter().map(|&j| labelled[j]).collect();
+            let part = full.transform_with(&snapshot, evidence, corr, &which, kn);
+            for (r, &j) in sub.iter().enumerate() {
+                x.row_mut(j).copy_from_slice(part.row(r));
+            }
+        }
+    }
     Ok((full, x, y, labelled))
 }
 
@@ -1417,6 +1471,152 @@ mod tests {
             "{}",
             tp.get(0, tp_rate)
         );
+    }
+
+    /// Random graded incidents over a few tenants, detectors, entities and days: incident `k`
+    /// of the result has one to three rows, all sharing its tenant, grade and a time span.
+    fn random_incidents(seed: u64, n: usize) -> Vec<Evidence> {
+        let mut r = crate::rng::SplitMix64(seed);
+        let mut out = Vec::new();
+        for k in 0..n {
+            let tenant = r.below(3) as u64;
+            let grade = [
+                Grade::TruePositive,
+                Grade::BenignPositive,
+                Grade::FalsePositive,
+            ][r.below(3)];
+            // a start within 6 days (some on the same second), a span of up to 2 days
+            let start = 1_717_200_000 + (r.below(6 * 24) as i64) * 3_600;
+            let span = r.below(3) as i64 * 86_400 / 2;
+            for a in 0..=r.below(3) {
+                let mut e = Evidence {
+                    tenant: crate::domain::TenantId(tenant),
+                    incident: crate::domain::IncidentId(k as u64),
+                    alert: crate::domain::AlertId((k * 4 + a) as u64),
+                    timestamp: if a == 0 { start } else { start + span },
+                    detector: format!("d{}", r.below(4)),
+                    title: format!("t{}", r.below(5)),
+                    category: ["Exfiltration", "Execution", "Discovery"][r.below(3)].into(),
+                    grade: Some(grade),
+                    ..Evidence::default()
+                };
+                e.entities.codes[0] = Some(r.below(6) as u64);
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// The same incidents with incident `k`'s grade replaced.
+    fn regraded(evidence: &[Evidence], k: u64, grade: Grade) -> Vec<Evidence> {
+        let mut out = evidence.to_vec();
+        for e in &mut out {
+            if e.incident.0 == k {
+                e.grade = Some(grade);
+            }
+        }
+        out
+    }
+
+    fn other_grade(g: Grade) -> Grade {
+        match g {
+            Grade::TruePositive => Grade::FalsePositive,
+            _ => Grade::TruePositive,
+        }
+    }
+
+    /// Past-only training rows: changing the grade of an incident that ended at or after
+    /// incident X began never changes X's row, whatever the data (random incidents, default
+    /// parameters but exact global signals from 2 tenants). Fails with histories read
+    /// regardless of time, or with global signals of the whole training set.
+    #[test]
+    fn a_later_verdict_never_changes_a_training_row() {
+        let kn = Knowledge::development().unwrap();
+        // exact global signals released from 2 tenants: any grade that reaches them shows
+        let params = FeatureParams::default()
+            .signals(SignalsParams::default().min_tenants(2).epsilon(None))
+            .check()
+            .unwrap();
+        let mut changed_later = 0;
+        for seed in 0..12u64 {
+            let ev = random_incidents(seed, 40);
+            let corr = crate::correlate::group_incidents(&ev);
+            let all: Vec<usize> = (0..corr.incidents.len()).collect();
+            let (_, x, _, rows) = fit_transform(&params, &ev, &corr, &all, &kn).unwrap();
+            let mut r = crate::rng::SplitMix64(seed ^ 0xABCD);
+            for _ in 0..4 {
+                let z = &corr.incidents[r.below(corr.incidents.len())];
+                let flipped = regraded(&ev, z.key.incident.0, other_grade(z.grade.unwrap()));
+                let corr2 = crate::correlate::group_incidents(&flipped);
+                let (_, x2, _, rows2) =
+                    fit_transform(&params, &flipped, &corr2, &all, &kn).unwrap();
+                assert_eq!(rows, rows2);
+                for (j, &i) in rows.iter().enumerate() {
+                    let inc = &corr.incidents[i];
+                    if z.last_seen >= inc.first_seen {
+                        assert_eq!(
+                            x.row(j),
+                            x2.row(j),
+                            "seed {seed}: regrading {} (ended {}) moved the row of {} (began {})",
+                            z.key,
+                            z.last_seen,
+                            inc.key,
+                            inc.first_seen
+                        );
+                        changed_later += 1;
+                    }
+                }
+            }
+        }
+        assert!(changed_later > 500, "{changed_later} rows checked");
+    }
+
+    /// The same at scoring: encoders fitted on one half, the other half scored; regrading a
+    /// training incident that ended at or after a scored incident began changes nothing of
+    /// that incident's row, and regrading one that ended before it does change it sometimes
+    /// (the history is read at all).
+    #[test]
+    fn a_later_verdict_never_changes_a_scored_row() {
+        let kn = Knowledge::development().unwrap();
+        // exact global signals released from 2 tenants: any grade that reaches them shows
+        let params = FeatureParams::default()
+            .signals(SignalsParams::default().min_tenants(2).epsilon(None))
+            .check()
+            .unwrap();
+        let (mut unchanged, mut moved_by_earlier) = (0, 0);
+        for seed in 0..12u64 {
+            let ev = random_incidents(seed + 100, 60);
+            let corr = crate::correlate::group_incidents(&ev);
+            let (train, test): (Vec<usize>, Vec<usize>) =
+                (0..corr.incidents.len()).partition(|i| i % 2 == 0);
+            let enc = FittedFeatures::fit(&params, &ev, &corr, &train, &kn).unwrap();
+            let x = enc.transform(&ev, &corr, &test, &kn);
+            for &zi in train.iter().take(10) {
+                let z = &corr.incidents[zi];
+                let flipped = regraded(&ev, z.key.incident.0, other_grade(z.grade.unwrap()));
+                let corr2 = crate::correlate::group_incidents(&flipped);
+                let enc2 = FittedFeatures::fit(&params, &flipped, &corr2, &train, &kn).unwrap();
+                // scoring with the global signals fixed: only the histories are under test
+                let x2 = enc2.transform_with(enc.global_signals(), &flipped, &corr2, &test, &kn);
+                for (r, &i) in test.iter().enumerate() {
+                    let inc = &corr.incidents[i];
+                    if z.last_seen >= inc.first_seen {
+                        assert_eq!(
+                            x.row(r),
+                            x2.row(r),
+                            "seed {seed}: {} moved {}",
+                            z.key,
+                            inc.key
+                        );
+                        unchanged += 1;
+                    } else if x.row(r) != x2.row(r) {
+                        moved_by_earlier += 1;
+                    }
+                }
+            }
+        }
+        assert!(unchanged > 500, "{unchanged}");
+        assert!(moved_by_earlier > 500, "{moved_by_earlier}");
     }
 
     #[test]

@@ -391,8 +391,9 @@ impl Released {
     }
 }
 
-/// Collects observations and releases a [`GlobalSignals`] snapshot.
-#[derive(Debug)]
+/// Collects observations and releases a [`GlobalSignals`] snapshot (cloned to release the
+/// snapshot of a prefix of the observations and go on observing).
+#[derive(Debug, Clone)]
 pub struct SnapshotBuilder<'k> {
     params: SignalsParams,
     key: &'k PseudonymKey,

@@ -357,7 +357,10 @@ pub fn fit(
         name: "features",
         reason: format!("schema has no `{TENANT_SUPPORT}` column"),
     })?;
-    let unseen = (params.unseen_folds > 0).then(|| encoders.as_unseen_tenant(&x));
+    let unseen = (params.unseen_folds > 0).then(|| {
+        let starts: Vec<i64> = rows.iter().map(|&i| corr.incidents[i].first_seen).collect();
+        encoders.as_unseen_tenant(&x, &starts)
+    });
     let Calibrated {
         calibration,
         conformal,

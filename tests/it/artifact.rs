@@ -304,11 +304,21 @@ fn committed_default_model_carries_the_drift_reference() {
         .score_edges()
         .iter()
         .all(|e| (0.0..=100.0).contains(e) && e.fract() == 0.0));
-    // Quantile edges on the priority (round(100 · calibrated P(TP))): no value bin holds more
-    // than a fifth but priority 0 (measured: 0.34).
-    let s = r.score_shares();
-    assert_eq!(r.score_edges()[0], 0.0);
-    assert!(s[0] < 0.4 && s[1..].iter().all(|&v| v < 0.2), "{s:?}");
+    // Quantile edges on the priority (round(100 · calibrated P(TP))): a value bin holding more
+    // than a fifth of the rows is one priority that no edge can split (bin k holds the
+    // priorities in (edge[k-1], edge[k]], bin 0 those ≤ edge[0] = 0; measured: priority 1
+    // holds 0.23, priority 0 0.15).
+    let (s, e) = (r.score_shares(), r.score_edges());
+    assert_eq!(e[0], 0.0);
+    for k in 1..=e.len() {
+        let width = if k == e.len() {
+            100.0 - e[k - 1]
+        } else {
+            e[k] - e[k - 1]
+        };
+        assert!(s[k] < 0.2 || width == 1.0, "bin {k}: {s:?} edges {e:?}");
+    }
+    assert!(s[0] < 0.4, "{s:?}");
     // Own baselines for the tenants with at least 30 training incidents (48), counted from the
     // file the model was trained on: the whole shipped sample.
     assert_eq!(
@@ -335,12 +345,12 @@ fn committed_default_model_carries_the_drift_reference() {
 }
 
 /// Incidents the shared model never saw, from the same sample, counted against its reference:
-/// the score does not shift and neither does any feature outside the two target-encoded
-/// families, `global` and `tenant`. Those do (measured: 36 global and 15 tenant columns above
-/// 0.25): their out-of-fold training values come from per-fold encoders (each fold's own grade
-/// prior for unknown keys and for smoothing, per-tenant-fold snapshots), scoring uses the one
-/// fitted on everything, so a key's value at scoring time is a point between the fold values
-/// the model was trained on. The same rows scored upside down (1 − P(TP)) do shift.
+/// the score does not shift and neither does any feature outside the cross-tenant `global`
+/// family, the tenant's own history included (read past-only, as of each incident's start, in
+/// training and at scoring: measured PSI at most 0.02 on its columns). The `global` family does
+/// shift (measured: up to 3.5): training rows read snapshots of the verdicts before their day,
+/// scoring the snapshot of all of them (`drift` module docs). The same rows scored upside down
+/// (1 − P(TP)) do shift.
 #[test]
 fn held_out_incidents_do_not_shift_the_score() {
     use threatrank::drift::{Agreement, DriftCounts, DriftParams, DriftStatus};
@@ -379,9 +389,18 @@ fn held_out_incidents_do_not_shift_the_score() {
     // Those two families are informational (`drift::INFORMATIONAL_FAMILIES`): reported apart,
     // never warning, so the global report is `ok`.
     assert_eq!(r.status, DriftStatus::Ok, "{r:?}");
-    assert!(r.feature_psi_max.unwrap() < 0.25, "{r:?}");
-    assert!(r.informational_features[0].psi > 0.25, "{r:?}");
+    assert!(r.feature_psi_max.unwrap() < 0.1, "{r:?}");
     let psi = profile.feature_psi(&counts).unwrap().unwrap();
+    for ((n, f), &v) in profile
+        .feature_names()
+        .iter()
+        .zip(profile.feature_families())
+        .zip(&psi)
+    {
+        if !threatrank::drift::is_informational(f) {
+            assert!(v < 0.1, "{n} ({f}): PSI {v}");
+        }
+    }
     let shifted: Vec<(&String, &String, f64)> = profile
         .feature_names()
         .iter()
@@ -533,8 +552,8 @@ fn tenants_are_judged_against_their_own_training_incidents() {
         "{r:?}"
     );
     assert!(r.score_psi.unwrap() < 0.1, "{r:?}");
-    // The target-encoded families differ structurally (module docs) but do not warn.
-    assert!(r.informational_features[0].psi > 0.25, "{r:?}");
+    // Judged features (the tenant's own history included) do not shift either.
+    assert!(r.feature_psi_max.unwrap() < 0.1, "{r:?}");
     for (k, what) in [(1, "score distribution"), (2, "feature distribution")] {
         let r = profile.report_for(None, &all[k], None, &drift).unwrap();
         assert_eq!(r.status, DriftStatus::Warning, "{what}: {r:?}");

@@ -726,17 +726,29 @@ fn as_unseen_tenant_matches_a_tenant_never_seen() {
     // never seen: transform already writes the unseen values, so the rewrite changes nothing
     let x_new = enc.transform(&l.evidence, &l.corr, &unseen[..200], kn);
     assert!((0..x_new.n_rows()).all(|r| x_new.get(r, support) == 0.0));
-    assert_eq!(enc.as_unseen_tenant(&x_new), x_new);
+    let starts = |which: &[usize]| -> Vec<i64> {
+        which
+            .iter()
+            .map(|&i| l.corr.incidents[i].first_seen)
+            .collect()
+    };
+    assert_eq!(enc.as_unseen_tenant(&x_new, &starts(&unseen[..200])), x_new);
 
     // with history: only the tenant columns move, to the same values as a new tenant's
     let x_old = enc.transform(&l.evidence, &l.corr, &train[..200], kn);
     assert!((0..x_old.n_rows()).any(|r| x_old.get(r, support) > 0.0));
-    let rewritten = enc.as_unseen_tenant(&x_old);
-    let expected: Vec<f32> = tenant_cols.iter().map(|&j| x_new.get(0, j)).collect();
-    for r in 0..x_old.n_rows() {
+    let rewritten = enc.as_unseen_tenant(&x_old, &starts(&train[..200]));
+    // a new tenant's values: the prior as of the incident's start, no support, nothing seen
+    let old_starts = starts(&train[..200]);
+    for (r, &start) in old_starts.iter().enumerate() {
+        let prior = enc.prior_at(start);
         for j in 0..names.len() {
+            let name = &names.names()[j];
             let want = match tenant_cols.iter().position(|&c| c == j) {
-                Some(k) => expected[k],
+                Some(_) => ["tp_rate", "bp_rate", "fp_rate"]
+                    .iter()
+                    .position(|g| name.ends_with(g))
+                    .map_or(0.0, |c| prior[c] as f32),
                 None => x_old.get(r, j),
             };
             assert_eq!(
