@@ -228,20 +228,9 @@ pub enum Command {
         /// Graded GUIDE CSV or native JSONL.
         #[arg(long)]
         input: PathBuf,
-        /// Splits to evaluate, in this order: `forward` (train on incidents that ended before
-        /// each origin, test the next window: what a deployment sees), `incident`
-        /// (incident-disjoint random folds), `tenant` (tenant-disjoint random folds). Repeat the
-        /// flag or give a comma list; default `forward,incident,tenant`.
-        #[arg(long = "split", value_delimiter = ',', value_parser = parse_split, value_name = "SPLIT")]
-        splits: Vec<SplitKind>,
-        /// Origins of the forward split (UTC day boundaries at the time quantiles of the
-        /// latest --forward-test-share of graded incidents).
-        #[arg(long, default_value_t = 3)]
-        forward_origins: usize,
-        /// Share of the graded incidents, the latest by first evidence, that the forward
-        /// split's test windows hold (in (0, 1)).
-        #[arg(long, default_value_t = 0.5)]
-        forward_test_share: f64,
+        /// splits and the forward split's origins
+        #[command(flatten)]
+        split: SplitArgs,
         /// Outer folds of the random-fold splits.
         #[arg(long, default_value_t = 5)]
         folds: usize,
@@ -292,20 +281,9 @@ pub enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Splits to evaluate, in this order: `forward` (train on incidents that ended before
-        /// each origin, test the next window: what a deployment sees), `incident`
-        /// (incident-disjoint random folds), `tenant` (tenant-disjoint random folds). Repeat the
-        /// flag or give a comma list; default `forward,incident,tenant`.
-        #[arg(long = "split", value_delimiter = ',', value_parser = parse_split, value_name = "SPLIT")]
-        splits: Vec<SplitKind>,
-        /// Origins of the forward split (UTC day boundaries at the time quantiles of the
-        /// latest --forward-test-share of graded incidents).
-        #[arg(long, default_value_t = 3)]
-        forward_origins: usize,
-        /// Share of the graded incidents, the latest by first evidence, that the forward
-        /// split's test windows hold (in (0, 1)).
-        #[arg(long, default_value_t = 0.5)]
-        forward_test_share: f64,
+        /// splits and the forward split's origins
+        #[command(flatten)]
+        split: SplitArgs,
         /// Outer folds of the random-fold splits.
         #[arg(long, default_value_t = 5)]
         folds: usize,
@@ -807,19 +785,40 @@ fn parse_split(s: &str) -> Result<SplitKind, String> {
         .ok_or_else(|| format!("unknown split {s:?}; expected one of forward, incident, tenant"))
 }
 
-/// The split kinds of `--split` in the order given, without repeats; all kinds (forward
-/// first) when none was given.
-fn chosen_splits(given: Vec<SplitKind>) -> Vec<SplitKind> {
-    if given.is_empty() {
-        return SplitKind::ALL.to_vec();
-    }
-    let mut out: Vec<SplitKind> = Vec::new();
-    for k in given {
-        if !out.contains(&k) {
-            out.push(k);
+/// The splits of `eval` and `report`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SplitArgs {
+    /// Splits to evaluate, in this order: `forward` (train on incidents that ended before
+    /// each origin, test the next window: what a deployment sees), `incident`
+    /// (incident-disjoint random folds), `tenant` (tenant-disjoint random folds). Repeat the
+    /// flag or give a comma list; default `forward,incident,tenant`.
+    #[arg(long = "split", value_delimiter = ',', value_parser = parse_split, value_name = "SPLIT")]
+    splits: Vec<SplitKind>,
+    /// Origins of the forward split (UTC day boundaries at the time quantiles of the latest
+    /// --forward-test-share of graded incidents).
+    #[arg(long, default_value_t = 3)]
+    forward_origins: usize,
+    /// Share of the graded incidents, the latest by first evidence, that the forward split's
+    /// test windows hold (in (0, 1)).
+    #[arg(long, default_value_t = 0.5)]
+    forward_test_share: f64,
+}
+
+impl SplitArgs {
+    /// The split kinds of `--split` in the order given, without repeats; all kinds (forward
+    /// first) when none was given.
+    fn chosen(&self) -> Vec<SplitKind> {
+        if self.splits.is_empty() {
+            return SplitKind::ALL.to_vec();
         }
+        let mut out: Vec<SplitKind> = Vec::new();
+        for &k in &self.splits {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
     }
-    out
 }
 
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
@@ -1044,9 +1043,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
         }
         Command::Eval {
             input,
-            splits,
-            forward_origins,
-            forward_test_share,
+            split,
             folds,
             seed,
             algorithm,
@@ -1061,9 +1058,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             let mut params = CvParams {
                 folds,
                 seed,
-                splits: chosen_splits(splits),
-                forward_origins,
-                forward_test_share,
+                splits: split.chosen(),
+                forward_origins: split.forward_origins,
+                forward_test_share: split.forward_test_share,
                 ..CvParams::default()
             };
             params.train.features.signals.epsilon = signals_epsilon.0;
@@ -1092,9 +1089,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
         Command::Report {
             input,
             out,
-            splits,
-            forward_origins,
-            forward_test_share,
+            split,
             folds,
             folds_to_run,
             seed,
@@ -1148,9 +1143,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 folds,
                 folds_to_run,
                 seed,
-                splits: chosen_splits(splits),
-                forward_origins,
-                forward_test_share,
+                splits: split.chosen(),
+                forward_origins: split.forward_origins,
+                forward_test_share: split.forward_test_share,
                 ..CvParams::default()
             };
             if !algorithms.is_empty() {

@@ -999,6 +999,16 @@ mod tests {
             baseline: false,
             ..CvParams::default()
         }));
+        assert!(bad(CvParams {
+            forward_origins: 0,
+            ..CvParams::default()
+        }));
+        for share in [0.0, 1.0, f64::NAN] {
+            assert!(bad(CvParams {
+                forward_test_share: share,
+                ..CvParams::default()
+            }));
+        }
         let ok = ReportParams::default().check().unwrap();
         assert!(
             ok.cv.keep_predictions,

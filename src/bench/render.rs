@@ -868,38 +868,15 @@ fn forward_blocks(b: &mut Vec<Block>, r: &BenchReport) {
     for sp in r.splits.iter().filter(|sp| sp.split == SplitKind::Forward) {
         for mf in &sp.models {
             let Some(fm) = &mf.forward else { continue };
-            let row = |what: String, n: String, rows: f64, inc: f64, ap: Option<f64>| {
-                vec![mf.model.clone(), what, n, f3(rows), f3(inc), opt3(ap)]
-            };
-            for o in &fm.per_origin {
-                rows.push(row(
-                    o.origin.clone(),
-                    o.incidents.to_string(),
-                    o.macro_f1_rows,
-                    o.macro_f1_incidents,
-                    o.pr_auc_tp,
-                ));
-            }
-            rows.push(row(
-                format!("mean of {} origins", fm.per_origin.len()),
-                "-".into(),
-                fm.mean_macro_f1_rows,
-                fm.mean_macro_f1_incidents,
-                fm.mean_pr_auc_tp,
-            ));
-            for (what, x) in [
-                ("with history (pooled)", &fm.with_history),
-                ("new tenants (pooled)", &fm.new_tenants),
-            ] {
-                if let Some(x) = x {
-                    rows.push(row(
-                        what.into(),
-                        x.incidents.to_string(),
-                        x.macro_f1_rows,
-                        x.macro_f1_incidents,
-                        x.pr_auc_tp,
-                    ));
-                }
+            for r in fm.rows() {
+                rows.push(vec![
+                    mf.model.clone(),
+                    r.what,
+                    r.incidents.map_or("-".into(), |n| n.to_string()),
+                    f3(r.macro_f1_rows),
+                    f3(r.macro_f1_incidents),
+                    opt3(r.pr_auc_tp),
+                ]);
             }
         }
     }

@@ -399,6 +399,61 @@ pub struct ForwardSplitCv {
     pub origins: Vec<ForwardOrigin>,
 }
 
+/// One line of a forward table: an origin, the mean over origins, or a pooled tenant group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardRow {
+    /// the origin's date, `mean of N origins`, `with history (pooled)` or `new tenants
+    /// (pooled)`
+    pub what: String,
+    /// incidents scored (`None` for the mean)
+    pub incidents: Option<usize>,
+    /// macro-F1 over rows
+    pub macro_f1_rows: f64,
+    /// macro-F1 over incidents
+    pub macro_f1_incidents: f64,
+    /// TP PR-AUC
+    pub pr_auc_tp: Option<f64>,
+}
+
+impl ForwardModelCv {
+    /// The lines every forward table prints: per origin, the mean, with history, new tenants.
+    pub fn rows(&self) -> Vec<ForwardRow> {
+        let mut out: Vec<ForwardRow> = self
+            .per_origin
+            .iter()
+            .map(|o| ForwardRow {
+                what: o.origin.clone(),
+                incidents: Some(o.incidents),
+                macro_f1_rows: o.macro_f1_rows,
+                macro_f1_incidents: o.macro_f1_incidents,
+                pr_auc_tp: o.pr_auc_tp,
+            })
+            .collect();
+        out.push(ForwardRow {
+            what: format!("mean of {} origins", self.per_origin.len()),
+            incidents: None,
+            macro_f1_rows: self.mean_macro_f1_rows,
+            macro_f1_incidents: self.mean_macro_f1_incidents,
+            pr_auc_tp: self.mean_pr_auc_tp,
+        });
+        for (what, x) in [
+            ("with history (pooled)", &self.with_history),
+            ("new tenants (pooled)", &self.new_tenants),
+        ] {
+            if let Some(x) = x {
+                out.push(ForwardRow {
+                    what: what.into(),
+                    incidents: Some(x.incidents),
+                    macro_f1_rows: x.macro_f1_rows,
+                    macro_f1_incidents: x.macro_f1_incidents,
+                    pr_auc_tp: x.pr_auc_tp,
+                });
+            }
+        }
+        out
+    }
+}
+
 /// One model's figures on one forward origin's window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OriginFigures {
@@ -1251,47 +1306,17 @@ fn forward_table(f: &ForwardSplitCv, splits: &[SplitCv]) -> String {
     for sp in splits.iter().filter(|sp| sp.split == SplitKind::Forward) {
         for m in &sp.models {
             let Some(fm) = &m.forward else { continue };
-            let mut line = |what: String, n: String, r: f64, i: f64, ap: Option<f64>| {
+            for r in fm.rows() {
                 s.push_str(&format!(
                     "{:<18} {:<16} {:<22} {:>9} {:>8.3} {:>8.3} {:>7}\n",
                     sp.split.name(),
                     m.model,
-                    what,
-                    n,
-                    r,
-                    i,
-                    opt(ap)
+                    r.what,
+                    r.incidents.map_or("-".to_string(), |n| n.to_string()),
+                    r.macro_f1_rows,
+                    r.macro_f1_incidents,
+                    opt(r.pr_auc_tp)
                 ));
-            };
-            for o in &fm.per_origin {
-                line(
-                    o.origin.clone(),
-                    o.incidents.to_string(),
-                    o.macro_f1_rows,
-                    o.macro_f1_incidents,
-                    o.pr_auc_tp,
-                );
-            }
-            line(
-                format!("mean of {} origins", fm.per_origin.len()),
-                "-".into(),
-                fm.mean_macro_f1_rows,
-                fm.mean_macro_f1_incidents,
-                fm.mean_pr_auc_tp,
-            );
-            for (what, x) in [
-                ("with history (pooled)", &fm.with_history),
-                ("new tenants (pooled)", &fm.new_tenants),
-            ] {
-                if let Some(x) = x {
-                    line(
-                        what.into(),
-                        x.incidents.to_string(),
-                        x.macro_f1_rows,
-                        x.macro_f1_incidents,
-                        x.pr_auc_tp,
-                    );
-                }
             }
         }
     }
