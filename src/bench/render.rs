@@ -825,17 +825,12 @@ fn forward_blocks(b: &mut Vec<Block>, r: &BenchReport) {
     };
     b.push(Block::Heading(2, "Forward in time, per origin".into()));
     b.push(Block::Para(format!(
-        "{} origin(s){} cut the latest {:.0}% of graded incidents (by first evidence) into \
-         consecutive windows. Train: incidents that ended before the origin (a verdict exists \
-         from the end of its incident). Test: incidents that began in the window; an incident \
-         that began before the origin and ended after it is on neither side. History: the \
-         test incident's tenant has at least one training incident at that origin.",
-        f.origins.len(),
-        if f.origins.len() < f.origins_built {
-            format!(" (the last of {} built)", f.origins_built)
-        } else {
-            String::new()
-        },
+        "{} cut the latest {:.0}% of graded incidents (by first evidence) into consecutive \
+         windows. Train: incidents that ended before the origin (a verdict exists from the end \
+         of its incident). Test: incidents that began in the window; an incident that began \
+         before the origin and ended after it is on neither side. History: the test \
+         incident's tenant has at least one training incident at that origin.",
+        f.origins_text(),
         100.0 * f.test_share
     )));
     let rows = f

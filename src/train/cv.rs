@@ -454,6 +454,18 @@ impl ForwardModelCv {
     }
 }
 
+impl ForwardSplitCv {
+    /// `N origin(s)`, and `(the last of M built)` when `--folds-to-run` cut them.
+    pub fn origins_text(&self) -> String {
+        let n = self.origins.len();
+        if n < self.origins_built {
+            format!("{n} origin(s) (the last of {} built)", self.origins_built)
+        } else {
+            format!("{n} origin(s)")
+        }
+    }
+}
+
 /// One model's figures on one forward origin's window.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OriginFigures {
@@ -1112,14 +1124,9 @@ impl CvReport {
         );
         if let Some(f) = forward {
             s.push_str(&format!(
-                "forward: {} origin(s){} over the latest {:.0}% of incidents: train = ended \
-                 before the origin, test = began in the window up to the next origin\n",
-                f.origins.len(),
-                if f.origins.len() < f.origins_built {
-                    format!(" (the last of {} built)", f.origins_built)
-                } else {
-                    String::new()
-                },
+                "forward: {} over the latest {:.0}% of incidents: train = ended before the \
+                 origin, test = began in the window up to the next origin\n",
+                f.origins_text(),
                 100.0 * f.test_share
             ));
         }

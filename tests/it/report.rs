@@ -216,6 +216,8 @@ fn report_writes_every_file_self_contained_and_deterministic() {
         "| tenant-disjoint | lookup-baseline |",
         "| forward | gbdt |",
         "## Forward in time, per origin",
+        // --folds-to-run 1: the last of the 3 origins built
+        "1 origin(s) (the last of 3 built) cut the latest 50% of graded incidents",
         "| gbdt | mean of 1 origins |",
         "incident-disjoint, tenant-disjoint: random folds: a training incident may be later \
          than the incident scored",
