@@ -218,15 +218,20 @@ pub enum Command {
         #[command(flatten)]
         signals: SignalsArgs,
     },
-    /// Grouped cross-validation (incident-disjoint and tenant-disjoint) of every model.
+    /// Cross-validation of every model: forward in time, then grouped random folds
+    /// (incident-disjoint and tenant-disjoint).
     ///
     /// Prints a table and writes JSON (default eval.json). Macro-F1 is reported over evidence
-    /// rows (GUIDE's metric) and over incidents.
+    /// rows (GUIDE's metric) and over incidents; the forward split also per origin, as the
+    /// mean over origins, and for tenants with and without history.
     Eval {
         /// Graded GUIDE CSV or native JSONL.
         #[arg(long)]
         input: PathBuf,
-        /// Outer folds.
+        /// splits and the forward split's origins
+        #[command(flatten)]
+        split: SplitArgs,
+        /// Outer folds of the random-fold splits.
         #[arg(long, default_value_t = 5)]
         folds: usize,
         /// Fold seed.
@@ -276,10 +281,14 @@ pub enum Command {
         /// Output folder.
         #[arg(long)]
         out: PathBuf,
-        /// Outer folds.
+        /// splits and the forward split's origins
+        #[command(flatten)]
+        split: SplitArgs,
+        /// Outer folds of the random-fold splits.
         #[arg(long, default_value_t = 5)]
         folds: usize,
-        /// Evaluate only the first N folds (1: a quick grouped holdout); default all.
+        /// Evaluate only N folds per split: the first N random folds (1: a quick grouped
+        /// holdout) and the last N forward origins (the most recent); default all.
         #[arg(long, value_name = "N")]
         folds_to_run: Option<usize>,
         /// Fold seed.
@@ -771,6 +780,47 @@ fn parse_rows(s: &str) -> Result<u64, String> {
     s.parse().map_err(|_| bad())
 }
 
+fn parse_split(s: &str) -> Result<SplitKind, String> {
+    SplitKind::from_name(s)
+        .ok_or_else(|| format!("unknown split {s:?}; expected one of forward, incident, tenant"))
+}
+
+/// The splits of `eval` and `report`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SplitArgs {
+    /// Splits to evaluate, in this order: `forward` (train on incidents that ended before
+    /// each origin, test the next window: what a deployment sees), `incident`
+    /// (incident-disjoint random folds), `tenant` (tenant-disjoint random folds). Repeat the
+    /// flag or give a comma list; default `forward,incident,tenant`.
+    #[arg(long = "split", value_delimiter = ',', value_parser = parse_split, value_name = "SPLIT")]
+    splits: Vec<SplitKind>,
+    /// Origins of the forward split (UTC day boundaries at the time quantiles of the latest
+    /// --forward-test-share of graded incidents).
+    #[arg(long, default_value_t = 3)]
+    forward_origins: usize,
+    /// Share of the graded incidents, the latest by first evidence, that the forward split's
+    /// test windows hold (in (0, 1)).
+    #[arg(long, default_value_t = 0.5)]
+    forward_test_share: f64,
+}
+
+impl SplitArgs {
+    /// The split kinds of `--split` in the order given, without repeats; all kinds (forward
+    /// first) when none was given.
+    fn chosen(&self) -> Vec<SplitKind> {
+        if self.splits.is_empty() {
+            return SplitKind::ALL.to_vec();
+        }
+        let mut out: Vec<SplitKind> = Vec::new();
+        for &k in &self.splits {
+            if !out.contains(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+}
+
 fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
     Algorithm::from_name(s).ok_or_else(|| {
         let names: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
@@ -993,6 +1043,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
         }
         Command::Eval {
             input,
+            split,
             folds,
             seed,
             algorithm,
@@ -1007,6 +1058,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             let mut params = CvParams {
                 folds,
                 seed,
+                splits: split.chosen(),
+                forward_origins: split.forward_origins,
+                forward_test_share: split.forward_test_share,
                 ..CvParams::default()
             };
             params.train.features.signals.epsilon = signals_epsilon.0;
@@ -1035,6 +1089,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
         Command::Report {
             input,
             out,
+            split,
             folds,
             folds_to_run,
             seed,
@@ -1088,6 +1143,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 folds,
                 folds_to_run,
                 seed,
+                splits: split.chosen(),
+                forward_origins: split.forward_origins,
+                forward_test_share: split.forward_test_share,
                 ..CvParams::default()
             };
             if !algorithms.is_empty() {
@@ -1104,7 +1162,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     ..Default::default()
                 }))
                 .command(&command.join(" "));
-            let steps = params.cv.algorithms.len() * params.cv.folds_run() * params.cv.splits.len();
+            let steps = params.cv.algorithms.len() * params.cv.fold_runs();
             let pb = ProgressBar::new(steps as u64);
             pb.set_style(
                 ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed_precise} {msg}")
@@ -1651,21 +1709,16 @@ fn eval_with_progress(
     repeats: usize,
     kn: &Knowledge,
 ) -> Result<crate::train::cv::CvReport, PipelineError> {
-    let folds = params
-        .folds_to_run
-        .unwrap_or(params.folds)
-        .min(params.folds);
-    let per_split = params.algorithms.len() * folds;
+    let per_run = params.algorithms.len() * params.fold_runs();
     let runs = repeats.max(1)
         + if ablation {
             crate::features::Family::ALL.len()
         } else {
             0
         };
-    with_progress_bar(
-        (runs * per_split * params.splits.len()) as u64,
-        |progress| pipeline::eval_file(input, params, online, ablation, repeats, kn, progress),
-    )
+    with_progress_bar((runs * per_run) as u64, |progress| {
+        pipeline::eval_file(input, params, online, ablation, repeats, kn, progress)
+    })
 }
 
 /// Runs `job` with a progress bar of `len` steps on stderr; each progress message is a step.

@@ -3,12 +3,14 @@
     benches/peers/run guide.py --input GUIDE.csv --folds FOLDS.csv --out PRED.csv \
         [--json META.json] [--models lightgbm,xgboost] [--threads N]
 
-FOLDS.csv (written by threatrank): header ``split,fold,OrgId,IncidentId``; ``split`` is
-``incident-disjoint`` or ``tenant-disjoint``; ``fold`` is the 0-based fold in which the incident
-is held out. For each split and fold f the peers train on the rows of every graded incident not
-held out in fold f (rows with an empty IncidentGrade are dropped), as threatrank's cv does, and
-predict every row of the incidents with fold == f. With ``--folds-to-run`` < folds, threatrank
-lists only the evaluated folds: incidents of the other folds are training data for every fold.
+FOLDS.csv (written by threatrank): header ``split,fold,role,OrgId,IncidentId``; ``split`` is
+``forward``, ``incident-disjoint`` or ``tenant-disjoint``; ``fold`` is the 0-based fold; ``role``
+is ``train`` or ``test``. For each split and fold f the peers train on the rows of exactly the
+incidents listed ``train`` for (split, f) (rows with an empty IncidentGrade are dropped), fit the
+categorical encoders on those rows only, and predict every row of the incidents listed ``test``.
+The lists are explicit: a forward fold trains only on incidents that ended before its origin and
+leaves out those that straddle it, so "every incident not tested" would be wrong. An incident is
+``test`` in at most one fold of a split.
 
 PRED.csv: header ``split,model,OrgId,IncidentId,p_tp,p_bp,p_fp``, one line per (split, model,
 held-out incident): the mean of the incident's row probabilities, renormalised, 6 decimals;
@@ -34,16 +36,22 @@ import pandas as pd
 import guide_common as gc
 
 PROG = "guide.py"
-SPLITS = ("incident-disjoint", "tenant-disjoint")
 MODELS = ("lightgbm", "xgboost")
-FOLDS_HEADER = ["split", "fold", "OrgId", "IncidentId"]
+SPLITS = ("forward", "incident-disjoint", "tenant-disjoint")
+ROLES = ("train", "test")
+FOLDS_HEADER = ["split", "fold", "role", "OrgId", "IncidentId"]
 
 
 def read_folds(path: str) -> pd.DataFrame:
-    """FOLDS.csv -> DataFrame(split, fold, OrgId, IncidentId, line), every line checked."""
+    """FOLDS.csv -> DataFrame(split, fold, role, OrgId, IncidentId, line), every line checked:
+    known split and role, non-negative integers, an incident at most once per (split, fold) and
+    tested in at most one fold of a split, a tenant-disjoint tenant tested in one fold only and
+    never on both sides of a fold."""
     rows = []
     seen = {}
+    tested = {}
     tenant_fold = {}
+    tenant_side = {}
     try:
         f = open(path, newline="", encoding="utf-8")
     except OSError as e:
@@ -59,12 +67,15 @@ def read_folds(path: str) -> pd.DataFrame:
                 line = reader.line_num
                 if not rec:
                     continue
-                if len(rec) != 4:
-                    raise gc.InputError(f"{gc.where(path, line)}: expected 4 fields, found {len(rec)}")
-                split, fold_s, org_s, inc_s = rec
+                if len(rec) != 5:
+                    raise gc.InputError(f"{gc.where(path, line)}: expected 5 fields, found {len(rec)}")
+                split, fold_s, role, org_s, inc_s = rec
                 if split not in SPLITS:
                     raise gc.InputError(f"{gc.where(path, line, 'split')}: {split!r} is not one of "
                                         f"{', '.join(SPLITS)}")
+                if role not in ROLES:
+                    raise gc.InputError(f"{gc.where(path, line, 'role')}: {role!r} is not one of "
+                                        f"{', '.join(ROLES)}")
                 vals = []
                 for name, text in (("fold", fold_s), ("OrgId", org_s), ("IncidentId", inc_s)):
                     try:
@@ -76,25 +87,39 @@ def read_folds(path: str) -> pd.DataFrame:
                                             f"non-negative integer")
                     vals.append(v)
                 fold, org, inc = vals
-                key = (split, org, inc)
+                key = (split, fold, org, inc)
                 if key in seen:
                     raise gc.InputError(f"{gc.where(path, line)}: incident OrgId={org} IncidentId={inc} "
-                                        f"appears twice in split {split} (first on line {seen[key]})")
+                                        f"appears twice in split {split} fold {fold} (first on line "
+                                        f"{seen[key]})")
                 seen[key] = line
-                if split == "tenant-disjoint":
-                    prev = tenant_fold.setdefault(org, (fold, line))
+                if role == "test":
+                    prev = tested.setdefault((split, org, inc), (fold, line))
                     if prev[0] != fold:
                         raise gc.InputError(
-                            f"{gc.where(path, line, 'fold')}: tenant-disjoint split puts OrgId={org} in "
-                            f"fold {fold} but line {prev[1]} put it in fold {prev[0]}")
-                rows.append((split, fold, org, inc, line))
+                            f"{gc.where(path, line, 'fold')}: incident OrgId={org} IncidentId={inc} "
+                            f"is tested in fold {fold} of split {split} and in fold {prev[0]} "
+                            f"(line {prev[1]})")
+                if split == "tenant-disjoint":
+                    if role == "test":
+                        prev = tenant_fold.setdefault(org, (fold, line))
+                        if prev[0] != fold:
+                            raise gc.InputError(
+                                f"{gc.where(path, line, 'fold')}: tenant-disjoint split puts OrgId={org} in "
+                                f"fold {fold} but line {prev[1]} put it in fold {prev[0]}")
+                    prev = tenant_side.setdefault((fold, org), (role, line))
+                    if prev[0] != role:
+                        raise gc.InputError(
+                            f"{gc.where(path, line, 'role')}: tenant-disjoint fold {fold} puts OrgId={org} "
+                            f"on the {role} side but line {prev[1]} put it on the {prev[0]} side")
+                rows.append((split, fold, role, org, inc, line))
         except csv.Error as e:
             raise gc.InputError(f"{gc.where(path, reader.line_num)}: {e}")
         except UnicodeDecodeError as e:
             raise gc.InputError(f"{path}: not UTF-8: {e}")
     if not rows:
         raise gc.InputError(f"{path}: no incidents (only a header)")
-    return pd.DataFrame(rows, columns=["split", "fold", "OrgId", "IncidentId", "line"])
+    return pd.DataFrame(rows, columns=["split", "fold", "role", "OrgId", "IncidentId", "line"])
 
 
 def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -143,7 +168,7 @@ def sha256(path: str) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", required=True, help="GUIDE CSV (46 or 45 columns, header line)")
-    ap.add_argument("--folds", required=True, help="split,fold,OrgId,IncidentId (from threatrank)")
+    ap.add_argument("--folds", required=True, help="split,fold,role,OrgId,IncidentId (from threatrank)")
     ap.add_argument("--out", required=True, help="PRED.csv to write")
     ap.add_argument("--json", help="write versions, params, timings, machine to this path")
     ap.add_argument("--models", default="lightgbm,xgboost")
@@ -180,20 +205,28 @@ def main(argv=None) -> int:
     inc_label = (pd.DataFrame({"OrgId": df["OrgId"], "IncidentId": df["IncidentId"], "y": y_all})
                  .query("y >= 0").groupby(gc.KEY, sort=True)["y"].first())
 
+    row_key = pd.MultiIndex.from_frame(df[gc.KEY])
+
+    def rows_of(lines: pd.DataFrame) -> np.ndarray:
+        """Mask of the input rows of the incidents listed in ``lines``."""
+        return np.asarray(row_key.isin(pd.MultiIndex.from_frame(lines[gc.KEY])))
+
     outputs, runs = [], []
     for split in SPLITS:
         sf = folds[folds["split"] == split]
         if sf.empty:
             continue
-        fold_of_row = df[gc.KEY].merge(sf[gc.KEY + ["fold"]], on=gc.KEY, how="left")["fold"].to_numpy()
         for model in models:
             rec = {"split": split, "model": model, "folds": [], "train_s": 0.0, "predict_s": 0.0}
             preds = []
             t_model = time.perf_counter()
             for fold in sorted(sf["fold"].unique()):
-                # NaN (an incident of a fold not evaluated) != fold: such incidents train
-                tr = (fold_of_row != fold) & (y_all >= 0)
-                te = fold_of_row == fold
+                ff = sf[sf["fold"] == fold]
+                # exactly the listed training incidents (graded rows only), never "the rest"
+                tr = rows_of(ff[ff["role"] == "train"]) & (y_all >= 0)
+                te = rows_of(ff[ff["role"] == "test"])
+                if not te.any():
+                    continue
                 if not tr.any():
                     gc.fail(PROG, gc.InputError(f"{args.folds}: split {split} fold {fold} leaves no "
                                                 f"labelled training rows"))

@@ -2,7 +2,8 @@
 
     benches/peers/run test_guide.py
 
-Folds-file and input errors (exit 2, file/line/column named), the encoder's three cases, the
+Folds-file and input errors (exit 2, file/line/column named), training on exactly the listed
+incidents of a fold, the encoder's three cases, the
 per-incident mean, and both scripts end to end on the first 1,500 rows of the GUIDE sample, twice,
 byte for byte.
 """
@@ -10,6 +11,7 @@ byte for byte.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import random
 import subprocess
@@ -55,22 +57,30 @@ class Folds(unittest.TestCase):
         self.assertIn("folds.csv", str(cm.exception))
 
     def test_errors_name_line_and_column(self):
-        h = "split,fold,OrgId,IncidentId\n"
-        self.bad("split,fold,Org,IncidentId\n", "line 1")
+        h = "split,fold,role,OrgId,IncidentId\n"
+        self.bad("split,fold,OrgId,IncidentId\n", "line 1")
         self.bad(h, "no incidents")
-        self.bad(h + "incident-disjoint,0,1,2\nincident-disjoint,-1,1,3\n", "line 3, column fold")
-        self.bad(h + "random,0,1,2\n", "line 2, column split")
-        self.bad(h + "incident-disjoint,0,1,x\n", "line 2, column IncidentId")
-        self.bad(h + "incident-disjoint,0,1,2\nincident-disjoint,1,1,2\n", "first on line 2")
-        self.bad(h + "tenant-disjoint,0,1,2\ntenant-disjoint,1,1,3\n", "line 3, column fold")
-        self.bad(h + "incident-disjoint,0,1\n", "expected 4 fields")
+        self.bad(h + "incident-disjoint,0,test,1,2\nincident-disjoint,-1,test,1,3\n", "line 3, column fold")
+        self.bad(h + "random,0,test,1,2\n", "line 2, column split")
+        self.bad(h + "forward,0,held,1,2\n", "line 2, column role")
+        self.bad(h + "incident-disjoint,0,test,1,x\n", "line 2, column IncidentId")
+        # once per (split, fold): not train and test of one fold, not tested in two folds
+        self.bad(h + "forward,0,train,1,2\nforward,0,test,1,2\n", "first on line 2")
+        self.bad(h + "incident-disjoint,0,test,1,2\nincident-disjoint,1,test,1,2\n",
+                 "line 3, column fold")
+        self.bad(h + "tenant-disjoint,0,test,1,2\ntenant-disjoint,1,test,1,3\n", "line 3, column fold")
+        self.bad(h + "tenant-disjoint,0,test,1,2\ntenant-disjoint,0,train,1,3\n", "line 3, column role")
+        self.bad(h + "incident-disjoint,0,test,1\n", "expected 5 fields")
 
     def test_good_file(self):
+        # an incident trains in a later forward fold after being tested in an earlier one
         path = write(os.path.join(self.dir.name, "f.csv"),
-                     "split,fold,OrgId,IncidentId\nincident-disjoint,1,7,8\ntenant-disjoint,0,7,8\n")
+                     "split,fold,role,OrgId,IncidentId\nforward,0,test,7,8\nforward,1,train,7,8\n"
+                     "tenant-disjoint,0,test,7,8\n")
         df = guide.read_folds(path)
-        self.assertEqual(df[["split", "fold", "OrgId", "IncidentId"]].values.tolist(),
-                         [["incident-disjoint", 1, 7, 8], ["tenant-disjoint", 0, 7, 8]])
+        self.assertEqual(df[["split", "fold", "role", "OrgId", "IncidentId"]].values.tolist(),
+                         [["forward", 0, "test", 7, 8], ["forward", 1, "train", 7, 8],
+                          ["tenant-disjoint", 0, "test", 7, 8]])
 
 
 class Recipe(unittest.TestCase):
@@ -115,10 +125,12 @@ class EndToEnd(unittest.TestCase):
         cls.folds = os.path.join(d, "folds.csv")
         with open(cls.folds, "w", newline="") as f:
             w = csv.writer(f, lineterminator="\n")
-            w.writerow(["split", "fold", "OrgId", "IncidentId"])
-            for k in keys:
-                w.writerow(["incident-disjoint", fold[k], *k])
+            w.writerow(["split", "fold", "role", "OrgId", "IncidentId"])
+            for g in range(3):
+                for k in keys:
+                    w.writerow(["incident-disjoint", g, "test" if fold[k] == g else "train", *k])
         cls.n_incidents = len(keys)
+        cls.keys = keys
 
     @classmethod
     def tearDownClass(cls):
@@ -141,6 +153,45 @@ class EndToEnd(unittest.TestCase):
                                     .reset_index(drop=True)))
         s = pred[["p_tp", "p_bp", "p_fp"]].sum(axis=1)
         self.assertLess(float((s - 1).abs().max()), 2e-6)
+
+    def test_trains_on_exactly_the_listed_incidents(self):
+        # Fold 0 trains on 40 incidents only and tests 20 others; the rest are on neither side.
+        # A second file lists other training incidents for the same test set: the predictions
+        # must change (a peer that trained on "everything not tested" would give equal ones),
+        # and a file listing the same training incidents in another order must not.
+        rng = random.Random(11)
+        keys = self.keys[:]
+        rng.shuffle(keys)
+        test, train_a, train_b = keys[:20], keys[20:60], keys[60:100]
+
+        def folds_file(name, train):
+            path = os.path.join(self.dir.name, name)
+            with open(path, "w", newline="") as f:
+                w = csv.writer(f, lineterminator="\n")
+                w.writerow(["split", "fold", "role", "OrgId", "IncidentId"])
+                for k in train:
+                    w.writerow(["forward", 0, "train", *k])
+                for k in test:
+                    w.writerow(["forward", 0, "test", *k])
+            return path
+
+        preds = []
+        for name, train in (("a.csv", train_a), ("b.csv", train_b), ("a2.csv", train_a[::-1])):
+            out = os.path.join(self.dir.name, "pred-" + name)
+            r = run("guide.py", "--input", self.small, "--folds", folds_file(name, train),
+                    "--out", out, "--models", "lightgbm", "--json", os.path.join(self.dir.name, "m.json"))
+            self.assertEqual(r.returncode, 0, r.stderr)
+            preds.append(pd.read_csv(out))
+            with open(os.path.join(self.dir.name, "m.json")) as f:
+                fold = json.load(f)["runs"][0]["folds"][0]
+            df = pd.read_csv(self.small)
+            lab = df[df.IncidentGrade.notna()]
+            want_rows = int(pd.MultiIndex.from_frame(lab[["OrgId", "IncidentId"]])
+                            .isin(pd.MultiIndex.from_tuples(train)).sum())
+            self.assertEqual(fold["train_rows"], want_rows)
+        self.assertEqual(len(preds[0]), 20)
+        self.assertTrue(preds[0].equals(preds[2]))
+        self.assertFalse(preds[0][["p_tp", "p_bp", "p_fp"]].equals(preds[1][["p_tp", "p_bp", "p_fp"]]))
 
     def test_pipeline_keeps_input_order(self):
         outs = []
@@ -170,7 +221,7 @@ class EndToEnd(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("DetectorId", r.stderr)
         foreign = write(os.path.join(self.dir.name, "foreign.csv"),
-                        "split,fold,OrgId,IncidentId\nincident-disjoint,0,999999,1\n")
+                        "split,fold,role,OrgId,IncidentId\nincident-disjoint,0,test,999999,1\n")
         r = run("guide.py", "--input", self.small, "--folds", foreign, "--out", os.devnull)
         self.assertEqual(r.returncode, 2)
         self.assertIn("foreign.csv: line 2: incident OrgId=999999", r.stderr)

@@ -141,7 +141,8 @@ impl ReportParams {
     }
 
     /// Checks folds (≥ 2; folds to run in `1..=folds`), that something is evaluated, split
-    /// kinds without repeats, and the training recipe.
+    /// kinds without repeats, the forward split's origins and test share, and the training
+    /// recipe.
     pub fn check(&self) -> Result<ReportValidParams, BenchError> {
         let c = &self.cv;
         if c.folds < 2 {
@@ -188,6 +189,7 @@ impl ReportParams {
             }
             seen.push(*s);
         }
+        c.check_forward()?;
         c.train.check()?;
         if let Some(p) = &self.peers {
             if p.script.is_empty() {
@@ -381,6 +383,10 @@ pub struct ModelFigures {
     pub tenant_ndcg_at_10: Vec<TenantNdcg>,
     /// per feature family, schema order (trained models only; empty otherwise)
     pub family_importance: Vec<FamilyImportance>,
+    /// forward split only: per-origin figures, their mean, tenants with history and new
+    /// tenants (the same [`CvPlan::forward_figures`] for every kind)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<cv::ForwardModelCv>,
 }
 
 /// Confusion matrix of one model (rows = true grade TP/BP/FP, columns = predicted).
@@ -598,7 +604,7 @@ pub fn run(
     };
     let t = Instant::now();
     progress(Progress::Stage("figures"));
-    let splits = figures(&report, &peer_models)?;
+    let splits = figures(&report, &peer_models, &plan)?;
     timings.push(StageTime {
         stage: "figures".into(),
         seconds: seconds(t),
@@ -777,10 +783,12 @@ fn remove_stale_plots(dir: &Path) -> Result<(), BenchError> {
 }
 
 /// Figures of every split: our models and the baseline from `report` (which must have been
-/// run with `keep_predictions`), then the peers of that split by name.
+/// run with `keep_predictions`), then the peers of that split by name; `plan` is the plan
+/// `report` evaluated (the forward split's per-origin figures of the peers come from it).
 pub fn figures(
     report: &CvReport,
     peers: &[(SplitKind, String, HeldOut)],
+    plan: &CvPlan,
 ) -> Result<Vec<SplitFigures>, BenchError> {
     let mut out = Vec::new();
     for sp in &report.splits {
@@ -799,13 +807,19 @@ pub fn figures(
             } else {
                 ModelKind::Trained
             };
-            models.push(model_figures(&m.model, kind, m.metrics.clone(), h)?);
+            let mut f = model_figures(&m.model, kind, m.metrics.clone(), h)?;
+            f.forward = m.forward.clone();
+            models.push(f);
         }
         let mut own: Vec<&(SplitKind, String, HeldOut)> =
             peers.iter().filter(|(k, _, _)| *k == sp.split).collect();
         own.sort_by(|a, b| a.1.cmp(&b.1));
         for (_, name, h) in own {
-            models.push(model_figures(name, ModelKind::Peer, h.metrics()?, h)?);
+            let mut f = model_figures(name, ModelKind::Peer, h.metrics()?, h)?;
+            if sp.split == SplitKind::Forward {
+                f.forward = plan.forward_figures(h)?;
+            }
+            models.push(f);
         }
         let best = report.best(sp.split).map(|m| m.model.clone());
         let confusion = best
@@ -892,6 +906,7 @@ pub fn model_figures(
                 mean_abs_contribution: *v,
             })
             .collect(),
+        forward: None,
     })
 }
 
@@ -984,6 +999,16 @@ mod tests {
             baseline: false,
             ..CvParams::default()
         }));
+        assert!(bad(CvParams {
+            forward_origins: 0,
+            ..CvParams::default()
+        }));
+        for share in [0.0, 1.0, f64::NAN] {
+            assert!(bad(CvParams {
+                forward_test_share: share,
+                ..CvParams::default()
+            }));
+        }
         let ok = ReportParams::default().check().unwrap();
         assert!(
             ok.cv.keep_predictions,

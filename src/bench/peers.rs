@@ -3,13 +3,17 @@
 //! The contract with `benches/peers/guide.py` (Python, run through `benches/peers/run`, which
 //! creates its pinned virtual environment):
 //!
-//! 1. threatrank writes `DIR/peers/folds.csv`, header `split,fold,OrgId,IncidentId`: one line
-//!    per labelled incident held out by an evaluated fold, `split` = `incident-disjoint` or
-//!    `tenant-disjoint` ([`SplitKind::name`]), `fold` = its 0-based test fold. For fold `f` of a
-//!    split, a peer trains on every graded incident of the input *not* listed for `(split, f)`
-//!    (with `--folds-to-run` below the fold count, incidents of folds not run are training
-//!    data only) and predicts the listed ones. The folds are [`CvPlan`]'s, the same
-//!    assignment `train::cv::run` evaluates.
+//! 1. threatrank writes `DIR/peers/folds.csv`, header `split,fold,role,OrgId,IncidentId`: for
+//!    every evaluated fold of every split, one line per labelled incident on a side of it,
+//!    `split` = `forward`, `incident-disjoint` or `tenant-disjoint` ([`SplitKind::name`]),
+//!    `fold` = the 0-based fold (in plan order: for the forward split, origins in time order),
+//!    `role` = `train` or `test`. For fold `f` of a split, a peer trains on exactly the
+//!    incidents listed `train` for `(split, f)` (and fits every encoding or count on them
+//!    only) and predicts the ones listed `test`. The lists are explicit because the sides do
+//!    not cover the input: a forward fold leaves out incidents that began before its origin
+//!    but ended after it, and those that began after its window. Every incident is `test` in at
+//!    most one fold of a split, so the held-out incidents of a split are the pooled `test`
+//!    lines. The folds are [`CvPlan`]'s, the same assignment `train::cv::run` evaluates.
 //! 2. threatrank runs `DIR_PEERS/run SCRIPT --input FILE --folds DIR/peers/folds.csv --out
 //!    DIR/peers/pred.csv --json DIR/peers/meta.json`, the child's stdout and stderr going to
 //!    `DIR/peers/log.txt`.
@@ -38,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 /// Header of `folds.csv`.
-pub const FOLDS_HEADER: [&str; 4] = ["split", "fold", "OrgId", "IncidentId"];
+pub const FOLDS_HEADER: [&str; 5] = ["split", "fold", "role", "OrgId", "IncidentId"];
 /// Header of `pred.csv`.
 pub const PRED_HEADER: [&str; 7] = [
     "split",
@@ -207,22 +211,27 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> PeersError {
     }
 }
 
-/// Writes `folds.csv` from the plan; returns the lines written (header excluded).
+/// Writes `folds.csv` from the plan (split, fold, then the `train` lines and the `test`
+/// lines, each in labelled-incident order); returns the lines written (header excluded).
 pub fn write_folds(path: &Path, plan: &CvPlan) -> Result<usize, PeersError> {
     let mut text = FOLDS_HEADER.join(",");
     text.push('\n');
     let mut n = 0;
-    for (s, (kind, _)) in plan.splits.iter().enumerate() {
-        for (j, fold) in plan.held(s) {
-            let k = plan.keys[j];
-            let _ = writeln!(
-                text,
-                "{},{fold},{},{}",
-                kind.name(),
-                k.tenant.0,
-                k.incident.0
-            );
-            n += 1;
+    for (kind, folds) in &plan.splits {
+        for (f, fold) in folds.iter().enumerate() {
+            for (role, side) in [("train", &fold.train), ("test", &fold.test)] {
+                for &j in side {
+                    let k = plan.keys[j];
+                    let _ = writeln!(
+                        text,
+                        "{},{f},{role},{},{}",
+                        kind.name(),
+                        k.tenant.0,
+                        k.incident.0
+                    );
+                    n += 1;
+                }
+            }
         }
     }
     std::fs::write(path, text).map_err(|e| io_err(path, e))?;

@@ -12,7 +12,7 @@
 //! * [`metrics`]: confusion matrix, per-class and macro precision/recall/F1, average precision,
 //!   PR curve, per-queue precision/recall/NDCG at k (and NDCG per queue), workload at recall,
 //!   log loss.
-//! * [`split`]: seeded grouped k-fold and grouped holdout.
+//! * [`split`]: seeded grouped k-fold and grouped holdout; forward-chaining folds in time.
 
 pub mod metrics;
 pub mod split;
@@ -22,7 +22,7 @@ pub use metrics::{
     pr_curve, precision_at_k, recall_at_k, workload_at_recall, ClassMetrics, ConfusionMatrix,
     MulticlassReport, QueueMetric, N_CLASSES,
 };
-pub use split::{grouped_holdout, grouped_kfold, Fold};
+pub use split::{forward_folds, grouped_holdout, grouped_kfold, Fold, ForwardFolds, DAY_SECONDS};
 
 /// Errors raised by evaluation functions on bad input.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -86,6 +86,30 @@ pub enum EvalError {
         groups: usize,
         /// distinct groups needed
         needed: usize,
+    },
+    /// Forward folds need at least one origin.
+    #[error("need at least 1 forward origin, got {origins}")]
+    TooFewOrigins {
+        /// origins requested
+        origins: usize,
+    },
+    /// A row ends before it starts.
+    #[error("row {index} ends before it starts (first seen {first_seen}, last seen {last_seen})")]
+    InvalidInterval {
+        /// row index
+        index: usize,
+        /// its start, Unix seconds
+        first_seen: i64,
+        /// its end, Unix seconds
+        last_seen: i64,
+    },
+    /// The data cannot give the forward origins asked for.
+    #[error("cannot place {needed} day-aligned forward origins: {reason}")]
+    ForwardOrigins {
+        /// origins requested
+        needed: usize,
+        /// what is missing
+        reason: String,
     },
     /// A holdout fraction outside the open interval (0, 1) (or NaN).
     #[error("test fraction must be in (0, 1), got {fraction}")]

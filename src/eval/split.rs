@@ -1,9 +1,16 @@
-//! Leak-free (grouped) train/test splits.
+//! Leak-free train/test splits: grouped random folds and forward-chaining folds in time.
 //!
-//! Rows sharing a group id (an incident, or a tenant) always fall on the same side of a split,
-//! so a model is never tested on evidence of an incident it has seen in training. Splits are
-//! seeded and deterministic: the same groups and seed always give the same folds, on every
-//! platform (the RNG is a self-contained splitmix64, no `rand` crate).
+//! Grouped splits ([`grouped_kfold`], [`grouped_holdout`]): rows sharing a group id (an
+//! incident, or a tenant) always fall on the same side of a split, so a model is never tested
+//! on evidence of an incident it has seen in training. They are seeded and deterministic: the
+//! same groups and seed always give the same folds, on every platform (the RNG is a
+//! self-contained splitmix64, no `rand` crate). They are random in time: a training incident
+//! may be later than the incident scored.
+//!
+//! Forward chaining ([`forward_folds`]): the folds a deployment lives through. Each fold has
+//! an origin (a UTC day boundary); it trains on the incidents that *ended* before the origin
+//! (their verdicts existed then) and tests the incidents that *began* in the window from that
+//! origin to the next one. Deterministic, no seed.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -13,8 +20,11 @@ use serde::{Deserialize, Serialize};
 use super::EvalError;
 use crate::rng::SplitMix64;
 
-/// A train/test partition of row indices; both lists are sorted ascending and disjoint, and
-/// together they cover every row.
+/// A train/test split of row indices; both lists are sorted ascending and disjoint.
+///
+/// Folds of [`grouped_kfold`] and [`grouped_holdout`] also cover every row (train ∪ test =
+/// all rows). Folds of [`forward_folds`] do not: rows that began before the origin but ended
+/// after it, and rows that began after the fold's test window, are on neither side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fold {
     /// Training rows.
@@ -150,6 +160,150 @@ pub fn grouped_holdout(groups: &[u64], test_fraction: f64, seed: u64) -> Result<
     Ok(fold)
 }
 
+/// Seconds in a day; forward origins are multiples of it (UTC midnights of Unix time).
+pub const DAY_SECONDS: i64 = 86_400;
+
+/// Forward-chaining folds: the origins, the end of the last test window and one [`Fold`] per
+/// origin (in origin order).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardFolds {
+    /// origins `D_1 < … < D_k`, Unix seconds, each a UTC day boundary
+    pub origins: Vec<i64>,
+    /// end (exclusive) of the last test window: the day boundary after the latest start
+    pub end: i64,
+    /// fold `j`: train = rows with `last_seen < D_j`, test = rows with `first_seen` in
+    /// `[D_j, D_{j+1})` (`[D_k, end)` for the last)
+    pub folds: Vec<Fold>,
+}
+
+impl ForwardFolds {
+    /// The test window `[start, end)` of fold `j` (Unix seconds).
+    pub fn window(&self, j: usize) -> (i64, i64) {
+        let end = self.origins.get(j + 1).copied().unwrap_or(self.end);
+        (self.origins[j], end)
+    }
+}
+
+/// Forward-chaining folds over rows with a start and end time (Unix seconds), e.g. incidents
+/// with `first_seen` and `last_seen`; a row's label is taken to exist from its end.
+///
+/// Origins: the rows are sorted by start; the latest `test_share` of them (`ceil(share · n)`
+/// rows) is cut into `origins` equal consecutive shares, and origin `j` is the start of the
+/// first row of share `j` rounded to the nearest UTC day boundary. So the origins follow the
+/// data's own time quantiles whatever its span, and each test window holds about
+/// `test_share / origins` of the rows (less evenly when a day holds many rows).
+///
+/// Fold `j`: train = rows that ended strictly before `D_j` (`last_seen < D_j`), test = rows
+/// that started in `[D_j, D_{j+1})`, the last window `[D_k, end)`. A row that started before
+/// `D_j` and ended at or after it is on neither side of fold `j`. Windows are disjoint and in
+/// order, so every row is tested at most once over the folds.
+///
+/// Errors: empty input, lengths that differ, `last_seen < first_seen` ([`EvalError::InvalidInterval`]),
+/// `origins == 0`, `test_share` outside `(0, 1)`, and data that cannot give `origins` distinct
+/// day-aligned origins with a non-empty training side at the first origin and a non-empty
+/// test window at each ([`EvalError::ForwardOrigins`]).
+///
+/// ```
+/// use threatrank::eval::{forward_folds, DAY_SECONDS};
+/// // one incident a day for 10 days, each lasting an hour
+/// let first: Vec<i64> = (0..10).map(|d| d * DAY_SECONDS + 3600).collect();
+/// let last: Vec<i64> = first.iter().map(|t| t + 3600).collect();
+/// let f = forward_folds(&first, &last, 2, 0.4).unwrap();
+/// assert_eq!(f.origins, vec![6 * DAY_SECONDS, 8 * DAY_SECONDS]);
+/// assert_eq!(f.folds[0].train, vec![0, 1, 2, 3, 4, 5]);
+/// assert_eq!(f.folds[0].test, vec![6, 7]);
+/// assert_eq!(f.folds[1].train, vec![0, 1, 2, 3, 4, 5, 6, 7]);
+/// assert_eq!(f.folds[1].test, vec![8, 9]);
+/// ```
+pub fn forward_folds(
+    first_seen: &[i64],
+    last_seen: &[i64],
+    origins: usize,
+    test_share: f64,
+) -> Result<ForwardFolds, EvalError> {
+    if first_seen.is_empty() {
+        return Err(EvalError::Empty { what: "first_seen" });
+    }
+    if last_seen.len() != first_seen.len() {
+        return Err(EvalError::LengthMismatch {
+            what: "last_seen",
+            expected: first_seen.len(),
+            got: last_seen.len(),
+        });
+    }
+    if let Some(index) = (0..first_seen.len()).find(|&i| last_seen[i] < first_seen[i]) {
+        return Err(EvalError::InvalidInterval {
+            index,
+            first_seen: first_seen[index],
+            last_seen: last_seen[index],
+        });
+    }
+    if origins == 0 {
+        return Err(EvalError::TooFewOrigins { origins });
+    }
+    if !(test_share > 0.0 && test_share < 1.0) {
+        return Err(EvalError::InvalidFraction {
+            fraction: test_share,
+        });
+    }
+    let n = first_seen.len();
+    let mut starts = first_seen.to_vec();
+    starts.sort_unstable();
+    let m = ((test_share * n as f64).ceil() as usize).clamp(1, n);
+    let begin = n - m;
+    let round_day = |t: i64| (t + DAY_SECONDS / 2).div_euclid(DAY_SECONDS) * DAY_SECONDS;
+    // errors name days as Unix day numbers (`eval` knows no calendar)
+    let day = |t: i64| format!("Unix day {}", t.div_euclid(DAY_SECONDS));
+    let fail = |reason: String| EvalError::ForwardOrigins {
+        needed: origins,
+        reason,
+    };
+    let mut ds: Vec<i64> = Vec::with_capacity(origins);
+    for j in 0..origins {
+        let d = round_day(starts[begin + j * m / origins]);
+        if let Some(&prev) = ds.last() {
+            if d <= prev {
+                return Err(fail(format!(
+                    "origins {j} and {} both round to {}: the latest {m} of {n} rows                      (test share {test_share}) span too few days",
+                    j + 1,
+                    day(d)
+                )));
+            }
+        }
+        ds.push(d);
+    }
+    let end = starts[n - 1].div_euclid(DAY_SECONDS) * DAY_SECONDS + DAY_SECONDS;
+    let mut folds = Vec::with_capacity(origins);
+    for (j, &d) in ds.iter().enumerate() {
+        let next = ds.get(j + 1).copied().unwrap_or(end);
+        let train: Vec<usize> = (0..n).filter(|&i| last_seen[i] < d).collect();
+        let test: Vec<usize> = (0..n)
+            .filter(|&i| first_seen[i] >= d && first_seen[i] < next)
+            .collect();
+        if train.is_empty() {
+            return Err(fail(format!(
+                "no row ended before origin {} ({})",
+                j + 1,
+                day(d)
+            )));
+        }
+        if test.is_empty() {
+            return Err(fail(format!(
+                "no row started in the window of origin {} ({} to {})",
+                j + 1,
+                day(d),
+                day(next)
+            )));
+        }
+        folds.push(Fold { train, test });
+    }
+    Ok(ForwardFolds {
+        origins: ds,
+        end,
+        folds,
+    })
+}
+
 /// Distinct `(group, rows)` pairs: sorted by id, shuffled with `seed`, then stable-sorted by
 /// size descending.
 fn shuffled_groups(groups: &[u64], seed: u64) -> Vec<(u64, usize)> {
@@ -256,6 +410,105 @@ mod tests {
         assert_eq!((f.train.len(), f.test.len()), (1, 2));
     }
 
+    const H: i64 = 3600;
+    const DAY: i64 = DAY_SECONDS;
+
+    #[test]
+    fn forward_by_hand_train_ended_strictly_before_origin() {
+        // 12 incidents, two a day on days 0..6 (09:00 and 15:00), each lasting 2 hours, except:
+        // row 6 (day 3, 09:00) lasts to exactly midnight of day 4, row 7 (day 3, 15:00) to one
+        // second before it
+        let mut first: Vec<i64> = (0..12)
+            .map(|i| (i / 2) * DAY + [9, 15][i as usize % 2] * H)
+            .collect();
+        let mut last: Vec<i64> = first.iter().map(|t| t + 2 * H).collect();
+        last[6] = 4 * DAY;
+        last[7] = 4 * DAY - 1;
+        // row 12: begins day 3 09:00, ends day 5 noon; row 13: day 2 20:00 to day 3 01:00
+        first.extend([3 * DAY + 9 * H, 2 * DAY + 20 * H]);
+        last.extend([5 * DAY + 12 * H, 3 * DAY + H]);
+        // latest half of 14 rows: 7 rows from sorted position 7, 7/2 = 3 per window: the
+        // starts at positions 7 and 10 are day 3 09:00 and day 4 09:00, rounded to midnight
+        let f = forward_folds(&first, &last, 2, 0.5).unwrap();
+        assert_eq!(f.origins, vec![3 * DAY, 4 * DAY]);
+        assert_eq!(f.end, 6 * DAY);
+        assert_eq!(f.window(0), (3 * DAY, 4 * DAY));
+        assert_eq!(f.window(1), (4 * DAY, 6 * DAY));
+        // row 13 began before the first origin and ended after it: on neither side of fold 0
+        assert_eq!(f.folds[0].train, vec![0, 1, 2, 3, 4, 5]);
+        assert_eq!(f.folds[0].test, vec![6, 7, 12]);
+        // row 6 ended at the origin itself, not before it: not in training; row 7 ended one
+        // second before: trains; row 12 straddles the origin: neither side
+        assert_eq!(f.folds[1].train, vec![0, 1, 2, 3, 4, 5, 7, 13]);
+        assert_eq!(f.folds[1].test, vec![8, 9, 10, 11]);
+    }
+
+    #[test]
+    fn forward_origins_are_day_aligned_quantiles() {
+        // 100 rows, one every 6 hours from 03:00 of day 0: 4 a day over 25 days
+        let first: Vec<i64> = (0..100).map(|i| 3 * H + i * 6 * H).collect();
+        let f = forward_folds(&first, &first, 3, 0.3).unwrap();
+        // latest 30 rows start at position 70 (day 17 15:00): positions 70, 80, 90 → days
+        // 17 15:00, 20 03:00, 22 15:00, rounded to the nearest midnight
+        assert_eq!(f.origins, vec![18 * DAY, 20 * DAY, 23 * DAY]);
+        assert!(f.origins.iter().all(|d| d % DAY == 0));
+        let sizes: Vec<usize> = f.folds.iter().map(|x| x.test.len()).collect();
+        assert_eq!(sizes, vec![8, 12, 8]);
+    }
+
+    #[test]
+    fn forward_errors() {
+        assert_eq!(
+            forward_folds(&[], &[], 3, 0.5),
+            Err(EvalError::Empty { what: "first_seen" })
+        );
+        assert_eq!(
+            forward_folds(&[1, 2], &[1], 3, 0.5),
+            Err(EvalError::LengthMismatch {
+                what: "last_seen",
+                expected: 2,
+                got: 1
+            })
+        );
+        assert_eq!(
+            forward_folds(&[1, 5], &[1, 4], 3, 0.5),
+            Err(EvalError::InvalidInterval {
+                index: 1,
+                first_seen: 5,
+                last_seen: 4
+            })
+        );
+        let first: Vec<i64> = (0..40).map(|d| d * DAY + H).collect();
+        assert_eq!(
+            forward_folds(&first, &first, 0, 0.5),
+            Err(EvalError::TooFewOrigins { origins: 0 })
+        );
+        for share in [0.0, 1.0, -0.5, 1.5, f64::NAN] {
+            assert!(matches!(
+                forward_folds(&first, &first, 3, share),
+                Err(EvalError::InvalidFraction { .. })
+            ));
+        }
+        // every row on one day: three origins cannot be distinct days
+        let same: Vec<i64> = (0..40).map(|i| 10 * DAY + i * 60).collect();
+        assert!(matches!(
+            forward_folds(&same, &same, 3, 0.5),
+            Err(EvalError::ForwardOrigins { needed: 3, .. })
+        ));
+        // the latest 99% starts with the first row: nothing ended before the first origin
+        let two = [H, DAY + H];
+        assert!(matches!(
+            forward_folds(&two, &two, 1, 0.99),
+            Err(EvalError::ForwardOrigins { needed: 1, .. })
+        ));
+        // the last origin rounds up past the only row of its window (day 5 20:00 → day 6)
+        let late = [H, DAY + H, 2 * DAY + H, 5 * DAY + 20 * H];
+        assert!(matches!(
+            forward_folds(&late, &late, 1, 0.25),
+            Err(EvalError::ForwardOrigins { needed: 1, .. })
+        ));
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -303,6 +556,71 @@ mod tests {
 
             // determinism
             prop_assert_eq!(grouped_kfold(&groups, n_folds, seed).unwrap(), folds);
+        }
+
+        #[test]
+        fn forward_properties(
+            rows in proptest::collection::vec((0i64..30 * 86_400, 0i64..3 * 86_400), 1..80),
+            origins in 1usize..5,
+            share in 0.05f64..0.95,
+        ) {
+            let first: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let last: Vec<i64> = rows.iter().map(|r| r.0 + r.1).collect();
+            let f = match forward_folds(&first, &last, origins, share) {
+                Ok(f) => f,
+                Err(EvalError::ForwardOrigins { needed, .. }) => {
+                    prop_assert_eq!(needed, origins);
+                    return Ok(());
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("unexpected error {e}"))),
+            };
+            prop_assert_eq!(f.origins.len(), origins);
+            prop_assert_eq!(f.folds.len(), origins);
+            prop_assert!(f.origins.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(f.origins.iter().all(|d| d % DAY_SECONDS == 0));
+            prop_assert!(f.end % DAY_SECONDS == 0 && f.end > *f.origins.last().unwrap());
+            // each origin within half a day of its quantile's start
+            let mut sorted = first.clone();
+            sorted.sort_unstable();
+            let n = sorted.len();
+            let m = ((share * n as f64).ceil() as usize).clamp(1, n);
+            for (j, d) in f.origins.iter().enumerate() {
+                let q = sorted[n - m + j * m / origins];
+                prop_assert!((d - q).abs() <= DAY_SECONDS / 2, "origin {} vs quantile {}", d, q);
+            }
+            let mut tested = vec![0usize; n];
+            for (j, fold) in f.folds.iter().enumerate() {
+                let (lo, hi) = f.window(j);
+                prop_assert!(!fold.train.is_empty() && !fold.test.is_empty());
+                prop_assert!(fold.train.windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(fold.test.windows(2).all(|w| w[0] < w[1]));
+                // exactly the rows that ended strictly before the origin train
+                let want_train: Vec<usize> = (0..n).filter(|&i| last[i] < lo).collect();
+                prop_assert_eq!(&fold.train, &want_train);
+                // exactly the rows that started in the window are tested
+                let want_test: Vec<usize> =
+                    (0..n).filter(|&i| first[i] >= lo && first[i] < hi).collect();
+                prop_assert_eq!(&fold.test, &want_test);
+                // every training row ended before any test row began
+                let last_train = fold.train.iter().map(|&i| last[i]).max().unwrap();
+                let first_test = fold.test.iter().map(|&i| first[i]).min().unwrap();
+                prop_assert!(last_train < first_test);
+                for &i in &fold.test {
+                    tested[i] += 1;
+                }
+                // windows in order: this fold's tests all start before the next fold's
+                if let Some(next) = f.folds.get(j + 1) {
+                    let this_max = fold.test.iter().map(|&i| first[i]).max().unwrap();
+                    let next_min = next.test.iter().map(|&i| first[i]).min().unwrap();
+                    prop_assert!(this_max < next_min);
+                }
+            }
+            prop_assert!(tested.iter().all(|&c| c <= 1));
+            // the windows cover every row that started at or after the first origin
+            for i in 0..n {
+                prop_assert_eq!(tested[i] == 1, first[i] >= f.origins[0]);
+            }
+            prop_assert_eq!(forward_folds(&first, &last, origins, share).unwrap(), f);
         }
 
         #[test]

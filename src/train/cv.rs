@@ -1,11 +1,23 @@
-//! Grouped cross-validation of the whole training recipe: incident-disjoint and
-//! tenant-disjoint, for every model and a lookup baseline.
+//! Cross-validation of the whole training recipe, for every model and a lookup baseline:
+//! forward in time (the headline), then grouped random folds (incident-disjoint and
+//! tenant-disjoint).
 //!
 //! Each outer fold runs the same [`super::fit`] as `threatrank train` on the training incidents
 //! only (encoders, out-of-fold matrix, calibration), then predicts the held-out incidents.
 //! Predictions of all folds are pooled and scored once. Splits never put one incident on both
-//! sides; the tenant-disjoint split also keeps every tenant on one side, so its figures are
-//! those of tenants never seen in training.
+//! sides.
+//!
+//! * `forward` ([`SplitKind::Forward`], [`eval::forward_folds`]): what a deployment lives
+//!   through. Origins `D_1 < … < D_k` are UTC day boundaries at the time quantiles of the latest
+//!   [`CvParams::forward_test_share`] of labelled incidents (by `first_seen`); fold `j` trains on
+//!   the incidents that ended before `D_j` (a verdict exists from the end of its incident,
+//!   `last_seen`) and tests those that began in `[D_j, D_{j+1})`. Windows are disjoint, so
+//!   pooling works as for the other splits; each origin's own figures and their mean are kept
+//!   ([`ForwardModelCv`]), and the pooled figures of test incidents whose tenant has training
+//!   incidents in that fold (*with history*) and of those whose tenant has none (*new tenants*).
+//! * `incident-disjoint`, `tenant-disjoint`: seeded grouped k-fold, random in time (a training
+//!   incident may be later than the incident scored). The tenant-disjoint split keeps every
+//!   tenant on one side, so its figures are those of tenants never seen in training.
 //!
 //! [`CvPlan`] is the one fold assignment: `run` evaluates it and `threatrank report` hands the
 //! same folds to the peer models (`bench::peers`). With [`CvParams::keep_predictions`] every
@@ -26,41 +38,77 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SplitKind {
-    /// no incident on both sides (a tenant's other incidents may be in training)
+    /// forward in time: train on incidents that ended before an origin, test those that
+    /// began after it (see the module docs)
+    Forward,
+    /// random folds, no incident on both sides (a tenant's other incidents may be in
+    /// training, earlier or later)
     IncidentDisjoint,
-    /// no tenant on both sides (tenants never seen in training)
+    /// random folds, no tenant on both sides (tenants never seen in training)
     TenantDisjoint,
 }
 
 impl SplitKind {
-    /// Both kinds, in report order.
-    pub const ALL: [SplitKind; 2] = [SplitKind::IncidentDisjoint, SplitKind::TenantDisjoint];
+    /// Every kind, in report order: forward first.
+    pub const ALL: [SplitKind; 3] = [
+        SplitKind::Forward,
+        SplitKind::IncidentDisjoint,
+        SplitKind::TenantDisjoint,
+    ];
+    /// The grouped random-fold kinds.
+    pub const RANDOM: [SplitKind; 2] = [SplitKind::IncidentDisjoint, SplitKind::TenantDisjoint];
 
     /// Stable name.
     pub fn name(self) -> &'static str {
         match self {
+            SplitKind::Forward => "forward",
             SplitKind::IncidentDisjoint => "incident-disjoint",
             SplitKind::TenantDisjoint => "tenant-disjoint",
         }
     }
+
+    /// The kind named `name` ([`SplitKind::name`], or the short `incident` / `tenant`).
+    pub fn from_name(name: &str) -> Option<SplitKind> {
+        match name {
+            "forward" => Some(SplitKind::Forward),
+            "incident" | "incident-disjoint" => Some(SplitKind::IncidentDisjoint),
+            "tenant" | "tenant-disjoint" => Some(SplitKind::TenantDisjoint),
+            _ => None,
+        }
+    }
+
+    /// True for the grouped random-fold kinds (folds random in time).
+    pub fn is_random(self) -> bool {
+        self != SplitKind::Forward
+    }
 }
+
+/// What the tables print under a random-fold split.
+pub const RANDOM_FOLDS_NOTE: &str =
+    "random folds: a training incident may be later than the incident scored";
 
 /// Cross-validation parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CvParams {
-    /// Outer folds. Default 5.
+    /// Outer folds of the random-fold splits. Default 5.
     pub folds: usize,
-    /// Evaluate only the first this many folds (`Some(1)`: a quick grouped holdout of
-    /// `1/folds` of the incidents); `None` evaluates all. Default `None`.
+    /// Evaluate only this many folds: the *first* N folds of a random-fold split (`Some(1)`: a
+    /// quick grouped holdout of `1/folds` of the incidents) and the *last* N origins of the
+    /// forward split (the most recent windows); `None` evaluates all. Default `None`.
     pub folds_to_run: Option<usize>,
+    /// Origins of the forward split (checked ≥ 1). Default 3.
+    pub forward_origins: usize,
+    /// Share of the labelled incidents, the latest by `first_seen`, that the forward split's
+    /// test windows hold (checked in `(0, 1)`). Default 0.5.
+    pub forward_test_share: f64,
     /// Seed of the fold assignment. Default 42.
     pub seed: u64,
     /// Algorithms to evaluate. Default: all.
     pub algorithms: Vec<Algorithm>,
     /// Also evaluate the (tenant, detector) → tenant → detector majority lookup. Default true.
     pub baseline: bool,
-    /// Split kinds. Default: both.
+    /// Split kinds, in report order. Default: [`SplitKind::ALL`] (forward first).
     pub splits: Vec<SplitKind>,
     /// Training recipe template (its algorithm is replaced per model).
     pub train: TrainParams,
@@ -74,11 +122,47 @@ pub struct CvParams {
 }
 
 impl CvParams {
-    /// Folds evaluated: `folds_to_run` clamped to `1..=folds` (all folds when `None`).
+    /// Folds evaluated per random-fold split: `folds_to_run` clamped to `1..=folds` (all
+    /// folds when `None`).
     pub fn folds_run(&self) -> usize {
         self.folds_to_run
             .unwrap_or(self.folds)
             .clamp(1, self.folds.max(1))
+    }
+
+    /// Folds evaluated for split `kind`: [`CvParams::folds_run`], or for the forward split
+    /// `folds_to_run` clamped to `1..=forward_origins` (the last ones).
+    pub fn folds_run_of(&self, kind: SplitKind) -> usize {
+        match kind {
+            SplitKind::Forward => self
+                .folds_to_run
+                .unwrap_or(self.forward_origins)
+                .clamp(1, self.forward_origins.max(1)),
+            _ => self.folds_run(),
+        }
+    }
+
+    /// Folds evaluated over every split kind (one fit per model and fold).
+    pub fn fold_runs(&self) -> usize {
+        self.splits.iter().map(|&k| self.folds_run_of(k)).sum()
+    }
+
+    /// Checks the forward split's parameters (origins ≥ 1, test share in `(0, 1)`).
+    pub fn check_forward(&self) -> Result<(), TrainError> {
+        if self.forward_origins == 0 {
+            return Err(TrainError::Param {
+                name: "forward_origins",
+                reason: "0 (need at least 1)".into(),
+            });
+        }
+        let share = self.forward_test_share;
+        if !(share > 0.0 && share < 1.0) {
+            return Err(TrainError::Param {
+                name: "forward_test_share",
+                reason: format!("{share} (must be in (0, 1))"),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -87,6 +171,8 @@ impl Default for CvParams {
         Self {
             folds: 5,
             folds_to_run: None,
+            forward_origins: 3,
+            forward_test_share: 0.5,
             seed: 42,
             algorithms: Algorithm::ALL.to_vec(),
             baseline: true,
@@ -181,6 +267,10 @@ pub struct ModelCv {
     /// queue order by a LambdaMART ranker trained beside this model (GBDT only)
     #[serde(default)]
     pub ranker: Option<QueueCv>,
+    /// forward split only: per-origin figures, their mean, and tenants with history against
+    /// new tenants
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardModelCv>,
     /// pooled held-out predictions, with [`CvParams::keep_predictions`] only; never serialized
     #[serde(skip)]
     pub held_out: Option<HeldOut>,
@@ -250,17 +340,173 @@ pub struct CvPlan {
     pub tenant_of: Vec<u64>,
     /// distinct tenants
     pub tenants: usize,
-    /// folds evaluated per split kind ([`CvParams::folds_run`])
+    /// folds evaluated per random-fold split ([`CvParams::folds_run`])
     pub folds_run: usize,
     /// per split kind (in [`CvParams::splits`] order), the evaluated folds; `Fold` indices
-    /// point into `labelled`
+    /// point into `labelled`. Random-fold folds cover every labelled incident; forward folds
+    /// do not (see [`eval::forward_folds`]).
     pub splits: Vec<(SplitKind, Vec<Fold>)>,
+    /// the forward split's windows, when it is planned
+    pub forward: Option<ForwardPlan>,
+}
+
+/// The forward split of a [`CvPlan`]: its evaluated windows and which test incidents have
+/// tenant history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardPlan {
+    /// origins built ([`CvParams::forward_origins`]); the evaluated ones are the last
+    /// `windows.len()`
+    pub built: usize,
+    /// [`CvParams::forward_test_share`]
+    pub test_share: f64,
+    /// evaluated test windows `[origin, end)`, Unix seconds, in time order (one per evaluated
+    /// fold of the forward split)
+    pub windows: Vec<(i64, i64)>,
+    /// per labelled incident: tested by an evaluated forward fold whose training part holds
+    /// at least one incident of its tenant
+    pub with_history: Vec<bool>,
+}
+
+/// One origin of the forward split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardOrigin {
+    /// the origin `D_j`, UTC date (`YYYY-MM-DD`, 00:00)
+    pub origin: String,
+    /// the same, Unix seconds
+    pub origin_unix: i64,
+    /// end of the test window (exclusive), UTC date
+    pub window_end: String,
+    /// the same, Unix seconds
+    pub window_end_unix: i64,
+    /// labelled incidents that ended before the origin (the training part)
+    pub train_incidents: usize,
+    /// labelled incidents that began in the window (the test part)
+    pub test_incidents: usize,
+    /// test incidents whose tenant has a training incident
+    pub test_with_history: usize,
+    /// test incidents of tenants without one
+    pub test_new_tenants: usize,
+}
+
+/// The forward split's origins (on [`SplitCv::forward`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardSplitCv {
+    /// share of the labelled incidents (latest by first evidence) the windows were cut from
+    pub test_share: f64,
+    /// origins built; with `--folds-to-run N` only the last N are evaluated
+    pub origins_built: usize,
+    /// the evaluated origins, in time order
+    pub origins: Vec<ForwardOrigin>,
+}
+
+/// One line of a forward table: an origin, the mean over origins, or a pooled tenant group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForwardRow {
+    /// the origin's date, `mean of N origins`, `with history (pooled)` or `new tenants
+    /// (pooled)`
+    pub what: String,
+    /// incidents scored (`None` for the mean)
+    pub incidents: Option<usize>,
+    /// macro-F1 over rows
+    pub macro_f1_rows: f64,
+    /// macro-F1 over incidents
+    pub macro_f1_incidents: f64,
+    /// TP PR-AUC
+    pub pr_auc_tp: Option<f64>,
+}
+
+impl ForwardModelCv {
+    /// The lines every forward table prints: per origin, the mean, with history, new tenants.
+    pub fn rows(&self) -> Vec<ForwardRow> {
+        let mut out: Vec<ForwardRow> = self
+            .per_origin
+            .iter()
+            .map(|o| ForwardRow {
+                what: o.origin.clone(),
+                incidents: Some(o.incidents),
+                macro_f1_rows: o.macro_f1_rows,
+                macro_f1_incidents: o.macro_f1_incidents,
+                pr_auc_tp: o.pr_auc_tp,
+            })
+            .collect();
+        out.push(ForwardRow {
+            what: format!("mean of {} origins", self.per_origin.len()),
+            incidents: None,
+            macro_f1_rows: self.mean_macro_f1_rows,
+            macro_f1_incidents: self.mean_macro_f1_incidents,
+            pr_auc_tp: self.mean_pr_auc_tp,
+        });
+        for (what, x) in [
+            ("with history (pooled)", &self.with_history),
+            ("new tenants (pooled)", &self.new_tenants),
+        ] {
+            if let Some(x) = x {
+                out.push(ForwardRow {
+                    what: what.into(),
+                    incidents: Some(x.incidents),
+                    macro_f1_rows: x.macro_f1_rows,
+                    macro_f1_incidents: x.macro_f1_incidents,
+                    pr_auc_tp: x.pr_auc_tp,
+                });
+            }
+        }
+        out
+    }
+}
+
+impl ForwardSplitCv {
+    /// `N origin(s)`, and `(the last of M built)` when `--folds-to-run` cut them.
+    pub fn origins_text(&self) -> String {
+        let n = self.origins.len();
+        if n < self.origins_built {
+            format!("{n} origin(s) (the last of {} built)", self.origins_built)
+        } else {
+            format!("{n} origin(s)")
+        }
+    }
+}
+
+/// One model's figures on one forward origin's window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OriginFigures {
+    /// the origin, UTC date
+    pub origin: String,
+    /// test incidents
+    pub incidents: usize,
+    /// macro-F1 over evidence rows
+    pub macro_f1_rows: f64,
+    /// macro-F1 over incidents
+    pub macro_f1_incidents: f64,
+    /// average precision of P(TP) (`None` when the window holds no TP)
+    pub pr_auc_tp: Option<f64>,
+}
+
+/// One model on the forward split: per origin, the mean over origins, and the pooled figures
+/// of tenants with history and new tenants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForwardModelCv {
+    /// per evaluated origin, in time order
+    pub per_origin: Vec<OriginFigures>,
+    /// mean over origins of macro-F1 over rows
+    pub mean_macro_f1_rows: f64,
+    /// mean over origins of macro-F1 over incidents
+    pub mean_macro_f1_incidents: f64,
+    /// mean over the origins whose window holds a TP of the TP PR-AUC
+    pub mean_pr_auc_tp: Option<f64>,
+    /// pooled over origins: test incidents whose tenant has ≥ 1 training incident in that
+    /// fold (`None` when there are none)
+    pub with_history: Option<CvMetrics>,
+    /// pooled over origins: test incidents of tenants without training incidents
+    pub new_tenants: Option<CvMetrics>,
 }
 
 impl CvPlan {
-    /// Seeded grouped k-fold of the labelled incidents per split kind (groups: incidents, or
-    /// tenants), truncated to the folds evaluated.
+    /// Per split kind: seeded grouped k-fold of the labelled incidents (groups: incidents, or
+    /// tenants), truncated to the first folds evaluated; or forward folds from the incidents'
+    /// times ([`eval::forward_folds`] over `first_seen`/`last_seen`), truncated to the last
+    /// origins evaluated.
     pub fn new(params: &CvParams, corr: &Correlated) -> Result<CvPlan, TrainError> {
+        params.check_forward()?;
         let labelled: Vec<usize> = corr.labelled().map(|(i, _, _)| i).collect();
         if labelled.len() < params.folds * 2 {
             return Err(TrainError::Data {
@@ -286,8 +532,15 @@ impl CvPlan {
         distinct.dedup();
         let folds_run = params.folds_run();
         let mut splits = Vec::with_capacity(params.splits.len());
+        let mut forward = None;
         for &kind in &params.splits {
             let groups: Vec<u64> = match kind {
+                SplitKind::Forward => {
+                    let (folds, plan) = forward_plan(params, corr, &labelled, &tenant_of)?;
+                    forward = Some(plan);
+                    splits.push((kind, folds));
+                    continue;
+                }
                 SplitKind::IncidentDisjoint => (0..labelled.len() as u64).collect(),
                 SplitKind::TenantDisjoint => tenant_of.clone(),
             };
@@ -304,6 +557,94 @@ impl CvPlan {
             tenants: distinct.len(),
             folds_run,
             splits,
+            forward,
+        })
+    }
+
+    /// The forward split's figures of predictions `h` of its held-out incidents (in
+    /// [`CvPlan::held`] order): per origin, the mean over origins, with history / new
+    /// tenants. `None` when the plan has no forward split.
+    pub fn forward_figures(&self, h: &HeldOut) -> Result<Option<ForwardModelCv>, TrainError> {
+        let (Some(fp), Some(s)) = (
+            &self.forward,
+            self.splits
+                .iter()
+                .position(|(k, _)| *k == SplitKind::Forward),
+        ) else {
+            return Ok(None);
+        };
+        let held = self.held(s);
+        if held.len() != h.y.len() {
+            return Err(TrainError::Data {
+                reason: format!(
+                    "{} forward predictions for {} held-out incidents",
+                    h.y.len(),
+                    held.len()
+                ),
+            });
+        }
+        let subset = |pick: &dyn Fn(usize) -> bool| -> Result<Option<CvMetrics>, TrainError> {
+            let idx: Vec<usize> = (0..held.len()).filter(|&i| pick(i)).collect();
+            if idx.is_empty() {
+                return Ok(None);
+            }
+            let sel = |v: &[u8]| idx.iter().map(|&i| v[i]).collect::<Vec<u8>>();
+            let w: Vec<f64> = idx.iter().map(|&i| h.weights[i]).collect();
+            let t: Vec<u64> = idx.iter().map(|&i| h.keys[i].tenant.0).collect();
+            let p = super::prob_rows(&h.probs, &idx);
+            metrics(&p, &sel(&h.grades), &sel(&h.y), &w, &t).map(Some)
+        };
+        let mut per_origin = Vec::with_capacity(fp.windows.len());
+        for (f, &(start, _)) in fp.windows.iter().enumerate() {
+            let Some(m) = subset(&|i| held[i].1 == f)? else {
+                continue;
+            };
+            per_origin.push(OriginFigures {
+                origin: day_name(start),
+                incidents: m.incidents,
+                macro_f1_rows: m.macro_f1_rows,
+                macro_f1_incidents: m.macro_f1_incidents,
+                pr_auc_tp: m.pr_auc_tp,
+            });
+        }
+        let n = per_origin.len().max(1) as f64;
+        let aps: Vec<f64> = per_origin.iter().filter_map(|o| o.pr_auc_tp).collect();
+        Ok(Some(ForwardModelCv {
+            mean_macro_f1_rows: per_origin.iter().map(|o| o.macro_f1_rows).sum::<f64>() / n,
+            mean_macro_f1_incidents: per_origin.iter().map(|o| o.macro_f1_incidents).sum::<f64>()
+                / n,
+            mean_pr_auc_tp: (!aps.is_empty()).then(|| aps.iter().sum::<f64>() / aps.len() as f64),
+            per_origin,
+            with_history: subset(&|i| fp.with_history[held[i].0])?,
+            new_tenants: subset(&|i| !fp.with_history[held[i].0])?,
+        }))
+    }
+
+    /// The forward split's origins with their counts (`None` without a forward split).
+    pub fn forward_origins(&self) -> Option<ForwardSplitCv> {
+        let fp = self.forward.as_ref()?;
+        let (_, folds) = self.splits.iter().find(|(k, _)| *k == SplitKind::Forward)?;
+        let origins = folds
+            .iter()
+            .zip(&fp.windows)
+            .map(|(fold, &(start, end))| {
+                let hist = fold.test.iter().filter(|&&j| fp.with_history[j]).count();
+                ForwardOrigin {
+                    origin: day_name(start),
+                    origin_unix: start,
+                    window_end: day_name(end),
+                    window_end_unix: end,
+                    train_incidents: fold.train.len(),
+                    test_incidents: fold.test.len(),
+                    test_with_history: hist,
+                    test_new_tenants: fold.test.len() - hist,
+                }
+            })
+            .collect();
+        Some(ForwardSplitCv {
+            test_share: fp.test_share,
+            origins_built: fp.built,
+            origins,
         })
     }
 
@@ -319,6 +660,55 @@ impl CvPlan {
         h.sort_unstable();
         h
     }
+}
+
+/// `YYYY-MM-DD` of the UTC day holding Unix time `t`.
+fn day_name(t: i64) -> String {
+    crate::ingest::format_rfc3339(t)[..10].to_string()
+}
+
+/// The forward folds of the labelled incidents (indices into `labelled`), the last
+/// [`CvParams::folds_run_of`] of them, and their [`ForwardPlan`].
+fn forward_plan(
+    params: &CvParams,
+    corr: &Correlated,
+    labelled: &[usize],
+    tenant_of: &[u64],
+) -> Result<(Vec<Fold>, ForwardPlan), TrainError> {
+    let first: Vec<i64> = labelled
+        .iter()
+        .map(|&i| corr.incidents[i].first_seen)
+        .collect();
+    let last: Vec<i64> = labelled
+        .iter()
+        .map(|&i| corr.incidents[i].last_seen)
+        .collect();
+    let ff = eval::forward_folds(
+        &first,
+        &last,
+        params.forward_origins,
+        params.forward_test_share,
+    )?;
+    let skip = ff.folds.len() - params.folds_run_of(SplitKind::Forward);
+    let windows: Vec<(i64, i64)> = (skip..ff.folds.len()).map(|j| ff.window(j)).collect();
+    let folds: Vec<Fold> = ff.folds.into_iter().skip(skip).collect();
+    let mut with_history = vec![false; labelled.len()];
+    for fold in &folds {
+        let seen: std::collections::BTreeSet<u64> =
+            fold.train.iter().map(|&j| tenant_of[j]).collect();
+        for &j in &fold.test {
+            with_history[j] = seen.contains(&tenant_of[j]);
+        }
+    }
+    Ok((
+        folds,
+        ForwardPlan {
+            built: params.forward_origins,
+            test_share: params.forward_test_share,
+            windows,
+            with_history,
+        },
+    ))
 }
 
 /// Queue-order figures of one scoring of held-out incidents, per tenant queue.
@@ -369,6 +759,9 @@ pub fn queue_cv(tenant_of: &[u64], scores: &[f32], is_tp: &[bool]) -> Result<Que
 pub struct SplitCv {
     /// split kind
     pub split: SplitKind,
+    /// forward split only: its origins and their counts
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward: Option<ForwardSplitCv>,
     /// per model, in evaluation order
     pub models: Vec<ModelCv>,
 }
@@ -720,20 +1113,40 @@ impl CvReport {
             .max_by(|a, b| a.metrics.macro_f1_rows.total_cmp(&b.metrics.macro_f1_rows))
     }
 
-    /// Plain-text table.
+    /// Plain-text table: splits in report order (forward first), random-fold splits labelled
+    /// as such, then the forward split's origins, then calibration and queue order.
     pub fn table(&self) -> String {
+        let random = self.splits.iter().any(|sp| sp.split.is_random());
+        let forward = self.splits.iter().find_map(|sp| sp.forward.as_ref());
         let mut s = format!(
-            "{} — grouped {}-fold CV{}, {} labelled incidents, {} tenants\n",
-            self.input,
-            self.folds,
-            if self.folds_run < self.folds {
-                format!(" (first {} fold(s) evaluated: a holdout)", self.folds_run)
-            } else {
-                String::new()
-            },
-            self.incidents,
-            self.tenants
+            "{} — {} labelled incidents, {} tenants\n",
+            self.input, self.incidents, self.tenants
         );
+        if let Some(f) = forward {
+            s.push_str(&format!(
+                "forward: {} over the latest {:.0}% of incidents: train = ended before the \
+                 origin, test = began in the window up to the next origin\n",
+                f.origins_text(),
+                100.0 * f.test_share
+            ));
+        }
+        if random {
+            s.push_str(&format!(
+                "{}: grouped {}-fold CV{} ({RANDOM_FOLDS_NOTE})\n",
+                self.splits
+                    .iter()
+                    .filter(|sp| sp.split.is_random())
+                    .map(|sp| sp.split.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                self.folds,
+                if self.folds_run < self.folds {
+                    format!(", first {} fold(s) evaluated: a holdout", self.folds_run)
+                } else {
+                    String::new()
+                },
+            ));
+        }
         s.push_str(&format!(
             "{:<18} {:<16} {:>8} {:>8} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7} {:>7}\n",
             "split",
@@ -776,6 +1189,9 @@ impl CvReport {
                     x.ndcg_at_10_long,
                 ));
             }
+        }
+        if let Some(f) = forward {
+            s.push_str(&forward_table(f, &self.splits));
         }
         s.push_str(&format!(
             "\n{:<18} {:<16} {:>15} {:>15} {:>8} {:>8} {:>22} {:>7} {:>9}\n",
@@ -871,7 +1287,51 @@ impl CvReport {
     }
 }
 
-/// Runs grouped cross-validation. `progress` receives one message per fitted fold.
+/// The forward split's origins and each model's figures per origin, their mean, and the
+/// pooled figures of tenants with history and new tenants.
+fn forward_table(f: &ForwardSplitCv, splits: &[SplitCv]) -> String {
+    let mut s = format!(
+        "\n{:<12} {:<12} {:>8} {:>8} {:>8} {:>8}   (forward origins)\n",
+        "origin", "window end", "train", "test", "history", "new"
+    );
+    for o in &f.origins {
+        s.push_str(&format!(
+            "{:<12} {:<12} {:>8} {:>8} {:>8} {:>8}\n",
+            o.origin,
+            o.window_end,
+            o.train_incidents,
+            o.test_incidents,
+            o.test_with_history,
+            o.test_new_tenants
+        ));
+    }
+    s.push_str(&format!(
+        "\n{:<18} {:<16} {:<22} {:>9} {:>8} {:>8} {:>7}\n",
+        "split", "model", "origin", "incidents", "F1(row)", "F1(inc)", "PRAUC"
+    ));
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    for sp in splits.iter().filter(|sp| sp.split == SplitKind::Forward) {
+        for m in &sp.models {
+            let Some(fm) = &m.forward else { continue };
+            for r in fm.rows() {
+                s.push_str(&format!(
+                    "{:<18} {:<16} {:<22} {:>9} {:>8.3} {:>8.3} {:>7}\n",
+                    sp.split.name(),
+                    m.model,
+                    r.what,
+                    r.incidents.map_or("-".to_string(), |n| n.to_string()),
+                    r.macro_f1_rows,
+                    r.macro_f1_incidents,
+                    opt(r.pr_auc_tp)
+                ));
+            }
+        }
+    }
+    s
+}
+
+/// Runs the cross-validation of every split kind. `progress` receives one message per fitted
+/// fold.
 pub fn run(
     params: &CvParams,
     input: &str,
@@ -966,6 +1426,7 @@ pub fn run(
                 } else {
                     None
                 },
+                forward: forward_of(&plan, kind, &held, &oof, &grades)?,
                 held_out: params.keep_predictions.then(|| HeldOut {
                     family_importance: importance.means(),
                     ..plan.held_out(&held, &oof, &grades)
@@ -989,6 +1450,7 @@ pub fn run(
                 calibration: None,
                 abstention: None,
                 ranker: None,
+                forward: forward_of(&plan, kind, &held, &oof, &grades)?,
                 held_out: params
                     .keep_predictions
                     .then(|| plan.held_out(&held, &oof, &grades)),
@@ -996,6 +1458,11 @@ pub fn run(
         }
         splits.push(SplitCv {
             split: kind,
+            forward: if kind == SplitKind::Forward {
+                plan.forward_origins()
+            } else {
+                None
+            },
             models,
         });
     }
@@ -1011,6 +1478,21 @@ pub fn run(
         ablation: None,
         repeats: None,
     })
+}
+
+/// [`CvPlan::forward_figures`] of buffers over all labelled incidents, on the forward split
+/// only.
+fn forward_of(
+    plan: &CvPlan,
+    kind: SplitKind,
+    held: &[usize],
+    probs: &[f32],
+    grades: &[u8],
+) -> Result<Option<ForwardModelCv>, TrainError> {
+    if kind != SplitKind::Forward {
+        return Ok(None);
+    }
+    plan.forward_figures(&plan.held_out(held, probs, grades))
 }
 
 impl CvPlan {

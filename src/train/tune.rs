@@ -51,7 +51,7 @@ impl TuneObjective {
         match self {
             TuneObjective::Incident => vec![SplitKind::IncidentDisjoint],
             TuneObjective::Tenant => vec![SplitKind::TenantDisjoint],
-            TuneObjective::Both => SplitKind::ALL.to_vec(),
+            TuneObjective::Both => SplitKind::RANDOM.to_vec(),
         }
     }
 }
@@ -227,6 +227,8 @@ pub fn tune(
             folds: params.folds,
             folds_to_run: None,
             seed: params.seed,
+            forward_origins: CvParams::default().forward_origins,
+            forward_test_share: CvParams::default().forward_test_share,
             algorithms: vec![Algorithm::Gbdt],
             baseline: false,
             splits: params.objective.splits(),

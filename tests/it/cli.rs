@@ -988,6 +988,8 @@ fn eval_repeats_reports_spread_and_paired_differences() {
         "2".as_ref(),
         "--algorithm".as_ref(),
         "logistic".as_ref(),
+        "--split".as_ref(),
+        "incident,tenant".as_ref(),
         "--repeats".as_ref(),
         "2".as_ref(),
         "--json".as_ref(),
@@ -1029,4 +1031,120 @@ fn eval_repeats_reports_spread_and_paired_differences() {
     let first = v["splits"][0]["models"][0]["metrics"]["macro_f1_rows"].clone();
     let row = &rows[0]["macro_f1_rows"];
     assert!(f(&row["min"]) <= f(&first) && f(&first) <= f(&row["max"]));
+}
+
+/// `eval --split forward` on the first 1,500 sample rows: three day-aligned origins in time
+/// order, consecutive windows, a training part at each; every model has per-origin figures
+/// whose test counts add up to the pooled figure and whose mean is the mean of the rows; tests
+/// with and without tenant history add up to the pooled test set; the table prints the
+/// origins and no random-fold split. Bad forward parameters are refused, naming them.
+#[test]
+fn eval_forward_split_reports_every_origin() {
+    let dir = tmp();
+    let json = dir.path().join("eval.json");
+    let o = run_os(&[
+        "eval".as_ref(),
+        "--input".as_ref(),
+        train_csv().as_os_str(),
+        "--split".as_ref(),
+        "forward".as_ref(),
+        "--algorithm".as_ref(),
+        "logistic".as_ref(),
+        "--json".as_ref(),
+        json.as_os_str(),
+    ]);
+    assert_ok(&o);
+    let out = stdout(&o);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let splits = v["splits"].as_array().unwrap();
+    assert_eq!(splits.len(), 1);
+    let sp = &splits[0];
+    assert_eq!(sp["split"], "forward");
+    let f = &sp["forward"];
+    assert_eq!(f["test_share"], 0.5);
+    assert_eq!(f["origins_built"], 3);
+    let origins = f["origins"].as_array().unwrap();
+    assert!(origins.len() >= 3, "{f}");
+    let int = |x: &serde_json::Value| x.as_i64().unwrap();
+    let mut tested = 0;
+    for (j, o) in origins.iter().enumerate() {
+        let (start, end) = (int(&o["origin_unix"]), int(&o["window_end_unix"]));
+        assert_eq!(start % 86_400, 0, "day-aligned origin {o}");
+        assert!(start < end, "{o}");
+        if let Some(next) = origins.get(j + 1) {
+            assert_eq!(end, int(&next["origin_unix"]), "consecutive windows");
+        }
+        assert!(o["origin"].as_str().unwrap().starts_with("2024-0"), "{o}");
+        assert!(int(&o["train_incidents"]) > 0 && int(&o["test_incidents"]) > 0);
+        assert_eq!(
+            int(&o["test_with_history"]) + int(&o["test_new_tenants"]),
+            int(&o["test_incidents"])
+        );
+        tested += int(&o["test_incidents"]);
+    }
+    // the latest half of the labelled incidents, give or take the day rounding
+    let labelled = int(&v["incidents"]);
+    assert!(
+        (tested - labelled / 2).abs() < labelled / 5,
+        "{tested} of {labelled}"
+    );
+    let f64_of = |x: &serde_json::Value| x.as_f64().unwrap();
+    let models = sp["models"].as_array().unwrap();
+    let names: Vec<&str> = models
+        .iter()
+        .map(|m| m["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["logistic", "lookup-baseline"]);
+    for m in models {
+        assert_eq!(int(&m["metrics"]["incidents"]), tested);
+        let fm = &m["forward"];
+        let per = fm["per_origin"].as_array().unwrap();
+        assert_eq!(per.len(), origins.len());
+        for (p, o) in per.iter().zip(origins) {
+            assert_eq!(p["origin"], o["origin"]);
+            assert_eq!(p["incidents"], o["test_incidents"]);
+            for k in ["macro_f1_rows", "macro_f1_incidents", "pr_auc_tp"] {
+                let x = f64_of(&p[k]);
+                assert!((0.0..=1.0).contains(&x), "{k} {p}");
+            }
+        }
+        let mean = per.iter().map(|p| f64_of(&p["macro_f1_rows"])).sum::<f64>() / per.len() as f64;
+        assert!((f64_of(&fm["mean_macro_f1_rows"]) - mean).abs() < 1e-12);
+        let hist = int(&fm["with_history"]["incidents"]);
+        let new = int(&fm["new_tenants"]["incidents"]);
+        assert_eq!(hist + new, tested);
+        // the slice has both: tenants seen before the origin and tenants first seen after it
+        assert!(hist > 0 && new > 0, "{hist} with history, {new} new");
+        let want_hist: i64 = origins.iter().map(|o| int(&o["test_with_history"])).sum();
+        assert_eq!(hist, want_hist);
+    }
+    for needle in [
+        "(forward origins)",
+        "mean of 3 origins",
+        "with history (pooled)",
+        "new tenants (pooled)",
+    ] {
+        assert!(out.contains(needle), "table lacks {needle:?}:\n{out}");
+    }
+    assert!(!out.contains("random folds"), "{out}");
+
+    for (flag, value, want) in [
+        ("--forward-origins", "0", "forward_origins"),
+        ("--forward-test-share", "1", "forward_test_share"),
+        ("--split", "later", "unknown split"),
+    ] {
+        let o = run_os(&[
+            "eval".as_ref(),
+            "--input".as_ref(),
+            train_csv().as_os_str(),
+            "--split".as_ref(),
+            "forward".as_ref(),
+            flag.as_ref(),
+            value.as_ref(),
+            "--json".as_ref(),
+            json.as_os_str(),
+        ]);
+        assert!(!o.status.success(), "{flag} {value}");
+        assert!(stderr(&o).contains(want), "{flag} {value}: {}", stderr(&o));
+    }
 }

@@ -75,7 +75,7 @@ fn fake_run(dir: &Path, body: &str) -> PathBuf {
 /// Constant probabilities for every held-out incident: LightGBM says TP, XGBoost says FP.
 const GOOD_PEERS: &str = r#"echo "fake peers: $script on $input" >&2
 awk -F, 'NR == 1 { print "split,model,OrgId,IncidentId,p_tp,p_bp,p_fp"; next }
-         { print $1 ",lightgbm," $3 "," $4 ",0.5,0.3,0.2"; print $1 ",xgboost," $3 "," $4 ",0.2,0.3,0.5" }' "$folds" > "$out"
+         $3 == "test" { print $1 ",lightgbm," $4 "," $5 ",0.5,0.3,0.2"; print $1 ",xgboost," $4 "," $5 ",0.2,0.3,0.5" }' "$folds" > "$out"
 printf '{"peers": "fake", "script": "%s"}\n' "$script" > "$json""#;
 
 fn read(p: &Path) -> String {
@@ -132,10 +132,13 @@ fn report_writes_every_file_self_contained_and_deterministic() {
     assert_eq!(stages, ["load", "cross-validation", "figures", "write"]);
     assert_eq!(v["cv"]["folds"], 3);
     assert_eq!(v["cv"]["folds_run"], 1);
-    // figures of every model on both splits
+    // figures of every model on every split, forward first
     let splits = v["splits"].as_array().unwrap();
-    assert_eq!(splits.len(), 2);
-    for (sp, name) in splits.iter().zip(["incident-disjoint", "tenant-disjoint"]) {
+    assert_eq!(splits.len(), 3);
+    for (sp, name) in splits
+        .iter()
+        .zip(["forward", "incident-disjoint", "tenant-disjoint"])
+    {
         assert_eq!(sp["split"], name);
         let models: Vec<&str> = sp["models"]
             .as_array()
@@ -154,6 +157,18 @@ fn report_writes_every_file_self_contained_and_deterministic() {
             assert!(!m["tenant_ndcg_at_10"].as_array().unwrap().is_empty());
             let families = m["family_importance"].as_array().unwrap().len();
             assert_eq!(families > 0, m["kind"] == "trained", "{}", m["model"]);
+            // per-origin figures on the forward split only: --folds-to-run 1 runs the last
+            // origin, whose figures are then the pooled ones
+            if name == "forward" {
+                let f = &m["forward"];
+                let per = f["per_origin"].as_array().unwrap();
+                assert_eq!(per.len(), 1, "{}", m["model"]);
+                assert_eq!(per[0]["incidents"].as_u64(), Some(held));
+                assert_eq!(per[0]["macro_f1_rows"], m["metrics"]["macro_f1_rows"]);
+                assert_eq!(f["mean_macro_f1_rows"], m["metrics"]["macro_f1_rows"]);
+            } else {
+                assert!(m.get("forward").is_none(), "{name} {}", m["model"]);
+            }
         }
         let c = &sp["confusion"];
         let total: u64 = c["incidents"]
@@ -169,7 +184,7 @@ fn report_writes_every_file_self_contained_and_deterministic() {
     let plots = plot_files(&v);
     assert_eq!(plots.len(), out.report.plots.len());
     // per split: pr, 2 calibration, p@k, r@k, workload, confusion, 2 families, ndcg
-    assert_eq!(plots.len(), 2 * 10, "{plots:?}");
+    assert_eq!(plots.len(), 3 * 10, "{plots:?}");
     let md = read(&a.join("report.md"));
     let html = read(&a.join("report.html"));
     assert!(!md.is_empty() && !html.is_empty());
@@ -199,6 +214,14 @@ fn report_writes_every_file_self_contained_and_deterministic() {
         "skipped at 90% TP recall",
         "| incident-disjoint | gbdt |",
         "| tenant-disjoint | lookup-baseline |",
+        "| forward | gbdt |",
+        "## Forward in time, per origin",
+        // --folds-to-run 1: the last of the 3 origins built
+        "1 origin(s) (the last of 3 built) cut the latest 50% of graded incidents",
+        "| gbdt | mean of 1 origins |",
+        "incident-disjoint, tenant-disjoint: random folds: a training incident may be later \
+         than the incident scored",
+        "## Tenant-disjoint (random folds): ",
         "Peers not requested",
     ] {
         assert!(md.contains(needle), "report.md lacks {needle:?}");
@@ -287,27 +310,34 @@ fn fake_peers_are_scored_like_our_models_on_the_same_folds() {
     assert_eq!(r.peers.meta.as_ref().unwrap()["script"], "guide.py");
     assert!(read(&out_dir.join("peers/log.txt")).contains("fake peers: guide.py on"));
 
-    // folds.csv is the plan that cv::run evaluated: held-out incidents of fold 0 only
+    // folds.csv is the plan that cv::run evaluated: both sides of fold 0 only, listed
     let loaded = pipeline::load(input(), &Default::default()).unwrap();
     let plan = CvPlan::new(&cv_params(), &loaded.corr).unwrap();
     let folds = read(&out_dir.join("peers/folds.csv"));
     let mut lines = folds.lines();
-    assert_eq!(lines.next(), Some("split,fold,OrgId,IncidentId"));
+    assert_eq!(lines.next(), Some("split,fold,role,OrgId,IncidentId"));
     let mut want = BTreeSet::new();
-    for (s, (kind, _)) in plan.splits.iter().enumerate() {
-        for (j, f) in plan.held(s) {
-            let k = plan.keys[j];
-            want.insert(format!(
-                "{},{f},{},{}",
-                kind.name(),
-                k.tenant.0,
-                k.incident.0
-            ));
+    for (kind, folds) in &plan.splits {
+        assert_eq!(folds.len(), 1);
+        for (role, side) in [("train", &folds[0].train), ("test", &folds[0].test)] {
+            for &j in side {
+                let k = plan.keys[j];
+                want.insert(format!(
+                    "{},0,{role},{},{}",
+                    kind.name(),
+                    k.tenant.0,
+                    k.incident.0
+                ));
+            }
         }
     }
-    let got: BTreeSet<String> = lines.map(str::to_string).collect();
-    assert_eq!(got, want);
-    assert!(got.iter().all(|l| l.split(',').nth(1) == Some("0")));
+    let got: Vec<String> = lines.map(str::to_string).collect();
+    assert_eq!(got.len(), want.len(), "no line twice");
+    assert_eq!(got.into_iter().collect::<BTreeSet<String>>(), want);
+    // the forward fold lists fewer training incidents than "every one not tested": those
+    // that had not ended by the origin (and those after the window) are on neither side
+    let (_, fwd) = &plan.splits[0];
+    assert!(fwd[0].train.len() + fwd[0].test.len() < plan.labelled.len());
 
     for sp in &r.splits {
         let names: Vec<&str> = sp.models.iter().map(|m| m.model.as_str()).collect();
@@ -323,6 +353,13 @@ fn fake_peers_are_scored_like_our_models_on_the_same_folds() {
         );
         let lgb = &sp.models[3];
         let ours = &sp.models[1];
+        // the peers' per-origin figures on the forward split, by the same code as ours
+        assert_eq!(lgb.forward.is_some(), sp.split == SplitKind::Forward);
+        if let (Some(p), Some(o)) = (&lgb.forward, &ours.forward) {
+            assert_eq!(p.per_origin.len(), o.per_origin.len());
+            assert_eq!(p.per_origin[0].incidents, o.per_origin[0].incidents);
+            assert_eq!(p.mean_macro_f1_rows, lgb.metrics.macro_f1_rows);
+        }
         // same held-out incidents and rows as our models
         assert_eq!(lgb.metrics.incidents, ours.metrics.incidents);
         assert_eq!(lgb.metrics.rows, ours.metrics.rows);
@@ -353,6 +390,8 @@ fn fake_peers_are_scored_like_our_models_on_the_same_folds() {
     let v = json(&out_dir);
     assert_eq!(v["peers"]["status"], "ran");
     assert_eq!(v["splits"][1]["models"][4]["kind"], "peer");
+    assert!(md.contains("| forward | lightgbm (peer) |"));
+    assert!(md.contains("| lightgbm (peer) | mean of 1 origins |"));
 }
 
 /// The plan and a report folder for the peers' failure paths (no training needed).
@@ -432,7 +471,7 @@ fn malformed_predictions_name_file_line_and_field() {
     let good: String = held.iter().map(|l| format!("{l},0.2,0.3,0.5\n")).collect();
     assert_eq!(
         read_pred(dir.path(), &plan, &format!("{header}{good}")),
-        Ok(2)
+        Ok(3)
     );
 
     let all_but_last: String = held[..held.len() - 1]
