@@ -677,6 +677,29 @@ mod tests {
     }
 
     #[test]
+    fn small_calibration_sets_cover_exactly_k_over_n_plus_one_on_average() {
+        // Split conformal with n exchangeable calibration rows and no ties: the coverage,
+        // averaged over calibration draws, is exactly k / (n + 1), k = ⌈(n + 1)(1 − α)⌉
+        // (Angelopoulos & Bates 2021, §1 and appendix D): at least 1 − α and below
+        // 1 − α + 1 / (n + 1). n = 24, α = 0.1: k = 23, 23 / 25 = 0.92. The naive rank
+        // ⌈n(1 − α)⌉ = 22 would give 0.88, one rank more 0.96, every grade 1.0.
+        let (n, draws, test_rows) = (24, 400, 500);
+        let params = ConformalParams::default().alpha(0.1).check().unwrap();
+        let mut mean = 0.0;
+        for d in 0..draws {
+            let (probs, y) = synthetic(1000 + d, n + test_rows, [1.0, 0.6, 1.4], 1.3);
+            let (fit_p, test_p) = probs.split_at(n * 3);
+            let (fit_y, test_y) = y.split_at(n);
+            let cp = params.fit(fit_p, fit_y).unwrap();
+            mean += cp.empirical_coverage(test_p, test_y).unwrap() / draws as f64;
+        }
+        println!("mean coverage over {draws} draws of {n} rows: {mean:.4}");
+        assert_eq!(conformal_rank(n, 0.1), 23);
+        // the sd of the mean over 400 draws is about 0.003
+        assert!((mean - 23.0 / 25.0).abs() <= 0.01, "{mean}");
+    }
+
+    #[test]
     fn quantile_is_the_finite_sample_rank() {
         // 9 rows, p_true = 0.1 … 0.9 → scores 0.9 … 0.1
         let ps: Vec<f32> = (1..=9).map(|i| i as f32 / 10.0).collect();

@@ -1,8 +1,8 @@
 //! Held-out conformal coverage of the trained pipeline on the shipped sample: the grade sets
 //! of incidents the model never saw (incident-disjoint) and of tenants it never saw
-//! (tenant-disjoint) hold the true grade about as often as the 90% target says, with sets
-//! far from "every grade". Fold 0 of a seeded 5-fold plan per split (a fixed subset: the
-//! full CV is too slow for a debug test).
+//! (tenant-disjoint) hold the true grade about as often as the 90% target says, not less and
+//! not more, with sets far from "every grade". Fold 0 of a seeded 5-fold plan per split (a
+//! fixed subset: the full CV is too slow for a debug test).
 
 use crate::common::{kn, sample_path};
 use threatrank::models::Algorithm;
@@ -10,7 +10,7 @@ use threatrank::train::cv::{self, CvParams, SplitKind};
 use threatrank::train::TrainParams;
 
 #[test]
-fn held_out_coverage_holds_on_both_splits_and_is_tight_incident_disjoint() {
+fn held_out_coverage_is_near_the_target_on_both_splits_with_small_sets() {
     let loaded = threatrank::pipeline::load(&sample_path(), &Default::default()).unwrap();
     let params = CvParams {
         folds: 5,
@@ -42,8 +42,13 @@ fn held_out_coverage_holds_on_both_splits_and_is_tight_incident_disjoint() {
             .expect("conformal sets")
             .sets;
         println!(
-            "{:?}: coverage {:.4}, mean set size {:.3}, uncertain {:.3}, rows {}",
-            s.split, sets.coverage, sets.mean_set_size, sets.uncertain_rate, sets.rows
+            "{:?}: coverage {:.4}, per grade {:?}, mean set size {:.3}, uncertain {:.3}, rows {}",
+            s.split,
+            sets.coverage,
+            sets.class_coverage,
+            sets.mean_set_size,
+            sets.uncertain_rate,
+            sets.rows
         );
         // fold 0 holds out about a fifth of the labelled incidents
         assert!(
@@ -53,16 +58,54 @@ fn held_out_coverage_holds_on_both_splits_and_is_tight_incident_disjoint() {
             r.incidents
         );
         assert!((sets.target_coverage - 0.90).abs() < 1e-9);
-        // the conformal guarantee: at least the target, up to sampling noise
-        assert!(sets.coverage >= 0.88, "{:?}: {sets:?}", s.split);
-        if s.split == SplitKind::IncidentDisjoint {
-            // measured 0.9029 with mean set size 1.141
-            assert!(sets.coverage <= 0.92, "{sets:?}");
-            assert!(sets.mean_set_size <= 1.3, "{sets:?}");
+        // The conformal guarantee from below, and no more than sampling noise above it: a
+        // predictor that returned every grade (coverage 1) fails, and so does one whose
+        // quantiles come from a calibration system much weaker than the shipped one.
+        assert!(
+            (sets.coverage - 0.90).abs() <= 0.02,
+            "{:?}: coverage {} not within 0.02 of 0.90: {sets:?}",
+            s.split,
+            sets.coverage
+        );
+        // Sets far from every grade (size 3). Measured (debug build, default parameters):
+        // incident-disjoint coverage 0.9068, mean set size 1.148 (per grade TP/BP/FP
+        // 0.926/0.892/0.925); tenant-disjoint 0.8920, size 2.398 (0.944/0.854/0.931). Before
+        // the unseen regime's stand-ins saw 9/10 of the tenants (5 folds): tenant-disjoint
+        // 0.9518, size 2.515, which fails the coverage bound above. A tenant never seen still
+        // gets large sets: the model knows little about it, and each grade is covered at 90%.
+        let max_size = match s.split {
+            SplitKind::IncidentDisjoint => 1.3,
+            SplitKind::TenantDisjoint => 2.6,
+        };
+        assert!(
+            sets.mean_set_size <= max_size,
+            "{:?}: mean set size {} above {max_size}: {sets:?}",
+            s.split,
+            sets.mean_set_size
+        );
+        // Per-grade coverage is reported for every grade, and the overall coverage is their
+        // weighted mean, so it lies between the lowest and the highest. Class-conditional
+        // sets cover each grade near the target; a few hundred held-out incidents per grade
+        // from a few hundred tenants allow several points of noise.
+        let per_grade: Vec<f64> = sets
+            .class_coverage
+            .iter()
+            .map(|c| c.expect("every grade is held out"))
+            .collect();
+        let (lo, hi) = per_grade
+            .iter()
+            .fold((1.0f64, 0.0f64), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+        assert!(
+            lo - 1e-12 <= sets.coverage && sets.coverage <= hi + 1e-12,
+            "{sets:?}"
+        );
+        for (g, &c) in per_grade.iter().enumerate() {
+            assert!(
+                (0.82..=0.98).contains(&c),
+                "{:?}: grade {g} coverage {c}: {sets:?}",
+                s.split
+            );
         }
-        // Tenant-disjoint is not bounded from above here: measured 0.9518 coverage, mean
-        // set size 2.515, 98% of incidents uncertain (sets for a tenant never seen are
-        // nearly all grades). That is a defect of the unseen-tenant regime, reported, not
-        // pinned by a bound that would accept it.
+        assert_eq!(sets.set_size_counts.iter().sum::<u64>() as usize, sets.rows);
     }
 }
