@@ -1837,10 +1837,7 @@ mod tests {
             assert_eq!(info, vec!["f0", "f1"]);
             assert!(r.informational_features.iter().all(|f| f.informational));
             assert!(r.informational_features[0].psi > 1.0, "{r:?}");
-            assert!(
-                r.notes.iter().any(|n| n.contains("(global)")),
-                "{r:?}"
-            );
+            assert!(r.notes.iter().any(|n| n.contains("(global)")), "{r:?}");
         }
         // The judged column shifted: it warns, and the count names only judged features.
         for i in 0..1000 {

@@ -239,13 +239,43 @@ pub fn train_file(
     params: &TrainParams,
     kn: &Knowledge,
 ) -> Result<TrainOutcome, PipelineError> {
+    train_file_before(input, model_out, params, kn, None)
+}
+
+/// [`train_file`] on the graded incidents of `input` that ended strictly before `before`
+/// (Unix seconds; a verdict exists from the end of its incident), or on all of them with
+/// `None`: the model a deployment would have had at that time. Errors as [`train_file`], and
+/// when no graded incident ended before `before`.
+pub fn train_file_before(
+    input: &Path,
+    model_out: &Path,
+    params: &TrainParams,
+    kn: &Knowledge,
+    before: Option<i64>,
+) -> Result<TrainOutcome, PipelineError> {
     let valid = params.check()?;
     let loaded = load(input, &IngestValidParams::default())?;
     let rejects = ingest::rejects_path_for(model_out);
     create_parent(&rejects)?;
     loaded.report.write_rejects(&rejects)?;
     require_labels(input, &loaded, "nothing to train on")?;
-    let all: Vec<usize> = (0..loaded.corr.incidents.len()).collect();
+    let train: Vec<usize> = (0..loaded.corr.incidents.len())
+        .filter(|&i| before.is_none_or(|t| loaded.corr.incidents[i].last_seen < t))
+        .collect();
+    if let Some(t) = before {
+        if !train
+            .iter()
+            .any(|&i| loaded.corr.incidents[i].grade.is_some())
+        {
+            return Err(PipelineError::Input {
+                file: input.display().to_string(),
+                reason: format!(
+                    "no labelled incident ended before {}",
+                    ingest::format_rfc3339(t)
+                ),
+            });
+        }
+    }
     let data = DataInfo {
         file: file_name(input),
         sha256: loaded.sha256.clone(),
@@ -256,7 +286,7 @@ pub fn train_file(
         tenants: 0,
         grades: [0; 3],
     };
-    let artifact = train::fit(&valid, &loaded.evidence, &loaded.corr, &all, kn, data)?;
+    let artifact = train::fit(&valid, &loaded.evidence, &loaded.corr, &train, kn, data)?;
     artifact.save(model_out)?;
     Ok(TrainOutcome {
         artifact,
