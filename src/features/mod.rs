@@ -1525,6 +1525,15 @@ mod tests {
         }
     }
 
+    /// Default parameters with exact global signals released from 2 tenants: any grade that
+    /// reaches them shows.
+    fn exact_params() -> FeatureValidParams {
+        FeatureParams::default()
+            .signals(SignalsParams::default().min_tenants(2).epsilon(None))
+            .check()
+            .unwrap()
+    }
+
     /// Past-only training rows: changing the grade of an incident that ended at or after
     /// incident X began never changes X's row, whatever the data (random incidents, default
     /// parameters but exact global signals from 2 tenants). Fails with histories read
@@ -1532,11 +1541,7 @@ mod tests {
     #[test]
     fn a_later_verdict_never_changes_a_training_row() {
         let kn = Knowledge::development().unwrap();
-        // exact global signals released from 2 tenants: any grade that reaches them shows
-        let params = FeatureParams::default()
-            .signals(SignalsParams::default().min_tenants(2).epsilon(None))
-            .check()
-            .unwrap();
+        let params = exact_params();
         let mut changed_later = 0;
         for seed in 0..12u64 {
             let ev = random_incidents(seed, 40);
@@ -1578,11 +1583,7 @@ mod tests {
     #[test]
     fn a_later_verdict_never_changes_a_scored_row() {
         let kn = Knowledge::development().unwrap();
-        // exact global signals released from 2 tenants: any grade that reaches them shows
-        let params = FeatureParams::default()
-            .signals(SignalsParams::default().min_tenants(2).epsilon(None))
-            .check()
-            .unwrap();
+        let params = exact_params();
         let (mut unchanged, mut moved_by_earlier) = (0, 0);
         for seed in 0..12u64 {
             let ev = random_incidents(seed + 100, 60);
