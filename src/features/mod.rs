@@ -1369,13 +1369,17 @@ pub fn fit_transform(
     } else {
         1
     };
-    let group_of = |i: usize| {
-        if groups == 1 {
-            0
-        } else {
-            tenant_fold(corr.incidents[i].key.tenant.0, p)
-        }
-    };
+    // the tenant fold of each row (position in `labelled`), hashed once
+    let group: Vec<usize> = labelled
+        .iter()
+        .map(|&i| {
+            if groups == 1 {
+                0
+            } else {
+                tenant_fold(corr.incidents[i].key.tenant.0, p)
+            }
+        })
+        .collect();
     // rows (positions in `labelled`) by the UTC day their incident began
     let mut by_day: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
     for (j, &i) in labelled.iter().enumerate() {
@@ -1384,9 +1388,9 @@ pub fn fit_transform(
             .or_default()
             .push(j);
     }
-    // verdicts in the order they became known
-    let mut by_end: Vec<usize> = labelled.clone();
-    by_end.sort_by_key(|&i| (corr.incidents[i].last_seen, i));
+    // rows in the order their verdicts became known
+    let mut by_end: Vec<usize> = (0..labelled.len()).collect();
+    by_end.sort_by_key(|&j| (corr.incidents[labelled[j]].last_seen, labelled[j]));
     let mut builders: Vec<SnapshotBuilder<'_>> = (0..groups)
         .map(|_| SnapshotBuilder::new(&signals, &kn.key))
         .collect();
@@ -1394,26 +1398,21 @@ pub fn fit_transform(
     let mut x = FeatureMatrix::zeros(labelled.len(), schema_len());
     for (day, rows) in by_day {
         let start = day.saturating_mul(DAY);
-        while let Some(&i) = by_end.get(next) {
-            let inc = &corr.incidents[i];
+        while let Some(&j) = by_end.get(next) {
+            let inc = &corr.incidents[labelled[j]];
             if inc.last_seen >= start {
                 break;
             }
             let ev: Vec<&Evidence> = inc.rows(evidence);
-            let own = group_of(i);
             for (g, b) in builders.iter_mut().enumerate() {
-                if groups == 1 || g != own {
+                if groups == 1 || g != group[j] {
                     observe_incident(b, &ev, &full.sentinels, inc.grade);
                 }
             }
             next += 1;
         }
         for (g, b) in builders.iter().enumerate() {
-            let sub: Vec<usize> = rows
-                .iter()
-                .copied()
-                .filter(|&j| group_of(labelled[j]) == g)
-                .collect();
+            let sub: Vec<usize> = rows.iter().copied().filter(|&j| group[j] == g).collect();
             if sub.is_empty() {
                 continue;
             }
