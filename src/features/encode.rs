@@ -93,11 +93,6 @@ impl Series {
         self.0.last().map_or([0; 3], |&(_, n)| n)
     }
 
-    /// Time of the latest incident end in the history.
-    pub fn last_time(&self) -> Option<i64> {
-        self.0.last().map(|&(t, _)| t)
-    }
-
     /// From (end time, class id) events in any order.
     fn from_events(mut events: Vec<(i64, u8)>) -> Series {
         events.sort_unstable();

@@ -748,11 +748,6 @@ impl FittedFeatures {
         prior_of(self.prior_history.as_of(t))
     }
 
-    /// End time of the latest training verdict the encoders hold (`None` without any).
-    pub fn history_end(&self) -> Option<i64> {
-        self.prior_history.last_time()
-    }
-
     /// Feature rows for the incidents `which` (indices into `corr.incidents`), in that order.
     pub fn transform(
         &self,
