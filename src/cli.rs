@@ -248,6 +248,11 @@ pub enum Command {
         /// against one that folds in each day's verdicts in place.
         #[arg(long)]
         online: bool,
+        /// Also measure the cold-start curve, forward in time: tenants with 50 verdicts before
+        /// an origin are held out of training, and their incidents in the window are scored
+        /// after 0, 1, 2, 5, 10, 20 and 50 of their earliest verdicts went through the online path.
+        #[arg(long)]
+        cold_start: bool,
         /// Also run the CV once per feature family with that family switched off, and report
         /// macro-F1 without each (what each family is worth).
         #[arg(long)]
@@ -1050,6 +1055,7 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             algorithm,
             json,
             online,
+            cold_start,
             ablation,
             repeats,
             signals_epsilon,
@@ -1073,16 +1079,17 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                     }
                 }
             }
-            let sim = online.then(crate::train::online::OnlineSimParams::default);
-            let report = eval_with_progress(
-                &input,
-                &params,
-                sim.as_ref(),
+            let extras = pipeline::EvalExtras {
+                online: online.then(crate::train::online::OnlineSimParams::default),
+                cold_start: cold_start.then(crate::train::coldstart::ColdStartParams::default),
                 ablation,
-                usize::from(repeats),
-                &kn,
-            )?;
+                repeats: usize::from(repeats),
+            };
+            let report = eval_with_progress(&input, &params, &extras, &kn)?;
             print!("{}", report.table());
+            if let (Some(c), None) = (&extras.cold_start, &report.cold_start) {
+                eprintln!("{}", crate::train::coldstart::none_reason(c));
+            }
             crate::report::write_json(&json, &report)?;
             eprintln!("wrote {}", json.display());
             Ok(())
@@ -1705,20 +1712,19 @@ fn warn_development_key(key: &PseudonymKey, what: &str) {
 fn eval_with_progress(
     input: &Path,
     params: &CvParams,
-    online: Option<&crate::train::online::OnlineSimParams>,
-    ablation: bool,
-    repeats: usize,
+    extras: &pipeline::EvalExtras,
     kn: &Knowledge,
 ) -> Result<crate::train::cv::CvReport, PipelineError> {
     let per_run = params.algorithms.len() * params.fold_runs();
-    let runs = repeats.max(1)
-        + if ablation {
+    let runs = extras.repeats.max(1)
+        + usize::from(extras.cold_start.is_some())
+        + if extras.ablation {
             crate::features::Family::ALL.len()
         } else {
             0
         };
     with_progress_bar((runs * per_run) as u64, |progress| {
-        pipeline::eval_file(input, params, online, ablation, repeats, kn, progress)
+        pipeline::eval_file(input, params, extras, kn, progress)
     })
 }
 
@@ -1773,7 +1779,7 @@ fn demo(input: Option<PathBuf>, out: &Path) -> Result<(), PipelineError> {
         compare_ranker: false,
         ..CvParams::default()
     };
-    let report = eval_with_progress(&input, &params, None, false, 1, &kn)?;
+    let report = eval_with_progress(&input, &params, &pipeline::EvalExtras::default(), &kn)?;
     print!("{}", report.table());
     let json = out.join("eval.json");
     crate::report::write_json(&json, &report)?;

@@ -622,6 +622,19 @@ pub fn queue_file(
     Ok((scored, text))
 }
 
+/// What `threatrank eval` measures besides the cross-validation itself.
+#[derive(Debug, Clone, Default)]
+pub struct EvalExtras {
+    /// the online-update simulation (`--online`)
+    pub online: Option<crate::train::online::OnlineSimParams>,
+    /// the cold-start curve (`--cold-start`)
+    pub cold_start: Option<crate::train::coldstart::ColdStartParams>,
+    /// the feature-family ablation (`--ablation`)
+    pub ablation: bool,
+    /// CV runs with fold seeds `seed`, `seed + 1` … (`--repeats`; 0 and 1 = one run)
+    pub repeats: usize,
+}
+
 /// `threatrank eval`: grouped cross-validation of the training recipe.
 ///
 /// With `repeats > 1` the CV (not the online replay nor the ablation) runs again with fold
@@ -630,12 +643,18 @@ pub fn queue_file(
 pub fn eval_file(
     input: &Path,
     params: &cv::CvParams,
-    online: Option<&crate::train::online::OnlineSimParams>,
-    ablation: bool,
-    repeats: usize,
+    extras: &EvalExtras,
     kn: &Knowledge,
     progress: &mut dyn FnMut(&str),
 ) -> Result<cv::CvReport, PipelineError> {
+    let EvalExtras {
+        online,
+        cold_start,
+        ablation,
+        repeats,
+    } = extras;
+    let (online, cold_start, ablation, repeats) =
+        (online.as_ref(), cold_start.as_ref(), *ablation, *repeats);
     let loaded = load(input, &IngestValidParams::default())?;
     require_labels(input, &loaded, "nothing to evaluate")?;
     let name = file_name(input);
@@ -677,6 +696,19 @@ pub fn eval_file(
             kn,
             progress,
         )?);
+    }
+    if let Some(c) = cold_start {
+        report.cold_start = crate::train::coldstart::curve(
+            params,
+            c,
+            &loaded.evidence,
+            &loaded.corr,
+            kn,
+            progress,
+        )?;
+        if report.cold_start.is_none() {
+            progress(&crate::train::coldstart::none_reason(c));
+        }
     }
     if ablation {
         report.ablation = Some(cv::ablation(

@@ -34,6 +34,7 @@ use crate::domain::Evidence;
 use crate::eval::{self, EvalError};
 use crate::models::N_CLASSES;
 use crate::signals::Knowledge;
+use crate::train::coldstart::{self, ColdStartParams};
 use crate::train::cv::{
     self, CalibrationCv, CvMetrics, CvParams, CvPlan, CvReport, HeldOut, SplitKind,
 };
@@ -111,6 +112,10 @@ pub struct ReportParams {
     pub peers: Option<PeersParams>,
     /// The command line recorded in `report.json`. Default `threatrank report`.
     pub command: String,
+    /// The cold-start curve of the default learner, forward in time
+    /// ([`crate::train::coldstart`]), measured when the forward split is evaluated. Default
+    /// [`ColdStartParams::default`].
+    pub cold_start: Option<ColdStartParams>,
 }
 
 impl Default for ReportParams {
@@ -119,6 +124,7 @@ impl Default for ReportParams {
             cv: CvParams::default(),
             peers: None,
             command: "threatrank report".into(),
+            cold_start: Some(ColdStartParams::default()),
         }
     }
 }
@@ -132,6 +138,11 @@ impl ReportParams {
     /// Sets [`ReportParams::peers`] (default `None`).
     pub fn peers(mut self, peers: Option<PeersParams>) -> Self {
         self.peers = peers;
+        self
+    }
+    /// Sets [`ReportParams::cold_start`] (default [`ColdStartParams::default`]).
+    pub fn cold_start(mut self, c: Option<ColdStartParams>) -> Self {
+        self.cold_start = c;
         self
     }
     /// Sets [`ReportParams::command`] (default `threatrank report`).
@@ -191,6 +202,9 @@ impl ReportParams {
         }
         c.check_forward()?;
         c.train.check()?;
+        if let Some(cs) = &self.cold_start {
+            cs.check()?;
+        }
         if let Some(p) = &self.peers {
             if p.script.is_empty() {
                 return Err(BenchError::Param {
@@ -206,6 +220,7 @@ impl ReportParams {
             },
             peers: self.peers.clone(),
             command: self.command.clone(),
+            cold_start: self.cold_start.clone(),
         })
     }
 }
@@ -216,6 +231,7 @@ pub struct ReportValidParams {
     cv: CvParams,
     peers: Option<PeersParams>,
     command: String,
+    cold_start: Option<ColdStartParams>,
 }
 
 /// One row of the optional scale section: one system at one input size.
@@ -526,7 +542,7 @@ pub fn run(
     create_dir(out)?;
     let t = Instant::now();
     progress(Progress::Stage("cross-validation"));
-    let report = cv::run(
+    let mut report = cv::run(
         &params.cv,
         &input.info.file,
         input.evidence,
@@ -538,6 +554,25 @@ pub fn run(
         stage: "cross-validation".into(),
         seconds: seconds(t),
     });
+    if let Some(c) = params
+        .cold_start
+        .as_ref()
+        .filter(|_| params.cv.splits.contains(&SplitKind::Forward))
+    {
+        let t = Instant::now();
+        progress(Progress::Stage("cold start"));
+        report.cold_start =
+            coldstart::curve(&params.cv, c, input.evidence, input.corr, kn, &mut |m| {
+                progress(Progress::Fold(m))
+            })?;
+        if report.cold_start.is_none() {
+            progress(Progress::Stage(&coldstart::none_reason(c)));
+        }
+        timings.push(StageTime {
+            stage: "cold start".into(),
+            seconds: seconds(t),
+        });
+    }
     let plan = CvPlan::new(&params.cv, input.corr)?;
     let mut peer_models: Vec<(SplitKind, String, HeldOut)> = Vec::new();
     let mut files = Vec::new();
@@ -602,6 +637,38 @@ pub fn run(
             section
         }
     };
+    if let (Some(p), Some(c), Some(cold)) = (
+        &params.peers,
+        &params.cold_start,
+        report.cold_start.as_mut(),
+    ) {
+        if let Some(cold_plan) = coldstart::peer_plan(&params.cv, c, input.corr)? {
+            let t = Instant::now();
+            let run = peers::PeersRun::new(p, input.path, &out.join("cold-start"));
+            progress(Progress::Stage(&format!(
+                "cold start, peers: {} (output in {})",
+                run.command_line(),
+                run.log.display()
+            )));
+            let outcome = peers::run_and_read(&run, &cold_plan);
+            files.extend(run.files_present());
+            match outcome {
+                Ok(read) => {
+                    for (_, model, held) in &read.models {
+                        cold.peers_at_zero.push(coldstart::PeerPoint {
+                            model: model.clone(),
+                            metrics: held.metrics()?,
+                        });
+                    }
+                }
+                Err(e) => progress(Progress::Stage(&format!("cold start, peers not run: {e}"))),
+            }
+            timings.push(StageTime {
+                stage: "cold start, peers".into(),
+                seconds: seconds(t),
+            });
+        }
+    }
     let t = Instant::now();
     progress(Progress::Stage("figures"));
     let splits = figures(&report, &peer_models, &plan)?;

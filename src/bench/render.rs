@@ -6,7 +6,7 @@ use super::plot::{
     self, fmt_sig, Axis, BarChart, Heatmap, LineChart, Series, StripGroup, StripPlot, PALETTE,
 };
 use super::{BenchReport, ModelFigures, ModelKind, PeersStatus, PlotRef, SplitFigures};
-use crate::train::cv::{self, SplitKind};
+use crate::train::cv::{self, CvMetrics, SplitKind};
 use std::fmt::Write;
 
 /// One plot: its file reference and SVG bytes.
@@ -55,10 +55,111 @@ pub(super) fn plots(r: &BenchReport) -> Vec<Plot> {
     for sp in &r.splits {
         out.extend(split_plots(r, sp));
     }
+    if let Some(c) = &r.cv.cold_start {
+        out.push(cold_start_plot(c));
+    }
     if let Some(scale) = &r.scale {
         out.extend(scale_plots(scale));
     }
     out
+}
+
+/// The cold-start curve: macro-F1 (rows, incidents) and TP PR-AUC against verdicts shown.
+fn cold_start_plot(c: &crate::train::coldstart::ColdStartReport) -> Plot {
+    let line = |f: &dyn Fn(&CvMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
+        c.points
+            .iter()
+            .filter_map(|p| f(&p.metrics).map(|y| (p.verdicts as f64, y)))
+            .collect()
+    };
+    let series = vec![
+        Series::new(
+            "macro-F1 (rows)",
+            PALETTE[0],
+            line(&|m| Some(m.macro_f1_rows)),
+        )
+        .markers(true),
+        Series::new(
+            "macro-F1 (incidents)",
+            PALETTE[1],
+            line(&|m| Some(m.macro_f1_incidents)),
+        )
+        .markers(true),
+        Series::new("TP PR-AUC", PALETTE[2], line(&|m| m.pr_auc_tp)).markers(true),
+    ];
+    let mut series = series;
+    for peer in &c.peers_at_zero {
+        let (color, _) = style(&peer.model, ModelKind::Peer);
+        series.push(
+            Series::new(
+                &format!("{}: macro-F1 (rows) at 0", peer.model),
+                &color,
+                vec![(0.0, peer.metrics.macro_f1_rows)],
+            )
+            .markers(true),
+        );
+    }
+    let title = format!(
+        "cold start ({}): a held-out tenant's incidents after its first n verdicts",
+        c.model
+    );
+    plot(
+        "cold-start".into(),
+        title.clone(),
+        LineChart {
+            title,
+            x: Axis::linear("verdicts of the tenant shown (its earliest)"),
+            y: Axis::linear("figure").range(0.0, 1.0),
+            series,
+            diagonal: false,
+        }
+        .svg(),
+    )
+}
+
+/// The cold-start section: how it is measured, the table and the plot.
+fn cold_start_blocks(b: &mut Vec<Block>, r: &BenchReport, plots: &[Plot]) {
+    let Some(c) = &r.cv.cold_start else {
+        return;
+    };
+    b.push(Block::Heading(2, "Cold start".into()));
+    b.push(Block::Para(format!(
+        "Forward in time, at the forward origins ({}): the tenants with at least {} verdicts          that ended before an origin and an incident in its window ({} tenant-origin pairs, {}          distinct tenants) are held out of training ({} model(s), each trained without one          group of them). Their {} window incidents are scored after n of each tenant's earliest          verdicts went through the online path (encoders refitted with them; model and          cross-tenant snapshot as trained): the same incidents at every n; n = 0 is a tenant          never seen.",
+        c.origins.join(", "),
+        c.points.last().map_or(0, |p| p.verdicts),
+        c.tenants,
+        c.distinct_tenants,
+        c.models,
+        c.incidents
+    )));
+    let row = |model: &str, n: usize, m: &CvMetrics| {
+        vec![
+            model.to_string(),
+            n.to_string(),
+            f3(m.macro_f1_rows),
+            f3(m.macro_f1_incidents),
+            opt3(m.pr_auc_tp),
+        ]
+    };
+    let mut rows: Vec<Vec<String>> = c
+        .points
+        .iter()
+        .map(|p| row(&c.model, p.verdicts, &p.metrics))
+        .collect();
+    rows.extend(c.peers_at_zero.iter().map(|p| row(&p.model, 0, &p.metrics)));
+    b.push(table(
+        &["model", "verdicts shown", "F1 rows", "F1 inc", "TP PR-AUC"],
+        1,
+        rows,
+    ));
+    if !c.peers_at_zero.is_empty() {
+        b.push(Block::Para(
+            "Peers: trained on the same incidents as each group's model, on the same incidents \
+             scored; they have no online path, so they are shown at 0 verdicts only."
+                .into(),
+        ));
+    }
+    figure(b, plots, "plots/cold-start.svg");
 }
 
 fn split_plots(r: &BenchReport, sp: &SplitFigures) -> Vec<Plot> {
@@ -520,6 +621,7 @@ pub(super) fn blocks(r: &BenchReport, plots: &[Plot]) -> Vec<Block> {
         )));
     }
     forward_blocks(&mut b, r);
+    cold_start_blocks(&mut b, r, plots);
 
     b.push(Block::Heading(2, "Calibration and abstention".into()));
     b.push(Block::Para(

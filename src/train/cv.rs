@@ -794,6 +794,10 @@ pub struct CvReport {
     /// each figure and the default model's paired differences
     #[serde(default)]
     pub repeats: Option<RepeatedCv>,
+    /// what a new tenant's first verdicts are worth, forward in time (`threatrank eval
+    /// --cold-start`, `threatrank report`)
+    #[serde(default)]
+    pub cold_start: Option<super::coldstart::ColdStartReport>,
 }
 
 /// Mean, sample standard deviation, min and max of one figure over repeats.
@@ -1277,6 +1281,10 @@ impl CvReport {
             s.push('\n');
             s.push_str(&o.table());
         }
+        if let Some(c) = &self.cold_start {
+            s.push('\n');
+            s.push_str(&c.table());
+        }
         if let Some(a) = &self.ablation {
             s.push_str(&ablation_table(a));
         }
@@ -1477,6 +1485,7 @@ pub fn run(
         online: None,
         ablation: None,
         repeats: None,
+        cold_start: None,
     })
 }
 
@@ -1541,7 +1550,7 @@ impl FamilyImportance {
     }
 }
 
-fn empty_info(input: &str) -> DataInfo {
+pub(crate) fn empty_info(input: &str) -> DataInfo {
     DataInfo {
         file: input.to_string(),
         sha256: String::new(),

@@ -24,6 +24,7 @@
 
 mod abstain;
 pub mod artifact;
+pub mod coldstart;
 pub mod cv;
 mod decide;
 pub mod online;

@@ -127,3 +127,104 @@ fn changing_later_grades_does_not_move_earlier_days() {
         "changed grades did not reach {cut_day}"
     );
 }
+
+/// The cold-start curve's plan and online path on the shipped sample, checked against an
+/// independent reading of the incidents: every cold tenant has at least the largest n of
+/// verdicts ended before the origin and an incident in the window; the verdicts shown are its
+/// earliest by end time; the group's model trains on no incident of its tenants and on none
+/// that ended after the origin; after n verdicts every scored row of the group reads exactly n
+/// verdicts of its tenant (`tenant:log_support` = ln(1 + n)).
+#[test]
+fn cold_start_shows_each_tenant_its_first_n_verdicts_and_nothing_else() {
+    use std::collections::BTreeMap;
+    use threatrank::train::coldstart::{cold_origins, encoders_after, ColdStartParams};
+    use threatrank::train::cv::{CvParams, CvPlan, SplitKind};
+    let loaded =
+        threatrank::pipeline::load(&crate::common::sample_path(), &Default::default()).unwrap();
+    let corr = &loaded.corr;
+    let kn = crate::common::kn();
+    let params = ColdStartParams {
+        verdicts: vec![0, 3, 20],
+        groups: 2,
+    };
+    let cv = CvParams {
+        splits: vec![SplitKind::Forward],
+        ..CvParams::default()
+    };
+    let plan = CvPlan::new(&cv, corr).unwrap();
+    let origins = cold_origins(&params, &plan, corr);
+    let windows = &plan.forward.as_ref().unwrap().windows;
+    assert_eq!(origins.len(), windows.len());
+    let mut checked_groups = 0;
+    for (o, &(origin, end)) in origins.iter().zip(windows) {
+        assert_eq!(o.origin, origin);
+        // independent reading: per tenant, graded incidents ended before the origin (by end
+        // time) and graded incidents that began in the window
+        let mut before: BTreeMap<u64, Vec<(i64, usize)>> = BTreeMap::new();
+        let mut window: BTreeMap<u64, usize> = BTreeMap::new();
+        for (i, inc) in corr.incidents.iter().enumerate() {
+            if inc.grade.is_none() {
+                continue;
+            }
+            if inc.last_seen < origin {
+                before
+                    .entry(inc.key.tenant.0)
+                    .or_default()
+                    .push((inc.last_seen, i));
+            }
+            if inc.first_seen >= origin && inc.first_seen < end {
+                *window.entry(inc.key.tenant.0).or_default() += 1;
+            }
+        }
+        let cold: Vec<u64> = before
+            .iter()
+            .filter(|(t, v)| v.len() >= 20 && window.contains_key(t))
+            .map(|(t, _)| *t)
+            .collect();
+        let mut got: Vec<u64> = o
+            .groups
+            .iter()
+            .flat_map(|g| g.verdicts.keys().copied())
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, cold, "cold tenants at {origin}");
+        for g in &o.groups {
+            for (t, v) in &g.verdicts {
+                let mut want = before[t].clone();
+                want.sort_unstable();
+                let want: Vec<usize> = want.iter().take(20).map(|&(_, i)| i).collect();
+                assert_eq!(v, &want, "tenant {t}: not its 20 earliest verdicts");
+            }
+            assert!(g.train.iter().all(|&i| {
+                let inc = &corr.incidents[i];
+                inc.last_seen < origin && !g.verdicts.contains_key(&inc.key.tenant.0)
+            }));
+            let test_tenants: usize = g.verdicts.keys().map(|t| window[t]).sum();
+            assert_eq!(g.test.len(), test_tenants);
+            // the rows after n verdicts
+            let base = threatrank::features::FittedFeatures::fit(
+                &threatrank::features::FeatureParams::default()
+                    .check()
+                    .unwrap(),
+                &loaded.evidence,
+                corr,
+                &g.train,
+                kn,
+            )
+            .unwrap();
+            let col = threatrank::features::schema()
+                .index_of("tenant:log_support")
+                .unwrap();
+            for &n in &params.verdicts {
+                let (enc, kn_n) = encoders_after(&base, g, n, &loaded.evidence, corr, kn).unwrap();
+                let x = enc.transform(&loaded.evidence, corr, &g.test, &kn_n);
+                for r in 0..x.n_rows() {
+                    let v = f64::from(x.get(r, col));
+                    assert!((v - (n as f64).ln_1p()).abs() < 1e-5, "n {n}: support {v}");
+                }
+            }
+            checked_groups += 1;
+        }
+    }
+    assert!(checked_groups >= 4, "{checked_groups} groups");
+}

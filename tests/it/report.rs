@@ -51,7 +51,15 @@ fn cv_params() -> CvParams {
 }
 
 fn report(out: &Path, peers: Option<PeersParams>) -> threatrank::bench::Outcome {
-    let params = ReportParams::default().cv(cv_params()).peers(peers);
+    // cold start with 2 verdicts: the head of the sample has no tenant with 50
+    let cold = threatrank::train::coldstart::ColdStartParams {
+        verdicts: vec![0, 2],
+        groups: 1,
+    };
+    let params = ReportParams::default()
+        .cv(cv_params())
+        .peers(peers)
+        .cold_start(Some(cold));
     pipeline::report_file(input(), out, &params, kn(), &mut |_| {}).expect("report")
 }
 
@@ -129,7 +137,19 @@ fn report_writes_every_file_self_contained_and_deterministic() {
         .iter()
         .map(|t| t["stage"].as_str().unwrap())
         .collect();
-    assert_eq!(stages, ["load", "cross-validation", "figures", "write"]);
+    assert_eq!(
+        stages,
+        ["load", "cross-validation", "cold start", "figures", "write"]
+    );
+    // the cold-start curve: one point per verdict count, the same incidents at each
+    let cold = &v["cv"]["cold_start"];
+    let points = cold["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for (p, n) in points.iter().zip([0, 2]) {
+        assert_eq!(p["verdicts"], n);
+        assert_eq!(p["metrics"]["incidents"], cold["incidents"]);
+    }
+    assert!(cold["incidents"].as_u64().unwrap() > 0);
     assert_eq!(v["cv"]["folds"], 3);
     assert_eq!(v["cv"]["folds_run"], 1);
     // figures of every model on every split, forward first
@@ -183,8 +203,10 @@ fn report_writes_every_file_self_contained_and_deterministic() {
     // every plot file exists, is non-empty, and is in both pages
     let plots = plot_files(&v);
     assert_eq!(plots.len(), out.report.plots.len());
-    // per split: pr, 2 calibration, p@k, r@k, workload, confusion, 2 families, ndcg
-    assert_eq!(plots.len(), 3 * 10, "{plots:?}");
+    // per split: pr, 2 calibration, p@k, r@k, workload, confusion, 2 families, ndcg; the
+    // cold-start curve
+    assert_eq!(plots.len(), 3 * 10 + 1, "{plots:?}");
+    assert!(plots.contains(&"plots/cold-start.svg".to_string()));
     let md = read(&a.join("report.md"));
     let html = read(&a.join("report.html"));
     assert!(!md.is_empty() && !html.is_empty());
@@ -338,6 +360,28 @@ fn fake_peers_are_scored_like_our_models_on_the_same_folds() {
     // that had not ended by the origin (and those after the window) are on neither side
     let (_, fwd) = &plan.splits[0];
     assert!(fwd[0].train.len() + fwd[0].test.len() < plan.labelled.len());
+
+    // the cold start's peers: their own folds (the cold tenants' window incidents, trained
+    // without those tenants), scored on the same incidents as the curve; the fake LightGBM
+    // says TP for every incident, so its row accuracy is the TP share of the rows
+    let cold = r.cv.cold_start.as_ref().expect("cold start measured");
+    let cold_folds = read(&out_dir.join("cold-start/peers/folds.csv"));
+    let tested = cold_folds.lines().filter(|l| l.contains(",test,")).count();
+    assert_eq!(tested, cold.incidents);
+    let peers: Vec<&str> = cold
+        .peers_at_zero
+        .iter()
+        .map(|p| p.model.as_str())
+        .collect();
+    assert_eq!(peers, ["lightgbm (peer)", "xgboost (peer)"]);
+    let ours = &cold.points[0].metrics;
+    let tp_rows = ours.per_class_rows[0].support / ours.rows as f64;
+    for p in &cold.peers_at_zero {
+        assert_eq!(p.metrics.incidents, cold.incidents);
+        assert_eq!(p.metrics.rows, ours.rows);
+    }
+    let lgb = &cold.peers_at_zero[0].metrics;
+    assert!((lgb.accuracy_rows - tp_rows).abs() < 1e-9, "{lgb:?}");
 
     for sp in &r.splits {
         let names: Vec<&str> = sp.models.iter().map(|m| m.model.as_str()).collect();
