@@ -761,8 +761,35 @@ impl FittedFeatures {
         self.transform_with(global, evidence, corr, which, kn)
     }
 
-    /// [`FittedFeatures::transform`] with the global signals of `global`.
-    fn transform_with(
+    /// A snapshot of the labelled incidents `which` (indices into `corr.incidents`) under these
+    /// encoders' privacy rules and "not present" codes: what [`FittedFeatures::fit`] builds
+    /// from its training incidents, for another set of them.
+    pub fn snapshot_of(
+        &self,
+        evidence: &[Evidence],
+        corr: &Correlated,
+        which: &[usize],
+        key: &PseudonymKey,
+    ) -> Result<GlobalSignals, FeatureError> {
+        let signals = self.params.signals.check()?;
+        let graded: Vec<usize> = which
+            .iter()
+            .copied()
+            .filter(|&i| corr.incidents[i].grade.is_some())
+            .collect();
+        Ok(snapshot_of(
+            &signals,
+            key,
+            evidence,
+            corr,
+            &graded,
+            &self.sentinels,
+        ))
+    }
+
+    /// [`FittedFeatures::transform`] with the global signals of `global` (instead of the
+    /// snapshot these encoders hold or one given in `kn`).
+    pub fn transform_with(
         &self,
         global: &GlobalSignals,
         evidence: &[Evidence],

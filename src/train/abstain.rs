@@ -11,10 +11,10 @@
 //!
 //! The unseen regime's rows are scored by systems fitted without their tenant (cross-conformal
 //! over tenant groups, [`super::UNSEEN_FOLDS`]). Those stand-ins see fewer tenants than the
-//! shipped system, so their quantiles err high: with 5 folds, tenant-disjoint coverage on the
-//! GUIDE sample was 0.945–0.952 (fold 0), with 10 folds 0.89, before features were past-only;
-//! with past-only features 0.937 (fold 0) whatever the fold count, 0.900 pooled over 5 folds
-//! (measured figures and commands in `docs/CONFORMAL.md`).
+//! shipped system, so their quantiles err high; the rows they score read the snapshot of
+//! their own training tenants, as a new tenant reads the snapshot of all of them. Pooled over
+//! the 5 tenant-disjoint folds of the GUIDE sample: 0.908 with 10 folds (measured figures and
+//! commands in `docs/CONFORMAL.md`).
 
 use super::decide::{regime_rows, MIN_REGIME_ROWS};
 use crate::matrix::FeatureMatrix;

@@ -1,8 +1,9 @@
 //! Held-out conformal coverage of the trained pipeline on the shipped sample: the grade sets
 //! of incidents the model never saw (incident-disjoint) and of tenants it never saw
 //! (tenant-disjoint) hold the true grade about as often as the 90% target says, not less and
-//! not more, with sets far from "every grade". Fold 0 of a seeded 5-fold plan per split (a
-//! fixed subset: the full CV is too slow for a debug test).
+//! not more, with sets far from "every grade". Incident-disjoint: fold 0 of a seeded 5-fold
+//! plan (a fixed fifth of the incidents, ~1,300). Tenant-disjoint: all 5 folds pooled (one
+//! fold's few hundred tenants move its coverage by a point or two).
 
 use crate::common::{kn, sample_path};
 use threatrank::models::Algorithm;
@@ -12,30 +13,35 @@ use threatrank::train::TrainParams;
 #[test]
 fn held_out_coverage_is_near_the_target_on_both_splits_with_small_sets() {
     let loaded = threatrank::pipeline::load(&sample_path(), &Default::default()).unwrap();
-    let params = CvParams {
-        folds: 5,
-        // Fold 0 of each split only (a fifth of the incidents, ~1,300, held out): the full
-        // 5-fold CV ran over 8 minutes in a debug build on a loaded 2-core machine.
-        folds_to_run: Some(1),
-        seed: 42,
-        algorithms: vec![Algorithm::Gbdt],
-        baseline: false,
-        // Forward windows are left to `eval` (pooled over origins: 0.884 on the sample; one
-        // window alone moves by several points: the last covers 0.924).
-        splits: vec![SplitKind::IncidentDisjoint, SplitKind::TenantDisjoint],
-        train: TrainParams::default(),
-        compare_ranker: false,
-        ..CvParams::default()
+    let run = |split: SplitKind, folds_to_run: Option<usize>| {
+        let params = CvParams {
+            folds: 5,
+            folds_to_run,
+            seed: 42,
+            algorithms: vec![Algorithm::Gbdt],
+            baseline: false,
+            // Forward windows are left to `eval` (pooled over origins: 0.889 on the sample).
+            splits: vec![split],
+            train: TrainParams::default(),
+            compare_ranker: false,
+            ..CvParams::default()
+        };
+        cv::run(
+            &params,
+            "guide_sample.csv",
+            &loaded.evidence,
+            &loaded.corr,
+            kn(),
+            &mut |_| {},
+        )
+        .unwrap()
     };
-    let r = cv::run(
-        &params,
-        "guide_sample.csv",
-        &loaded.evidence,
-        &loaded.corr,
-        kn(),
-        &mut |_| {},
-    )
-    .unwrap();
+    let incident = run(SplitKind::IncidentDisjoint, Some(1));
+    let tenant = run(SplitKind::TenantDisjoint, None);
+    let r = threatrank::train::cv::CvReport {
+        splits: vec![incident.splits[0].clone(), tenant.splits[0].clone()],
+        ..incident
+    };
     assert_eq!(r.splits.len(), 2);
     for s in &r.splits {
         let sets = &s.models[0]
@@ -52,40 +58,34 @@ fn held_out_coverage_is_near_the_target_on_both_splits_with_small_sets() {
             sets.uncertain_rate,
             sets.rows
         );
-        // fold 0 holds out about a fifth of the labelled incidents
-        assert!(
-            sets.rows * 6 > r.incidents && sets.rows * 4 < r.incidents,
-            "{} of {} held out",
-            sets.rows,
-            r.incidents
-        );
+        // incident-disjoint fold 0 holds out about a fifth of the labelled incidents, the
+        // tenant-disjoint folds all of them
+        if s.split == SplitKind::TenantDisjoint {
+            assert_eq!(sets.rows, r.incidents);
+        } else {
+            assert!(
+                sets.rows * 6 > r.incidents && sets.rows * 4 < r.incidents,
+                "{} of {} held out",
+                sets.rows,
+                r.incidents
+            );
+        }
         assert!((sets.target_coverage - 0.90).abs() < 1e-9);
-        // The conformal guarantee from below, and no more than sampling noise above it: a
-        // predictor that returned every grade (coverage 1) fails, and so does one whose
-        // quantiles come from a calibration system much weaker than the shipped one.
-        // Tenant-disjoint is held to the guarantee only: with past-only features its fold 0
-        // covers 0.937 (5-fold pooled: 0.900), the new-tenant regime's stand-ins read
-        // smaller global snapshots than a new tenant does at scoring (issue 19 stays open on
-        // this point; its set-size bound below still fails every-grade sets).
+        // Within 2 points of the target, both ways: a predictor that returned every grade
+        // (coverage 1) fails, and so does one whose quantiles come from a calibration system
+        // much weaker than the shipped one (tenant-disjoint covered 0.929 pooled when the
+        // new-tenant regime's rows read the training matrix's smaller snapshots).
         assert!(
-            sets.coverage >= 0.88,
-            "{:?}: coverage {} below 0.88: {sets:?}",
+            (sets.coverage - 0.90).abs() <= 0.02,
+            "{:?}: coverage {} not within 0.02 of 0.90: {sets:?}",
             s.split,
             sets.coverage
         );
-        if s.split != SplitKind::TenantDisjoint {
-            assert!(
-                sets.coverage <= 0.92,
-                "{:?}: coverage {} above 0.92: {sets:?}",
-                s.split,
-                sets.coverage
-            );
-        }
-        // Sets far from every grade (size 3). Measured (release build, default parameters,
-        // past-only features): incident-disjoint coverage 0.9114, mean set size 1.330 (per
-        // grade TP/BP/FP 0.948/0.885/0.941); tenant-disjoint 0.9371, size 2.607
-        // (0.981/0.928/0.919). A tenant never seen gets large sets: the model knows little
-        // about it, and each grade is covered at least at 90%.
+        // Sets far from every grade (size 3). Measured (debug build, as here, default
+        // parameters): incident-disjoint fold 0 coverage 0.9075, mean set size 1.325 (per
+        // grade TP/BP/FP 0.952/0.876/0.941); tenant-disjoint pooled 0.9077, size 2.447
+        // (0.893/0.913/0.909). A tenant never seen gets large sets: the model knows little
+        // about it, and each grade is covered near 90%.
         let max_size = match s.split {
             SplitKind::IncidentDisjoint | SplitKind::Forward => 1.5,
             SplitKind::TenantDisjoint => 2.75,
@@ -112,15 +112,9 @@ fn held_out_coverage_is_near_the_target_on_both_splits_with_small_sets() {
             lo - 1e-12 <= sets.coverage && sets.coverage <= hi + 1e-12,
             "{sets:?}"
         );
-        // (the upper end not for tenant-disjoint, see above: its TP coverage is 0.981)
-        let upper = if s.split == SplitKind::TenantDisjoint {
-            1.0
-        } else {
-            0.98
-        };
         for (g, &c) in per_grade.iter().enumerate() {
             assert!(
-                (0.82..=upper).contains(&c),
+                (0.82..=0.98).contains(&c),
                 "{:?}: grade {g} coverage {c}: {sets:?}",
                 s.split
             );
