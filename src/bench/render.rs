@@ -124,7 +124,13 @@ fn cold_start_blocks(b: &mut Vec<Block>, r: &BenchReport, plots: &[Plot]) {
     };
     b.push(Block::Heading(2, "Cold start".into()));
     b.push(Block::Para(format!(
-        "Forward in time, at the forward origins ({}): the tenants with at least {} verdicts          that ended before an origin and an incident in its window ({} tenant-origin pairs, {}          distinct tenants) are held out of training ({} model(s), each trained without one          group of them). Their {} window incidents are scored after n of each tenant's earliest          verdicts went through the online path (encoders refitted with them; model and          cross-tenant snapshot as trained): the same incidents at every n; n = 0 is a tenant          never seen.",
+        "Forward in time, at the forward origins ({}): the tenants with at least {} verdicts \
+         that ended before an origin and an incident in its window ({} tenant-origin pairs, {} \
+         distinct tenants) are held out of training ({} model(s), each trained without one \
+         group of them). Their {} window incidents are scored after n of each tenant's \
+         earliest verdicts went through the online path (encoders refitted with them; model \
+         and cross-tenant snapshot as trained): the same incidents at every n; n = 0 is a \
+         tenant never seen.",
         c.origins.join(", "),
         c.points.last().map_or(0, |p| p.verdicts),
         c.tenants,
