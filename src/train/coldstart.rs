@@ -237,6 +237,15 @@ pub fn encoders_after(
     Ok((enc, kn))
 }
 
+/// The plan of `cv_params`' forward split alone (its windows are the cold start's origins).
+fn forward_plan(cv_params: &CvParams, corr: &Correlated) -> Result<CvPlan, TrainError> {
+    let forward_only = CvParams {
+        splits: vec![SplitKind::Forward],
+        ..cv_params.clone()
+    };
+    CvPlan::new(&forward_only, corr)
+}
+
 /// The cold-start curve of the training default on the forward windows of `cv`; `None` when
 /// no tenant is cold at any origin (no tenant has `max(verdicts)` verdicts before an origin and
 /// an incident in its window: a small input).
@@ -249,11 +258,7 @@ pub fn curve(
     progress: &mut dyn FnMut(&str),
 ) -> Result<Option<ColdStartReport>, TrainError> {
     params.check()?;
-    let forward_only = CvParams {
-        splits: vec![SplitKind::Forward],
-        ..cv_params.clone()
-    };
-    let plan = CvPlan::new(&forward_only, corr)?;
+    let plan = forward_plan(cv_params, corr)?;
     let tp: TrainValidParams = cv_params.train.check()?;
     let origins = cold_origins(params, &plan, corr);
     let k = params.verdicts.len();
@@ -322,11 +327,7 @@ pub fn peer_plan(
     corr: &Correlated,
 ) -> Result<Option<CvPlan>, TrainError> {
     params.check()?;
-    let forward_only = CvParams {
-        splits: vec![SplitKind::Forward],
-        ..cv_params.clone()
-    };
-    let mut plan = CvPlan::new(&forward_only, corr)?;
+    let mut plan = forward_plan(cv_params, corr)?;
     let position: BTreeMap<usize, usize> = plan
         .labelled
         .iter()
