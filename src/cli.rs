@@ -435,6 +435,17 @@ pub enum Command {
         /// Request deadline, seconds.
         #[arg(long, default_value_t = 30.0)]
         request_timeout_seconds: f64,
+        /// Time a connection has to send a request's headers (after connecting, or after its
+        /// previous response: idle keep-alive connections end too), seconds.
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout_seconds: f64,
+        /// On SIGTERM/Ctrl-C, how long requests in flight may still run, seconds.
+        #[arg(long, default_value_t = 10.0)]
+        shutdown_grace_seconds: f64,
+        /// Request bodies held in memory at once over all requests, bytes (at least
+        /// --max-body-bytes); a request waits until its declared length fits.
+        #[arg(long, default_value_t = 64 << 20)]
+        max_inflight_body_bytes: usize,
         /// Notifications for threats at or above this priority (0–100).
         #[arg(long, default_value_t = 80)]
         notify_priority: u8,
@@ -1342,6 +1353,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             listen,
             max_body_bytes,
             request_timeout_seconds,
+            header_timeout_seconds,
+            shutdown_grace_seconds,
+            max_inflight_body_bytes,
             notify_priority,
             drift_window,
             drift_rows,
@@ -1354,14 +1368,21 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             let mut p = crate::service::ServeParams::new(model, db);
             p.listen = listen;
             p.max_body_bytes = max_body_bytes;
-            if !(request_timeout_seconds.is_finite() && request_timeout_seconds > 0.0) {
-                return Err(crate::service::ServiceError::Param {
-                    name: "request_timeout_seconds",
-                    reason: format!("{request_timeout_seconds} is not a positive number"),
+            p.max_inflight_body_bytes = max_inflight_body_bytes;
+            let seconds = |name, v: f64| {
+                // the range itself is checked with the other parameters
+                if v.is_finite() && v > 0.0 && v <= 1e6 {
+                    Ok(std::time::Duration::from_secs_f64(v))
+                } else {
+                    Err(crate::service::ServiceError::Param {
+                        name,
+                        reason: format!("{v} is not a positive number of seconds"),
+                    })
                 }
-                .into());
-            }
-            p.request_timeout = std::time::Duration::from_secs_f64(request_timeout_seconds);
+            };
+            p.request_timeout = seconds("request_timeout_seconds", request_timeout_seconds)?;
+            p.header_timeout = seconds("header_timeout_seconds", header_timeout_seconds)?;
+            p.shutdown_grace = seconds("shutdown_grace_seconds", shutdown_grace_seconds)?;
             p.notify_priority = notify_priority;
             p.drift_window = drift_window;
             p.drift_rows = drift_rows;

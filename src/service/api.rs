@@ -6,9 +6,9 @@ use crate::domain::{Evidence, Grade, ENTITY_COLUMNS};
 use crate::ingest::{self, format_rfc3339, IngestParams, InputFormat};
 use crate::pipeline::{self, Loaded};
 use crate::rank::{Actor, FamilyContribution, Reason, ScoredIncident};
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -74,7 +74,6 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The service's routes over its state.
 pub fn router(state: Shared) -> Router {
-    let limit = state.params.get().max_body_bytes;
     Router::new()
         .route("/", get(page))
         .route("/healthz", get(healthz))
@@ -88,7 +87,6 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/drift", get(drift))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -123,6 +121,12 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
         )
         .into_response(),
     };
+    let mut resp = resp;
+    // answers carry tenant data: no browser or proxy keeps a copy
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-store"),
+    );
     state.metrics.request(
         &route,
         &method,
@@ -162,9 +166,15 @@ async fn caller(state: &Shared, headers: &HeaderMap) -> ApiResult<KeyInfo> {
         .ok_or_else(|| ApiError::unauthorized("unknown or revoked key"))
 }
 
+/// A threat id as the service writes it: decimal digits, no sign, no leading zero (`+16997`
+/// and `016997` name no threat, so one threat has exactly one URL).
 fn parse_threat_id(s: &str) -> ApiResult<u64> {
-    s.parse()
-        .map_err(|_| ApiError::not_found(format!("no threat {s:?} for this key")))
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical
+        .then(|| s.parse().ok())
+        .flatten()
+        .ok_or_else(|| ApiError::not_found(format!("no threat {s:?} for this key")))
 }
 
 /// The `{id}` path segment as a threat id; one that does not even decode (percent-escaped bytes
@@ -175,19 +185,53 @@ fn threat_id(id: Result<Path<String>, PathRejection>) -> ApiResult<u64> {
     parse_threat_id(&id)
 }
 
-/// A body, or the JSON error of why it could not be read (413 when too large).
-fn body_or_error(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
-    body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "request body over the limit (--max-body-bytes)",
-            )
-        } else {
-            ApiError::bad_request(format!("cannot read body: {}", r.body_text()))
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        format!("request body over the limit of {limit} bytes (--max-body-bytes)"),
+    )
+}
+
+/// A request body, read only after the caller's key was checked (so a client without a key
+/// never makes the service hold its body), refused with 413 before a byte is read when its
+/// `Content-Length` is over `--max-body-bytes` (and as soon as a chunked body passes it), and
+/// read within the shared budget of bodies in memory (`--max-inflight-body-bytes`): the
+/// request waits, under its deadline, until its declared length fits. The permit keeps the
+/// reservation while the body is processed.
+async fn read_body<'a>(
+    state: &'a AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> ApiResult<(Bytes, tokio::sync::SemaphorePermit<'a>)> {
+    use http_body_util::BodyExt;
+    let limit = state.params.get().max_body_bytes;
+    let declared = match headers.get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Content-Length is not a number"))?,
+        ),
+    };
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
+    let want = declared.map_or(limit, |n| n as usize);
+    let permit = state.reserve_body(want).await;
+    let mut body = body;
+    let mut buf = Vec::with_capacity(want.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("cannot read body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err(too_large(limit));
+            }
+            buf.extend_from_slice(&data);
         }
-    })
+    }
+    Ok((Bytes::from(buf), permit))
 }
 
 // ---- static -----------------------------------------------------------------------------
@@ -308,11 +352,11 @@ fn format_of(headers: &HeaderMap) -> ApiResult<InputFormat> {
 async fn post_alerts(
     State(state): State<Shared>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<Json<AlertsOut>> {
     let key = caller(&state, &headers).await?;
     let format = format_of(&headers)?;
-    let body = body_or_error(body)?;
+    let (body, _reserved) = read_body(&state, &headers, body).await?;
     let lock = state.tenant_lock(key.tenant);
     let _guard = lock.lock().await;
     let st = state.clone();
@@ -682,6 +726,7 @@ fn queue_filter(q: &BTreeMap<String, String>) -> ApiResult<QueueFilter> {
         grade,
         verdicted,
         min_priority: None,
+        exclude_dismissed: false,
     })
 }
 
@@ -871,12 +916,20 @@ async fn post_verdict(
     State(state): State<Shared>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> ApiResult<(StatusCode, Json<VerdictOut>)> {
     let key = caller(&state, &headers).await?;
     let id = threat_id(id)?;
-    let body = body_or_error(body)?;
-    let v: VerdictIn = serde_json::from_slice(&body)
+    let (body, _reserved) = read_body(&state, &headers, body).await?;
+    // a JSON object only: serde would also take the fields in order from an array (`["TP"]`)
+    let v: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("verdict body: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::bad_request(
+            "verdict body: expected a JSON object {\"grade\": …, \"reason\": …}",
+        ));
+    }
+    let v: VerdictIn = serde_json::from_value(v)
         .map_err(|e| ApiError::bad_request(format!("verdict body: {e}")))?;
     let grade = parse_grade(v.grade.trim())?;
     let reason = v
@@ -908,6 +961,9 @@ async fn post_verdict(
 pub struct NotificationsOut {
     /// the priority threshold applied
     pub min_priority: u8,
+    /// threats at or above the threshold that no analyst dismissed (BP or FP as their latest
+    /// verdict), all of them: `notifications` holds the first 100
+    pub total: u64,
     /// highest first (at most 100)
     pub notifications: Vec<notify::Notification>,
 }
@@ -934,9 +990,10 @@ async fn notifications(
     blocking(move || {
         let filter = QueueFilter {
             min_priority: Some(min),
+            exclude_dismissed: true,
             ..Default::default()
         };
-        let (_, threats) = db.queue(key.tenant, &filter, MAX_NOTIFICATIONS)?;
+        let (total, threats) = db.queue(key.tenant, &filter, MAX_NOTIFICATIONS)?;
         let features = &engine.artifact.features;
         let absent = |c: usize, code: u64| features.sentinel(c) == Some(code);
         let mut out = Vec::with_capacity(threats.len());
@@ -946,6 +1003,7 @@ async fn notifications(
         }
         Ok(Json(NotificationsOut {
             min_priority: min,
+            total,
             notifications: out,
         }))
     })

@@ -47,6 +47,15 @@ pub enum DbError {
     /// the OS random source failed
     #[error("cannot read /dev/urandom for a new key: {0}")]
     Random(#[source] std::io::Error),
+    /// creating the database file
+    #[error("{file}: cannot create: {source}")]
+    Create {
+        /// database file
+        file: String,
+        /// cause
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Layout version stored in `meta`; a file of another version is refused.
@@ -200,6 +209,8 @@ pub struct QueueFilter {
     pub verdicted: Option<bool>,
     /// only threats at or above this priority
     pub min_priority: Option<u8>,
+    /// leave out threats whose latest verdict is BP or FP (an analyst dismissed them)
+    pub exclude_dismissed: bool,
 }
 
 /// Recently scored threats: (feature row, P(TP)) each, and how many tenants they come from.
@@ -279,6 +290,16 @@ fn grade_from_sql(file: &str, s: &str) -> Result<Grade, DbError> {
     })
 }
 
+/// Control characters (line breaks, NUL, escapes) and the Unicode text-direction controls
+/// (embeddings, overrides, isolates and marks), which make one string display as another.
+pub fn unsafe_text_char(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
 impl Db {
     /// Opens (creating when absent) the database at `path` with `readers` read connections.
     pub fn open(path: &Path, readers: usize) -> Result<Db, DbError> {
@@ -287,6 +308,26 @@ impl Db {
             file: file.clone(),
             source,
         };
+        // it holds every tenant's alerts and verdicts: readable by its owner only (SQLite gives
+        // its -wal and -shm files the same permissions)
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(source) => {
+                    return Err(DbError::Create {
+                        file: file.clone(),
+                        source,
+                    })
+                }
+            }
+        }
         let writer = Self::connect(path).map_err(sql)?;
         writer.execute_batch(SCHEMA).map_err(sql)?;
         let version: Option<String> = writer
@@ -386,6 +427,17 @@ impl Db {
             return Err(DbError::Key {
                 file: self.file.clone(),
                 reason: "a key label must be 1–200 characters (it names the analyst)".into(),
+            });
+        }
+        // it is printed in `keys list` rows and shown as the analyst of verdicts: a line
+        // break would forge rows, a direction override would reorder the text around it
+        if let Some(c) = label.chars().find(|&c| unsafe_text_char(c)) {
+            return Err(DbError::Key {
+                file: self.file.clone(),
+                reason: format!(
+                    "a key label cannot hold control or text-direction characters (found U+{:04X})",
+                    u32::from(c)
+                ),
             });
         }
         let id = self.write(|c| {
@@ -761,6 +813,12 @@ impl Db {
         if let Some(p) = filter.min_priority {
             args.push(Value::Integer(i64::from(p)));
             sql.push_str(&format!(" AND priority >= ?{}", args.len() + 1));
+        }
+        if filter.exclude_dismissed {
+            sql.push_str(
+                " AND COALESCE((SELECT v.grade FROM verdicts v WHERE v.tenant = threats.tenant
+                   AND v.threat = threats.id ORDER BY v.seq DESC LIMIT 1), 'TP') = 'TP'",
+            );
         }
         if let Some(v) = filter.verdicted {
             sql.push_str(&format!(

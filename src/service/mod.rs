@@ -69,6 +69,15 @@ pub struct ServeParams {
     pub max_body_bytes: usize,
     /// request deadline (default 30 s)
     pub request_timeout: Duration,
+    /// time a connection has to send a request's headers, after connecting or after its
+    /// previous response (default 10 s); also ends idle keep-alive connections
+    pub header_timeout: Duration,
+    /// on SIGTERM/SIGINT, how long requests in flight may still run (default 10 s)
+    pub shutdown_grace: Duration,
+    /// request bodies held in memory at once, over all requests, bytes (default 64 MiB, at
+    /// least `max_body_bytes`): a request waits (within its deadline) until its declared
+    /// length fits
+    pub max_inflight_body_bytes: usize,
     /// notifications for threats at or above this priority (default 80)
     pub notify_priority: u8,
     /// reasons stored per threat (default 5)
@@ -100,6 +109,9 @@ impl ServeParams {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
+            max_inflight_body_bytes: 64 << 20,
             notify_priority: 80,
             reasons: 5,
             drift_window: 200,
@@ -127,6 +139,25 @@ impl ServeParams {
             return bad(
                 "request_timeout",
                 format!("{:?} is outside 1 ms – 1 h", self.request_timeout),
+            );
+        }
+        for (name, d) in [
+            ("header_timeout", self.header_timeout),
+            ("shutdown_grace", self.shutdown_grace),
+        ] {
+            if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+                return bad(name, format!("{d:?} is outside 1 ms – 1 h"));
+            }
+        }
+        if self.max_inflight_body_bytes < self.max_body_bytes
+            || self.max_inflight_body_bytes > (1 << 40)
+        {
+            return bad(
+                "max_inflight_body_bytes",
+                format!(
+                    "{} is outside max_body_bytes ({}) – 1 TiB",
+                    self.max_inflight_body_bytes, self.max_body_bytes
+                ),
             );
         }
         if self.notify_priority > 100 {
@@ -247,16 +278,20 @@ pub struct AppState {
     /// one writer per tenant at a time for alert batches (re-scoring reads then writes a
     /// tenant's threats)
     tenant_locks: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
+    /// request bodies in memory, KiB permits (`max_inflight_body_bytes`)
+    body_budget: tokio::sync::Semaphore,
 }
 
 impl AppState {
     /// State over a loaded engine and an open database.
     pub fn new(params: ValidServeParams, engine: Engine, db: Db) -> AppState {
+        let budget = params.get().max_inflight_body_bytes.div_ceil(1024);
         AppState {
             params,
             engine: RwLock::new(Arc::new(engine)),
             db: Arc::new(db),
             metrics: metrics::Metrics::default(),
+            body_budget: tokio::sync::Semaphore::new(budget),
             tenant_locks: Default::default(),
         }
     }
@@ -284,6 +319,17 @@ impl AppState {
                 Err(err)
             }
         }
+    }
+
+    /// Reserves room for a body of up to `bytes` among the bodies in memory; waits while
+    /// other requests hold the budget. The reservation ends when the permit is dropped.
+    async fn reserve_body(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        // never closed, so acquiring only waits
+        self.body_budget
+            .acquire_many(kib)
+            .await
+            .expect("the body budget is never closed")
     }
 
     fn tenant_lock(&self, tenant: u64) -> Arc<tokio::sync::Mutex<()>> {
@@ -329,7 +375,7 @@ pub fn serve(params: &ServeParams, knowledge: Knowledge) -> Result<(), ServiceEr
             what: "tokio runtime".into(),
             source,
         })?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(params.listen)
             .await
             .map_err(|source| ServiceError::Io {
@@ -362,29 +408,102 @@ pub fn serve(params: &ServeParams, knowledge: Knowledge) -> Result<(), ServiceEr
             }
         });
         let app = api::router(state);
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).ok();
-                let t = async {
-                    match term.as_mut() {
-                        Some(t) => {
-                            t.recv().await;
-                        }
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {},
-                    _ = t => {},
+        serve_until_signal(listener, app, params.header_timeout, params.shutdown_grace).await;
+        Ok(())
+    });
+    // tasks still running after the grace period (a stalled body read, a scoring job) are
+    // dropped with the runtime and the process ends: each SQLite write is one transaction,
+    // and a batch retried after a restart stores nothing twice and is scored again
+    rt.shutdown_timeout(Duration::from_millis(500));
+    result
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    let t = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = t => {},
+    }
+}
+
+/// Accepts HTTP/1.1 connections until SIGINT/SIGTERM, then stops accepting, lets requests in
+/// flight finish for at most `grace`, and returns (connections still open are dropped).
+///
+/// Every connection must send a request's headers within `header_timeout` of connecting or of
+/// its previous response (hyper's header-read timer, which also ends idle keep-alive
+/// connections): a client that connects and says nothing, or trickles its headers, is closed
+/// instead of holding a task and a socket forever. Bodies are read by the handlers after the
+/// key is checked, under the request deadline (`api` module).
+async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    header_timeout: Duration,
+    grace: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    // `stop` tells connections to finish their request and close; every connection task holds
+    // a clone of `open`, so `open_tx.closed()` resolves when the last one has ended
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (open_tx, open_rx) = tokio::sync::watch::channel(());
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = &mut stop => break,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    // out of file descriptors and the like: back off instead of spinning
+                    eprintln!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
                 }
-            })
-            .await
-            .map_err(|source| ServiceError::Io {
-                what: "serve".into(),
-                source,
-            })
-    })
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let conn =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let mut stop_rx = stop_rx.clone();
+        let open = open_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                // the one change is false -> true (and the sender outlives every connection)
+                _ = stop_rx.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            drop(open);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(open_rx);
+    if tokio::time::timeout(grace, open_tx.closed()).await.is_err() {
+        eprintln!(
+            "shutdown: {} connection(s) still busy after {} s; closing them",
+            open_tx.receiver_count(),
+            grace.as_secs_f64()
+        );
+    }
 }
 
 /// Drift of one tenant's (and, above the tenant floor, all tenants') recent threats against

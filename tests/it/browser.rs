@@ -34,7 +34,8 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// W3C WebDriver's key of an element reference in JSON.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 /// Alert title of one incident's rows: markup that would run if the page used innerHTML.
-const PAYLOAD: &str = "<img src=x onerror=window.__xss=1>";
+/// Markup, and a right-to-left override (U+202E) that would reverse the page's text after it.
+const PAYLOAD: &str = "\u{202E}<img src=x onerror=window.__xss=1>";
 /// Rows of the tenant pushed into the service.
 const ROWS: usize = 300;
 /// Patience for anything the page or a process has to do.
@@ -582,6 +583,18 @@ fn hunter_page_queue_detail_verdict_survives_restart() {
         xss,
         json!([true, n_hostile, 0, "undefined"]),
         "the payload in the detail is text, not markup"
+    );
+    // the override stays inside the title: the id after it is its own isolated element, laid
+    // out to the right of the title (with the override leaking, the line runs right to left
+    // and the id lands on the left)
+    let bidi = b.js("const s = document.querySelectorAll('#d-title span'); \
+         if (s.length !== 2) return ['spans', s.length]; \
+         return [getComputedStyle(s[0]).unicodeBidi, s[1].textContent.trim(), \
+           s[0].getBoundingClientRect().right <= s[1].getBoundingClientRect().left + 0.5]");
+    assert_eq!(
+        bidi,
+        json!(["isolate", format!("#{hostile_id}"), true]),
+        "a direction override in a title does not reorder the page's text"
     );
     // drift: the page shows the status the API gives
     let drift = api.get("/v1/drift", Some(&key)).expect("GET /v1/drift");

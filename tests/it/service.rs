@@ -79,6 +79,26 @@ impl Server {
         self.child.as_ref().expect("running").id()
     }
 
+    /// SIGTERM, then waits up to `limit` for the process to end: its exit status, or `None`
+    /// when it is still running (it is then killed when dropped).
+    pub fn terminate_within(
+        &mut self,
+        limit: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let pid = self.pid().to_string();
+        let o = Command::new("kill").args(["-TERM", &pid]).output();
+        assert!(o.is_ok_and(|o| o.status.success()), "kill -TERM {pid}");
+        let start = std::time::Instant::now();
+        while start.elapsed() < limit {
+            if let Some(st) = self.child.as_mut()?.try_wait().expect("try_wait") {
+                self.child = None;
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     /// `kill -9` and wait.
     pub fn kill9(mut self) {
         if let Some(mut c) = self.child.take() {
@@ -367,6 +387,35 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
         .filter(|t| t["priority"].as_u64().unwrap() >= 100)
         .count();
     assert_eq!(hi["notifications"].as_array().unwrap().len(), above_all);
+    assert_eq!(n["total"].as_u64(), Some(expected.len() as u64));
+    // an analyst's BP or FP dismisses a threat from the notifications; a later TP (the latest
+    // verdict counts) brings it back
+    let first = &expected[0];
+    let notified = |c: &mut Client| {
+        let n = c
+            .get(&format!("/v1/notifications?min_priority={min}"), Some(&key))
+            .unwrap()
+            .json();
+        let ids: Vec<String> = n["notifications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["threat"].as_str().unwrap().to_string())
+            .collect();
+        (n["total"].as_u64().unwrap(), ids)
+    };
+    for (grade, listed) in [("FP", false), ("TP", true), ("BP", false)] {
+        let body = format!(r#"{{"grade":"{grade}"}}"#);
+        assert_eq!(verdict(&mut c, &key, first, &body).status, 201);
+        let (total, ids) = notified(&mut c);
+        assert_eq!(ids.contains(first), listed, "after {grade}: {ids:?}");
+        let want = expected.len() - usize::from(!listed);
+        assert_eq!(
+            (total, ids.len()),
+            (want as u64, want.min(100)),
+            "after {grade}"
+        );
+    }
 
     // health, metrics, OpenAPI: no key needed, no tenant data
     let h = c.get("/healthz", None).unwrap().json();
@@ -383,7 +432,8 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
     );
     assert!(m.contains("threatrank_alert_records_accepted_total 300"));
     assert!(m.contains(&format!("threatrank_threats_stored {scored}")));
-    assert!(m.contains("threatrank_verdicts_total 2"));
+    // two in the verdict round trip, three on the notified threat
+    assert!(m.contains("threatrank_verdicts_total 5"));
     assert!(m.contains("threatrank_scored_priority_count"));
     assert!(!m.contains("tenant="), "metrics never carry a tenant label");
     let o = c.get("/openapi.json", None).unwrap();
@@ -1341,4 +1391,375 @@ fn drift_reports_per_tenant_and_globally_above_the_floor() {
         let d = s.client().get("/v1/drift", Some(&keys[1])).unwrap().json();
         assert_eq!(d["global"].is_object(), released, "share {share}: {d}");
     }
+}
+
+// ---- hardening: limits, timeouts, shutdown ---------------------------------------------------
+
+/// Sends raw bytes on a new connection (from another thread, so an answer that comes before
+/// the last byte is read) and reads what comes back within `wait`: the status code and the
+/// text read; `None` when no status line came in time.
+fn raw_exchange(
+    addr: SocketAddr,
+    bytes: &[u8],
+    wait: std::time::Duration,
+) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let bytes = bytes.to_vec();
+    // the service may answer and close before taking the whole body: write errors are fine
+    let writer = std::thread::spawn(move || {
+        let _ = w.write_all(&bytes);
+    });
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let start = std::time::Instant::now();
+    // until the JSON body has arrived (the answers here are small) or time is up
+    while start.elapsed() < wait {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                let t = String::from_utf8_lossy(&buf);
+                if t.contains("\r\n\r\n") && t.trim_end().ends_with('}') {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let code = text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
+    Some((code, text))
+}
+
+/// Resident memory of a process now, and at its peak, MiB (`/proc/PID/status`).
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib = |field: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+    };
+    (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+}
+
+/// The key is checked before a byte of the body is read: a client without a key gets 401 at
+/// once whatever it declares, and a keyed request declaring more than `--max-body-bytes` gets
+/// 413 at once (before: the body was read first, so a keyless 10^11-byte declaration was held
+/// until the request deadline and answered 503).
+#[test]
+fn bodies_are_read_only_after_the_key_and_within_the_limits() {
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let s = Server::start(&db, &default_model(), &[]);
+    let wait = std::time::Duration::from_secs(5);
+    let head = |auth: &str, len: u64| {
+        format!(
+            "POST /v1/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n{auth}\
+             Content-Length: {len}\r\n\r\n"
+        )
+    };
+    for len in [100_000_000_000u64, 8 << 20, 1000] {
+        // only the head and a few bytes of the body are sent: the answer cannot wait for it
+        let req = format!("{}OrgId,", head("", len));
+        let (code, text) = raw_exchange(s.addr, req.as_bytes(), wait)
+            .unwrap_or_else(|| panic!("no answer within {wait:?} to a keyless {len}-byte body"));
+        assert_eq!(code, 401, "{text}");
+        assert!(text.contains("\"unauthorized\""), "{text}");
+        let req = format!("{}OrgId,", head("Authorization: Bearer trk_nope\r\n", len));
+        let (code, _) = raw_exchange(s.addr, req.as_bytes(), wait).expect("answer");
+        assert_eq!(code, 401);
+    }
+    let req = head(&format!("Authorization: Bearer {key}\r\n"), 100_000_000_000);
+    let (code, text) = raw_exchange(s.addr, req.as_bytes(), wait).expect("413 at once");
+    assert_eq!(code, 413, "{text}");
+    assert!(text.contains("\"payload_too_large\""), "{text}");
+    assert!(
+        text.contains(&(8u64 << 20).to_string()),
+        "names the limit: {text}"
+    );
+    // a chunked body (no length declared) is cut off as it passes the limit
+    let mut chunked = format!(
+        "POST /v1/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
+         Authorization: Bearer {key}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    let piece = vec![b'x'; 1 << 20];
+    for _ in 0..9 {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(&piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let (code, text) = raw_exchange(s.addr, &chunked, wait).expect("answer to a chunked body");
+    assert_eq!(code, 413, "{text}");
+    // the service still answers
+    assert_eq!(s.client().get("/healthz", None).unwrap().status, 200);
+}
+
+/// Bodies in memory are bounded over all requests (`--max-inflight-body-bytes`): 24 keyed
+/// clients each send 7 MiB of a declared 8 MiB body and stall; the service holds at most the
+/// budget (16 MiB) of them, and its resident memory grows by far less than the 168 MiB the
+/// clients sent (measured: +20 MiB; before the budget every body was buffered: +190 MiB).
+/// Keyless clients cost nothing at all.
+#[test]
+fn request_bodies_in_memory_stay_within_the_budget() {
+    use std::io::Write;
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let s = Server::start(
+        &db,
+        &default_model(),
+        &[
+            "--max-inflight-body-bytes",
+            &(16u64 << 20).to_string(),
+            "--request-timeout-seconds",
+            "60",
+        ],
+    );
+    // warm up (first request, first scoring) before the baseline
+    let r = post_csv(&mut s.client(), &key, &tenant_csv(0, 20));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (base, _) = rss_mib(s.pid());
+    let clients = 24;
+    let sent = 7usize << 20;
+    let mut socks = Vec::new();
+    let mut writers = Vec::new();
+    for i in 0..clients {
+        let sock = std::net::TcpStream::connect(s.addr).unwrap();
+        sock.set_write_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        let auth = if i % 4 == 3 {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {key}\r\n")
+        };
+        let head = format!(
+            "POST /v1/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n{auth}\
+             Content-Length: {}\r\n\r\n",
+            8 << 20
+        );
+        let mut w = sock.try_clone().unwrap();
+        socks.push(sock);
+        writers.push(std::thread::spawn(move || {
+            let mut n = 0usize;
+            if w.write_all(head.as_bytes()).is_ok() {
+                let piece = vec![b'x'; 64 << 10];
+                while n < sent && w.write_all(&piece).is_ok() {
+                    n += piece.len();
+                }
+            }
+        }));
+    }
+    // every writer has sent its 7 MiB, or is blocked because the service does not read it
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let (now, peak) = rss_mib(s.pid());
+    eprintln!(
+        "RSS {base:.0} MiB before, {now:.0} MiB with {clients} stalled bodies, peak {peak:.0}"
+    );
+    assert!(
+        now - base < 60.0,
+        "RSS grew by {:.0} MiB holding {clients} bodies of 7 MiB (budget 16 MiB)",
+        now - base
+    );
+    for sock in &socks {
+        let _ = sock.shutdown(std::net::Shutdown::Both);
+    }
+    for w in writers {
+        w.join().unwrap();
+    }
+    // the cut-off requests gave their reservations back: a new batch is read and stored
+    let mut c = s.client().with_timeout(std::time::Duration::from_secs(30));
+    let r = post_csv(&mut c, &key, &tenant_csv(0, 40));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A connection that sends no request (or trickles its headers) is closed after
+/// `--header-timeout-seconds`, and 300 of them do not keep `/healthz` from answering
+/// (before: no header timeout, silent connections stayed open for ever).
+#[test]
+fn silent_connections_are_closed_and_do_not_block_the_service() {
+    use std::io::{Read, Write};
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let _ = add_key(&db, 0, "alice");
+    let s = Server::start(&db, &default_model(), &["--header-timeout-seconds", "1"]);
+    let mut silent: Vec<std::net::TcpStream> = (0..300)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+            if i % 2 == 1 {
+                c.write_all(b"GET /v1/queue HTTP/1.1\r\nHost: x\r\nAuthor")
+                    .unwrap();
+            }
+            c
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let mut c = s.client().with_timeout(std::time::Duration::from_secs(5));
+    assert_eq!(c.get("/healthz", None).unwrap().status, 200);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        t.elapsed()
+    );
+    // every silent connection is closed by the service (EOF, or a 408 then EOF)
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let mut closed = 0;
+    for c in &mut silent {
+        c.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+            .unwrap();
+        let mut rest = Vec::new();
+        match c.read_to_end(&mut rest) {
+            Ok(_) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            Err(_) => {} // still open: the read timed out
+        }
+    }
+    assert_eq!(
+        closed,
+        silent.len(),
+        "connections closed by the header timeout"
+    );
+    // a keep-alive connection idle past the timeout after an answer is closed too
+    let mut idle = std::net::TcpStream::connect(s.addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(std::time::Duration::from_secs(4)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let ended = loop {
+        match idle.read(&mut chunk) {
+            Ok(0) => break true,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(
+        ended,
+        "an idle keep-alive connection stays open past the header timeout"
+    );
+}
+
+/// SIGTERM ends the service within `--shutdown-grace-seconds` even with a client stalled in
+/// its body and another in its headers (before: it waited for them).
+#[test]
+fn sigterm_stops_within_the_grace_period() {
+    use std::io::Write;
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let mut s = Server::start(
+        &db,
+        &default_model(),
+        &[
+            "--shutdown-grace-seconds",
+            "1",
+            "--header-timeout-seconds",
+            "600",
+            "--request-timeout-seconds",
+            "600",
+        ],
+    );
+    let mut body_stall = std::net::TcpStream::connect(s.addr).unwrap();
+    body_stall
+        .write_all(
+            format!(
+                "POST /v1/alerts HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\n\
+                 Authorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\nOrgId,"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    let mut head_stall = std::net::TcpStream::connect(s.addr).unwrap();
+    head_stall
+        .write_all(b"GET /healthz HTTP/1.1\r\nHo")
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let t = std::time::Instant::now();
+    let code = s.terminate_within(std::time::Duration::from_secs(8));
+    assert!(
+        code.is_some(),
+        "still running {:?} after SIGTERM with stalled clients",
+        t.elapsed()
+    );
+    eprintln!("stopped {:?} after SIGTERM", t.elapsed());
+    drop((body_stall, head_stall));
+}
+
+/// Small hardening items: no caching of answers, one URL per threat, a verdict body is an
+/// object, key labels without control or direction characters, a database readable by its
+/// owner only.
+#[test]
+fn answers_ids_verdict_bodies_labels_and_file_modes_are_strict() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::tmp();
+    let db = dir.path().join("s.db");
+    let key = add_key(&db, 0, "alice");
+    let s = Server::start(&db, &default_model(), &[]);
+    let mut c = s.client();
+    let r = post_csv(&mut c, &key, &tenant_csv(0, 30));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let q = c.get("/v1/queue", Some(&key)).unwrap();
+    assert_eq!(q.header("cache-control"), Some("no-store"));
+    let id = ids(&q.json())[0].clone();
+    let missing = c.get("/v1/threats/0", Some(&key)).unwrap();
+    assert_eq!(missing.header("cache-control"), Some("no-store"));
+    assert_eq!(
+        c.get(&format!("/v1/threats/{id}"), Some(&key))
+            .unwrap()
+            .status,
+        200
+    );
+    for alias in [
+        format!("+{id}"),
+        format!("0{id}"),
+        format!("00{id}"),
+        format!("{id} "),
+    ] {
+        let alias = alias.replace('+', "%2B").replace(' ', "%20");
+        assert_error(
+            &c.get(&format!("/v1/threats/{alias}"), Some(&key)).unwrap(),
+            404,
+            "not_found",
+        );
+    }
+    for body in [r#"["TP"]"#, r#"["TP","x"]"#, r#""TP""#, "1"] {
+        assert_error(&verdict(&mut c, &key, &id, body), 400, "bad_request");
+    }
+    assert_eq!(verdict(&mut c, &key, &id, r#"{"grade":"TP"}"#).status, 201);
+    for label in ["eve\n3  0  mallory", "a\u{202E}lice", "bell\u{7}"] {
+        let o = common::run_os(&[
+            "keys".as_ref(),
+            "add".as_ref(),
+            "--db".as_ref(),
+            db.as_os_str(),
+            "--tenant".as_ref(),
+            "0".as_ref(),
+            "--label".as_ref(),
+            label.as_ref(),
+        ]);
+        assert!(!o.status.success(), "label {label:?} accepted");
+        assert!(
+            common::stderr(&o).contains("control or text-direction"),
+            "{}",
+            common::stderr(&o)
+        );
+    }
+    drop(s);
+    for f in [db.clone(), db.with_extension("db-wal")] {
+        if f.exists() {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}: mode {mode:o}", f.display());
+        }
+    }
+    let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
 }
