@@ -35,10 +35,21 @@ id_newtype!(
 
 /// The top bit of an [`IncidentId`]: set on the candidate threats that `correlate` builds from
 /// alerts without a given incident id (the id is this bit | the group's smallest alert id), and
-/// never on a given id (native ingest rejects `incident_id` ≥ 2^63, and `alert_id` ≥ 2^63 on
-/// alerts without one; GUIDE ids are far below). Correlated and given ids therefore never
-/// collide.
+/// never on a given id (every reader rejects given ids ≥ [`GIVEN_ID_LIMIT`], and alert ids as
+/// large on alerts without one). Correlated and given ids therefore never collide.
 pub const CORRELATED_INCIDENT_BIT: u64 = 1 << 63;
+
+/// Every reader (GUIDE CSV, Parquet, native JSONL) accepts given incident ids, and alert ids of
+/// alerts without one, only below this bound (2^62; GUIDE ids are far below). The id space
+/// then has one rule for every format: `[0, 2^62)` given ids, `[2^62, 2^63)` correlated threats
+/// relabelled as training incidents by `threatrank retrain` (`2^62 +` their low bits),
+/// `[2^63, 2^64)` correlated candidate threats ([`CORRELATED_INCIDENT_BIT`]). No id a tenant
+/// sends can name a correlated threat or meet one in training.
+pub const GIVEN_ID_LIMIT: u64 = 1 << 62;
+
+/// Why an id at or above [`GIVEN_ID_LIMIT`] is refused (rejection texts of every reader).
+pub const RESERVED_ID_REASON: &str =
+    "ids from 2^62 up are reserved (correlated candidate threats and their training ids)";
 
 impl IncidentId {
     /// Whether this id names a candidate threat built by `correlate` (top bit set).

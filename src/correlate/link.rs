@@ -23,7 +23,7 @@
 //!    batch would then turn an entity common and split groups that a smaller batch formed.
 //! 4. **Ids.** A candidate threat's id is [`CORRELATED_INCIDENT_BIT`] | its smallest alert id:
 //!    deterministic, independent of input order, and in a namespace that given incident ids
-//!    never use (native ingest rejects given ids ≥ 2^63; [`Linker::correlate`] returns
+//!    never use (every reader rejects given ids ≥ 2^62, `GIVEN_ID_LIMIT`; [`Linker::correlate`] returns
 //!    [`CorrelateError`] for such evidence built by other callers).
 //!
 //! Properties (proptest in `tests/it/correlation.rs`): input order does not change the result;

@@ -5,7 +5,8 @@
 use super::time::parse_rfc3339;
 use super::{IngestError, IngestValidParams, RecordResult, RecordSource, Rejection};
 use crate::domain::{
-    AlertId, Entities, Evidence, Grade, IncidentId, TenantId, ENTITY_COLUMNS, N_ENTITY_COLUMNS,
+    AlertId, Entities, Evidence, Grade, IncidentId, TenantId, ENTITY_COLUMNS, GIVEN_ID_LIMIT,
+    N_ENTITY_COLUMNS, RESERVED_ID_REASON,
 };
 use csv::ByteRecord;
 use rayon::prelude::*;
@@ -478,6 +479,11 @@ impl GuideParser {
             ));
         }
         let incident = IncidentId(int(c.incident)?);
+        // one id rule for every reader (domain docs): a given id never names a correlated
+        // threat nor meets one's training id
+        if incident.0 >= GIVEN_ID_LIMIT {
+            return Err(self.reject(index, line, Some(c.incident), RESERVED_ID_REASON.into()));
+        }
         let alert = AlertId(int(c.alert)?);
         let timestamp = parse_rfc3339(text(c.timestamp))
             .map_err(|e| self.reject(index, line, Some(c.timestamp), e))?;

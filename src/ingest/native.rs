@@ -10,7 +10,7 @@
 //! ```
 //! (shown wrapped; in a file each alert is on one line). Required: `tenant`, `alert_id`,
 //! `timestamp`, `detector`, `title`, `category`. Optional: `incident_id` (absent: `correlate`
-//! links the alert with others sharing a strong entity; ids ≥ 2^63 are reserved), `techniques`, `severity` (informational|low|medium|high|critical),
+//! links the alert with others sharing a strong entity; ids ≥ 2^62 are reserved, in every format), `techniques`, `severity` (informational|low|medium|high|critical),
 //! `entities` (`type`, `role` Impacted|Related, `value` string or integer), `grade` (read only
 //! when labels are read), `id` (echoed in score output; default the line number). Unknown fields
 //! are rejected so that a typo never goes unnoticed. Each entity becomes one [`Evidence`] (an
@@ -22,8 +22,8 @@ use super::guide::{parse_techniques, truncate};
 use super::time::parse_rfc3339;
 use super::{IngestError, IngestValidParams, RecordResult, RecordSource, Rejection};
 use crate::domain::{
-    AlertId, Entities, Evidence, Grade, IncidentId, Severity, TenantId, CORRELATED_INCIDENT_BIT,
-    ENTITY_COLUMNS,
+    AlertId, Entities, Evidence, Grade, IncidentId, Severity, TenantId, ENTITY_COLUMNS,
+    GIVEN_ID_LIMIT, RESERVED_ID_REASON,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Read};
@@ -194,13 +194,14 @@ impl<R: Read> NativeReader<R> {
                 format!("tenant {} is not this key's tenant {only}", a.tenant),
             ));
         }
-        // The top half of the id space names correlated candidate threats (domain docs).
-        let reserved = "ids from 2^63 up are reserved for correlated candidate threats";
+        // From 2^62 up, ids name correlated candidate threats and their training ids (domain
+        // docs: one rule for every reader).
+        let reserved = RESERVED_ID_REASON;
         match a.incident_id {
-            Some(i) if i & CORRELATED_INCIDENT_BIT != 0 => {
+            Some(i) if i >= GIVEN_ID_LIMIT => {
                 return Err(self.reject(Some("incident_id"), reserved.into()))
             }
-            None if a.alert_id & CORRELATED_INCIDENT_BIT != 0 => {
+            None if a.alert_id >= GIVEN_ID_LIMIT => {
                 return Err(self.reject(
                     Some("alert_id"),
                     format!("{reserved} (on an alert without incident_id)"),

@@ -765,3 +765,23 @@ fn parquet_input_without_the_feature_says_how_to_get_it() {
         .to_string();
     assert!(e.contains("--features parquet"), "{e}");
 }
+
+/// One id rule for every reader: a GUIDE `IncidentId` from 2^62 up (the ids of correlated
+/// threats and of their training incidents in `retrain`) is rejected naming the column, as
+/// native JSONL rejects it; 2^62 − 1 is read.
+#[test]
+fn incident_ids_in_the_reserved_space_are_rejected() {
+    for id in [1u64 << 62, (1 << 62) + 99, (1 << 63) + 10_000, u64::MAX] {
+        let r = one_rejection(&five_with(2, "IncidentId", id.to_string().as_bytes()));
+        assert_rejection(
+            &r,
+            4,
+            2,
+            Some("IncidentId"),
+            "ids from 2^62 up are reserved (correlated candidate threats and their training ids)",
+        );
+    }
+    let ok = five_with(2, "IncidentId", ((1u64 << 62) - 1).to_string().as_bytes());
+    let ing = read_guide(&ok, "ok.csv").unwrap();
+    assert_counts(&ing, 5, 5, 0);
+}

@@ -249,14 +249,23 @@ fn non_integer_ids_are_rejected() {
     }
 }
 
-/// Ids from 2^63 up name correlated candidate threats: a given `incident_id` there, or the
-/// `alert_id` of an alert without one, is rejected; a large alert id with an incident is fine.
+/// Ids from 2^62 up name correlated candidate threats (from 2^63) and their training ids in
+/// `retrain` (from 2^62): a given `incident_id` there, or the `alert_id` of an alert without
+/// one, is rejected; 2^62 − 1 is fine, and so is a large alert id with an incident.
 #[test]
 fn ids_in_the_correlated_namespace_are_rejected() {
-    let top = 1u64 << 63;
-    let r = one_rejection(&five_with_field(1, "incident_id", Some(json!(top + 5))));
-    assert_eq!(r.column.as_deref(), Some("incident_id"), "{r}");
-    assert!(r.reason.contains("reserved"), "{r}");
+    let top = 1u64 << 62;
+    for id in [top, top + 5, (1 << 63) + 5, u64::MAX] {
+        let r = one_rejection(&five_with_field(1, "incident_id", Some(json!(id))));
+        assert_eq!(r.column.as_deref(), Some("incident_id"), "{id}: {r}");
+        assert!(r.reason.contains("reserved"), "{r}");
+    }
+    let ing = read_native(
+        &five_with_field(1, "incident_id", Some(json!(top - 1))),
+        "ok.jsonl",
+    )
+    .unwrap();
+    assert_counts(&ing, 5, 5, 0);
     let mut a = alert(3);
     a.as_object_mut().unwrap().remove("incident_id");
     a["alert_id"] = json!(top);
