@@ -1586,6 +1586,12 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
                 "model card: {} incidents, {} tenants",
                 artifact.card.data.incidents, artifact.card.data.tenants
             );
+            if !r.skipped.is_empty() {
+                println!("skipped {} verdicted threats:", r.skipped.len());
+                for s in &r.skipped {
+                    println!("  tenant {} threat {}: {}", s.tenant, s.threat, s.reason);
+                }
+            }
             if let Some(path) = json {
                 let text = serde_json::to_string_pretty(&r).expect("report serializes");
                 std::fs::write(&path, text + "\n").map_err(|e| {

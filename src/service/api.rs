@@ -112,14 +112,18 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
     let method = req.method().as_str().to_string();
     let start = std::time::Instant::now();
     let deadline = state.params.get().request_timeout;
-    let resp = match tokio::time::timeout(deadline, next.run(req)).await {
-        Ok(r) => r,
-        Err(_) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
-            format!("request took longer than {} s", deadline.as_secs_f64()),
-        )
-        .into_response(),
+    // the two writing routes keep their own deadline, up to the point where they start to
+    // write (`post_alerts`, `post_verdict`): a 503 then means nothing was stored, and a write
+    // that began is finished and answered; reads are cut off at the deadline
+    let own_deadline =
+        method == "POST" && (route == "/v1/alerts" || route == "/v1/threats/{id}/verdict");
+    let resp = if own_deadline {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(deadline, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => timeout_error(deadline, ""),
+        }
     };
     let mut resp = resp;
     // answers carry tenant data: no browser or proxy keeps a copy
@@ -136,6 +140,18 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
     resp
 }
 
+fn timeout_error(deadline: std::time::Duration, what: &str) -> Response {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "timeout",
+        format!(
+            "request took longer than {} s{what}",
+            deadline.as_secs_f64()
+        ),
+    )
+    .into_response()
+}
+
 /// Runs a database call on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
@@ -146,7 +162,7 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// The key behind `Authorization: Bearer …`, or 401.
-async fn caller(state: &Shared, headers: &HeaderMap) -> ApiResult<KeyInfo> {
+async fn caller(state: &AppState, headers: &HeaderMap) -> ApiResult<KeyInfo> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "missing Authorization: Bearer <key> header",
@@ -199,11 +215,11 @@ fn too_large(limit: usize) -> ApiError {
 /// read within the shared budget of bodies in memory (`--max-inflight-body-bytes`): the
 /// request waits, under its deadline, until its declared length fits. The permit keeps the
 /// reservation while the body is processed.
-async fn read_body<'a>(
-    state: &'a AppState,
+async fn read_body(
+    state: &AppState,
     headers: &HeaderMap,
     body: Body,
-) -> ApiResult<(Bytes, tokio::sync::SemaphorePermit<'a>)> {
+) -> ApiResult<(Bytes, tokio::sync::OwnedSemaphorePermit)> {
     use http_body_util::BodyExt;
     let limit = state.params.get().max_body_bytes;
     let declared = match headers.get(header::CONTENT_LENGTH) {
@@ -349,21 +365,90 @@ fn format_of(headers: &HeaderMap) -> ApiResult<InputFormat> {
     }
 }
 
-async fn post_alerts(
-    State(state): State<Shared>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<AlertsOut>> {
-    let key = caller(&state, &headers).await?;
-    let format = format_of(&headers)?;
-    let (body, _reserved) = read_body(&state, &headers, body).await?;
-    let lock = state.tenant_lock(key.tenant);
-    let _guard = lock.lock().await;
-    let st = state.clone();
-    let out = on_rayon(move || ingest_batch(&st, &key, format, &body))
-        .await
-        .map_err(|p| ApiError::internal(format!("scoring failed: {p}")))??;
-    Ok(Json(out))
+/// Where a batch is, for its deadline: still reading and checking (the deadline cancels it),
+/// writing (it completes and answers, late), or cancelled (nothing was or will be written).
+#[derive(Debug, Default)]
+struct BatchGate(std::sync::atomic::AtomicU8);
+
+impl BatchGate {
+    const RUNNING: u8 = 0;
+    const WRITING: u8 = 1;
+    const CANCELLED: u8 = 2;
+
+    fn swap(&self, from: u8, to: u8) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0.compare_exchange(from, to, SeqCst, SeqCst).is_ok()
+    }
+    /// The batch may write: false when the deadline already cancelled it.
+    fn begin_writing(&self) -> bool {
+        self.swap(Self::RUNNING, Self::WRITING)
+    }
+    /// The deadline passed: true when the batch had not begun to write (it never will).
+    fn cancel(&self) -> bool {
+        self.swap(Self::RUNNING, Self::CANCELLED)
+    }
+}
+
+const NOTHING_STORED: &str = "; nothing of the batch was stored";
+
+/// `POST /v1/alerts` under its deadline, with an exact outcome: the key check, the body, the
+/// tenant's turn and the reading of the batch must finish within `--request-timeout-seconds`,
+/// else the answer is 503 `timeout` and nothing of the batch is stored, ever (the batch checks
+/// the gate before its first write). Once the batch has begun to write it runs to the end and
+/// answers with what it stored, even past the deadline: the client always knows what was stored.
+async fn post_alerts(State(state): State<Shared>, headers: HeaderMap, body: Body) -> Response {
+    let timeout = state.params.get().request_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let gate = Arc::new(BatchGate::default());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work = {
+        let gate = gate.clone();
+        let state = state.clone();
+        async move {
+            let key = caller(&state, &headers).await?;
+            let format = format_of(&headers)?;
+            let (body, reserved) = read_body(&state, &headers, body).await?;
+            let lock = state.tenant_lock(key.tenant);
+            let guard = lock.lock_owned().await;
+            let st = state.clone();
+            // the batch runs on to its answer even when the request is cancelled, holding the
+            // tenant's turn and the body's reservation until it has finished
+            let job = on_rayon(move || {
+                let out = ingest_batch(&st, &key, format, &body, &gate);
+                drop((guard, reserved, body));
+                out
+            });
+            let _ = tx.send(job.await);
+            Ok::<(), ApiError>(())
+        }
+    };
+    let work = tokio::spawn(work);
+    let abort = work.abort_handle();
+    let answer = async {
+        match rx.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(p)) => Err(ApiError::internal(format!("scoring failed: {p}"))),
+            // the work ended before the batch ran: its error
+            Err(_) => Err(match work.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => ApiError::internal("batch ended without an answer"),
+                Err(e) => ApiError::internal(format!("worker failed: {e}")),
+            }),
+        }
+    };
+    tokio::pin!(answer);
+    match tokio::time::timeout_at(deadline, &mut answer).await {
+        Ok(r) => r.map_or_else(IntoResponse::into_response, |o| Json(o).into_response()),
+        Err(_) if gate.cancel() => {
+            // still before the first write: stop waiting for the body or the tenant's turn
+            abort.abort();
+            timeout_error(timeout, NOTHING_STORED)
+        }
+        // writing began before the deadline: finish and say what was stored
+        Err(_) => answer
+            .await
+            .map_or_else(IntoResponse::into_response, |o| Json(o).into_response()),
+    }
 }
 
 /// Reads a batch for the key's tenant, stores it, re-scores every threat it touches.
@@ -372,6 +457,7 @@ fn ingest_batch(
     key: &KeyInfo,
     format: InputFormat,
     body: &[u8],
+    gate: &BatchGate,
 ) -> ApiResult<AlertsOut> {
     let tenant = key.tenant;
     let params = IngestParams::default()
@@ -405,6 +491,13 @@ fn ingest_batch(
     state.metrics.alerts(report.accepted, rejected, 0);
     if ing.evidence.is_empty() {
         return Ok(out);
+    }
+    if !gate.begin_writing() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            format!("the request's deadline passed{NOTHING_STORED}"),
+        ));
     }
     let stored = state.db.insert_evidence(tenant, &ing.evidence)?;
     out.evidence_stored = stored;
@@ -838,6 +931,8 @@ pub struct VerdictOut {
     pub at: String,
     /// the engine's grade then
     pub predicted: &'static str,
+    /// the threat it was given on, when that threat later merged into this one
+    pub from_threat: Option<String>,
 }
 
 fn verdict_out(v: &Verdict) -> VerdictOut {
@@ -849,6 +944,7 @@ fn verdict_out(v: &Verdict) -> VerdictOut {
         analyst: v.analyst.clone(),
         at: format_rfc3339(v.at),
         predicted: v.predicted.short(),
+        from_threat: v.from_threat.map(|t| t.to_string()),
     }
 }
 
@@ -912,15 +1008,49 @@ pub struct VerdictIn {
 /// Longest verdict reason, characters.
 pub const MAX_REASON_CHARS: usize = 2000;
 
+/// `POST /v1/threats/{id}/verdict`: the key check, the body and its checks must finish within
+/// the deadline (else 503 `timeout`, nothing stored); the one-row write that follows is always
+/// finished and answered.
 async fn post_verdict(
     State(state): State<Shared>,
     headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
     body: Body,
 ) -> ApiResult<(StatusCode, Json<VerdictOut>)> {
-    let key = caller(&state, &headers).await?;
+    let timeout = state.params.get().request_timeout;
+    let checked = tokio::time::timeout(timeout, verdict_request(&state, &headers, id, body))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "timeout",
+                format!(
+                    "request took longer than {} s{NOTHING_STORED}",
+                    timeout.as_secs_f64()
+                ),
+            )
+        })??;
+    let (key, id, grade, reason) = checked;
+    let db = state.db.clone();
+    let stored = blocking(move || {
+        db.add_verdict(&key, id, grade, reason.as_deref())?
+            .ok_or_else(|| ApiError::not_found(format!("no threat {id} for this key")))
+    })
+    .await?;
+    state.metrics.verdict();
+    Ok((StatusCode::CREATED, Json(verdict_out(&stored))))
+}
+
+/// The checked parts of a verdict request: key, threat id, grade, reason.
+async fn verdict_request(
+    state: &AppState,
+    headers: &HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Body,
+) -> ApiResult<(KeyInfo, u64, Grade, Option<String>)> {
+    let key = caller(state, headers).await?;
     let id = threat_id(id)?;
-    let (body, _reserved) = read_body(&state, &headers, body).await?;
+    let (body, _reserved) = read_body(state, headers, body).await?;
     // a JSON object only: serde would also take the fields in order from an array (`["TP"]`)
     let v: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("verdict body: {e}")))?;
@@ -944,14 +1074,7 @@ async fn post_verdict(
             )));
         }
     }
-    let db = state.db.clone();
-    let stored = blocking(move || {
-        db.add_verdict(&key, id, grade, reason.as_deref())?
-            .ok_or_else(|| ApiError::not_found(format!("no threat {id} for this key")))
-    })
-    .await?;
-    state.metrics.verdict();
-    Ok((StatusCode::CREATED, Json(verdict_out(&stored))))
+    Ok((key, id, grade, reason))
 }
 
 // ---- notifications ----------------------------------------------------------------------

@@ -10,6 +10,7 @@ use crate::domain::{Evidence, Grade, IncidentId, CORRELATED_INCIDENT_BIT};
 use crate::rank::ScoredIncident;
 use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -59,7 +60,7 @@ pub enum DbError {
 }
 
 /// Layout version stored in `meta`; a file of another version is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -111,7 +112,9 @@ CREATE TABLE IF NOT EXISTS verdicts(
   analyst TEXT NOT NULL,
   key_id INTEGER NOT NULL,
   at INTEGER NOT NULL,
-  predicted TEXT NOT NULL
+  predicted TEXT NOT NULL,
+  from_threat INTEGER,
+  from_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS verdicts_threat ON verdicts(tenant, threat, seq);
 CREATE TRIGGER IF NOT EXISTS verdicts_no_update BEFORE UPDATE ON verdicts
@@ -180,6 +183,10 @@ pub struct Verdict {
     pub at: i64,
     /// the engine's grade when the analyst decided
     pub predicted: Grade,
+    /// when the verdict was given on another threat that later merged into this one (a later
+    /// alert correlated them): that threat's id. The copy keeps the grade, reason, analyst and
+    /// time; the original stays in the audit log under the old id.
+    pub from_threat: Option<u64>,
 }
 
 /// One stored threat: the scored incident, its feature row and when/which model scored it.
@@ -346,6 +353,19 @@ impl Db {
                     .map_err(sql)?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            // version 1 had no `verdicts.from_threat`, `from_seq` (verdicts carried into merged
+            // threats)
+            Some(v) if v == "1" => {
+                writer
+                    .execute_batch(
+                        "BEGIN;
+                         ALTER TABLE verdicts ADD COLUMN from_threat INTEGER;
+                         ALTER TABLE verdicts ADD COLUMN from_seq INTEGER;
+                         UPDATE meta SET value = '2' WHERE key = 'schema';
+                         COMMIT;",
+                    )
+                    .map_err(sql)?;
+            }
             Some(v) => {
                 return Err(DbError::Corrupt {
                     file,
@@ -395,6 +415,12 @@ impl Db {
             what: what.to_string(),
             reason: reason.to_string(),
         }
+    }
+
+    /// Runs SQL on the writer (tests that need rows no route writes any more).
+    #[cfg(test)]
+    pub(crate) fn execute_batch_for_tests(&self, sql: &str) -> Result<(), DbError> {
+        self.write(|c| c.execute_batch(sql).map_err(|e| self.sql(e)))
     }
 
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T, DbError>) -> Result<T, DbError> {
@@ -700,9 +726,43 @@ impl Db {
                 ),
             ));
         }
+        let moved: BTreeMap<i64, u64> = evidence_threat.iter().copied().collect();
         self.write(|c| {
             let tx = c.transaction().map_err(|e| self.sql(e))?;
             {
+                // Verdicts follow their threat: a retired threat's verdicts are copied, in
+                // order and with their time, onto every threat its evidence moves to (the
+                // originals stay in the append-only log under the old id).
+                let mut seqs = tx
+                    .prepare_cached("SELECT seq FROM evidence WHERE tenant = ?1 AND threat = ?2")
+                    .map_err(|e| self.sql(e))?;
+                let mut carry = tx
+                    .prepare_cached(
+                        "INSERT INTO verdicts
+                         (tenant, threat, grade, reason, analyst, key_id, at, predicted,
+                          from_threat, from_seq)
+                         SELECT tenant, ?3, grade, reason, analyst, key_id, at, predicted,
+                                COALESCE(from_threat, threat), COALESCE(from_seq, seq)
+                         FROM verdicts WHERE tenant = ?1 AND threat = ?2 ORDER BY seq",
+                    )
+                    .map_err(|e| self.sql(e))?;
+                for &old in retired {
+                    let rows: Vec<i64> = seqs
+                        .query_map(params![id_to_sql(tenant), id_to_sql(old)], |r| r.get(0))
+                        .map_err(|e| self.sql(e))?
+                        .collect::<Result<_, _>>()
+                        .map_err(|e| self.sql(e))?;
+                    let to: BTreeSet<u64> = rows
+                        .iter()
+                        .filter_map(|s| moved.get(s).copied())
+                        .filter(|&t| t != old)
+                        .collect();
+                    for new in to {
+                        carry
+                            .execute(params![id_to_sql(tenant), id_to_sql(old), id_to_sql(new)])
+                            .map_err(|e| self.sql(e))?;
+                    }
+                }
                 let mut up = tx
                     .prepare_cached(
                         "UPDATE evidence SET threat = ?3 WHERE tenant = ?1 AND seq = ?2",
@@ -817,7 +877,8 @@ impl Db {
         if filter.exclude_dismissed {
             sql.push_str(
                 " AND COALESCE((SELECT v.grade FROM verdicts v WHERE v.tenant = threats.tenant
-                   AND v.threat = threats.id ORDER BY v.seq DESC LIMIT 1), 'TP') = 'TP'",
+                   AND v.threat = threats.id
+                   ORDER BY v.at DESC, COALESCE(v.from_seq, v.seq) DESC LIMIT 1), 'TP') = 'TP'",
             );
         }
         if let Some(v) = filter.verdicted {
@@ -969,6 +1030,7 @@ impl Db {
                 analyst: key.label.clone(),
                 at,
                 predicted,
+                from_threat: None,
             }))
         })
     }
@@ -993,12 +1055,13 @@ impl Db {
                         r.get::<_, i64>(5)?,
                         r.get::<_, String>(6)?,
                         r.get::<_, i64>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
                     ))
                 })
                 .map_err(|e| self.sql(e))?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, threat, grade, reason, analyst, at, predicted, tenant) =
+                let (seq, threat, grade, reason, analyst, at, predicted, tenant, from) =
                     row.map_err(|e| self.sql(e))?;
                 out.push((
                     Verdict {
@@ -1009,6 +1072,7 @@ impl Db {
                         analyst,
                         at,
                         predicted: grade_from_sql(&self.file, &predicted)?,
+                        from_threat: from.map(id_from_sql),
                     },
                     id_from_sql(tenant),
                 ));
@@ -1017,12 +1081,13 @@ impl Db {
         })
     }
 
-    /// A threat's verdicts, oldest first.
+    /// A threat's verdicts, oldest first (by time, then audit-log order; a verdict carried
+    /// from a merged threat sits where the original was given).
     pub fn verdicts(&self, tenant: u64, threat: u64) -> Result<Vec<Verdict>, DbError> {
         Ok(self
             .verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant FROM verdicts
-                 WHERE tenant = ?1 AND threat = ?2 ORDER BY seq",
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat FROM verdicts
+                 WHERE tenant = ?1 AND threat = ?2 ORDER BY at, COALESCE(from_seq, seq)",
                 params![id_to_sql(tenant), id_to_sql(threat)],
             )?
             .into_iter()
@@ -1039,13 +1104,13 @@ impl Db {
     ) -> Result<(Vec<Verdict>, Spread), DbError> {
         let rows = match tenant {
             Some(t) => self.verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant FROM verdicts
-                 WHERE tenant = ?1 ORDER BY seq DESC LIMIT ?2",
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat FROM verdicts
+                 WHERE tenant = ?1 AND from_threat IS NULL ORDER BY seq DESC LIMIT ?2",
                 params![id_to_sql(t), window as i64],
             )?,
             None => self.verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant FROM verdicts
-                 ORDER BY seq DESC LIMIT ?1",
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat FROM verdicts
+                 WHERE from_threat IS NULL ORDER BY seq DESC LIMIT ?1",
                 params![window as i64],
             )?,
         };
@@ -1058,10 +1123,12 @@ impl Db {
     /// evidence: what `threatrank retrain` learns from. Ordered by verdict seq.
     pub fn latest_verdicts(&self) -> Result<Vec<(Verdict, u64)>, DbError> {
         self.verdict_rows(
-            "SELECT v.seq, v.threat, v.grade, v.reason, v.analyst, v.at, v.predicted, v.tenant
+            "SELECT v.seq, v.threat, v.grade, v.reason, v.analyst, v.at, v.predicted, v.tenant,
+                    v.from_threat
              FROM verdicts v
-             WHERE v.seq = (SELECT MAX(seq) FROM verdicts w
-                            WHERE w.tenant = v.tenant AND w.threat = v.threat)
+             WHERE v.seq = (SELECT w.seq FROM verdicts w
+                            WHERE w.tenant = v.tenant AND w.threat = v.threat
+                            ORDER BY w.at DESC, COALESCE(w.from_seq, w.seq) DESC LIMIT 1)
              ORDER BY v.seq",
             [],
         )
@@ -1099,6 +1166,49 @@ pub fn as_incident(mut e: Evidence, incident: u64, grade: Grade) -> Evidence {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A version-1 file (no `from_threat`/`from_seq` on verdicts) opens as version 2 with its
+    /// verdicts intact and readable; a version this build does not know is refused.
+    #[test]
+    fn a_version_1_database_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            let v1 = SCHEMA.replace(
+                "  predicted TEXT NOT NULL,\n  from_threat INTEGER,\n  from_seq INTEGER\n",
+                "  predicted TEXT NOT NULL\n",
+            );
+            assert_ne!(v1, SCHEMA);
+            c.execute_batch(&v1).unwrap();
+            c.execute_batch(
+                "INSERT INTO meta(key, value) VALUES ('schema', '1');
+                 INSERT INTO verdicts(tenant, threat, grade, analyst, key_id, at, predicted)
+                 VALUES (7, 5, 'BP', 'alice', 1, 100, 'TP');",
+            )
+            .unwrap();
+        }
+        let db = Db::open(&path, 1).unwrap();
+        let v = db.verdicts(7, 5).unwrap();
+        assert_eq!(v.len(), 1);
+        assert_eq!(
+            (v[0].grade, v[0].from_threat),
+            (Grade::BenignPositive, None)
+        );
+        drop(db);
+        let c = Connection::open(&path).unwrap();
+        let version: String = c
+            .query_row("SELECT value FROM meta WHERE key = 'schema'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(version, "2");
+        c.execute("UPDATE meta SET value = '9' WHERE key = 'schema'", [])
+            .unwrap();
+        drop(c);
+        let err = Db::open(&path, 1).unwrap_err().to_string();
+        assert!(err.contains("found 9, this build reads 2"), "{err}");
+    }
 
     #[test]
     fn verdicts_are_append_only_and_keys_hashed() {

@@ -279,7 +279,7 @@ pub struct AppState {
     /// tenant's threats)
     tenant_locks: std::sync::Mutex<std::collections::HashMap<u64, Arc<tokio::sync::Mutex<()>>>>,
     /// request bodies in memory, KiB permits (`max_inflight_body_bytes`)
-    body_budget: tokio::sync::Semaphore,
+    body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -291,7 +291,7 @@ impl AppState {
             engine: RwLock::new(Arc::new(engine)),
             db: Arc::new(db),
             metrics: metrics::Metrics::default(),
-            body_budget: tokio::sync::Semaphore::new(budget),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(budget)),
             tenant_locks: Default::default(),
         }
     }
@@ -323,11 +323,12 @@ impl AppState {
 
     /// Reserves room for a body of up to `bytes` among the bodies in memory; waits while
     /// other requests hold the budget. The reservation ends when the permit is dropped.
-    async fn reserve_body(&self, bytes: usize) -> tokio::sync::SemaphorePermit<'_> {
+    async fn reserve_body(&self, bytes: usize) -> tokio::sync::OwnedSemaphorePermit {
         let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
         // never closed, so acquiring only waits
         self.body_budget
-            .acquire_many(kib)
+            .clone()
+            .acquire_many_owned(kib)
             .await
             .expect("the body budget is never closed")
     }

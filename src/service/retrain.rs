@@ -70,6 +70,25 @@ pub struct RetrainReport {
     pub after: VerdictMetrics,
     /// grades of the verdicts (TP, BP, FP)
     pub grades: [usize; 3],
+    /// the held-out verdicted threats, as training incident ids (decimal)
+    pub held_out_incidents: Vec<String>,
+    /// held-out threats that were also incidents of the base input: left out of the model
+    /// measured on them (it would have trained on them under the base input's grade)
+    pub held_in_base: usize,
+    /// verdicted threats left out, each with why (one tenant's unusable data never stops
+    /// the retraining of every tenant)
+    pub skipped: Vec<SkippedVerdict>,
+}
+
+/// A verdicted threat `retrain` could not use, and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SkippedVerdict {
+    /// its tenant
+    pub tenant: u64,
+    /// the threat id the verdict was given on
+    pub threat: u64,
+    /// why it was left out
+    pub reason: String,
 }
 
 /// One verdicted threat as a labelled incident.
@@ -90,21 +109,36 @@ fn training_id(threat: u64) -> u64 {
     }
 }
 
-fn labelled_from_db(db: &Db) -> Result<Vec<Labelled>, ServiceError> {
+/// The latest verdict of every verdicted threat as a labelled incident, in audit-log order;
+/// and the verdicted threats that cannot be used, with why (never an error: one tenant's data
+/// cannot stop the retraining of all).
+fn labelled_from_db(db: &Db) -> Result<(Vec<Labelled>, Vec<SkippedVerdict>), ServiceError> {
     let mut out = Vec::new();
-    let mut ids: BTreeSet<(u64, u64)> = BTreeSet::new();
+    let mut skipped = Vec::new();
+    // training id -> the threat that holds it
+    let mut ids: BTreeMap<(u64, u64), u64> = BTreeMap::new();
     for (v, tenant) in db.latest_verdicts()? {
+        let skip = |reason: String| SkippedVerdict {
+            tenant,
+            threat: v.threat,
+            reason,
+        };
         let evidence = db.threat_evidence(tenant, v.threat)?;
         if evidence.is_empty() {
+            skipped.push(skip(
+                "no stored evidence under this threat id (its alerts were correlated into another threat)".into(),
+            ));
             continue;
         }
         let incident = training_id(v.threat);
-        if !ids.insert((tenant, incident)) {
-            return Err(ServiceError::Retrain(format!(
-                "tenant {tenant}: threat {} maps onto training id {incident} of another threat",
-                v.threat
+        if let Some(first) = ids.get(&(tenant, incident)) {
+            // ids stored before every reader refused ids from 2^62 up (domain::GIVEN_ID_LIMIT)
+            skipped.push(skip(format!(
+                "its training id {incident} is already threat {first}'s (the verdicted earlier)"
             )));
+            continue;
         }
+        ids.insert((tenant, incident), v.threat);
         out.push(Labelled {
             tenant,
             incident,
@@ -115,17 +149,29 @@ fn labelled_from_db(db: &Db) -> Result<Vec<Labelled>, ServiceError> {
                 .collect(),
         });
     }
-    Ok(out)
+    Ok((out, skipped))
 }
 
-/// Base evidence minus overridden incidents, plus the verdicts' evidence; records renumbered.
-fn combine(base: &[Evidence], verdicts: &[&Labelled]) -> (Vec<Evidence>, usize) {
+/// Base evidence minus overridden incidents and minus the `held_out` incidents (so a model
+/// measured on them never trained on them under the base input's grade), plus the verdicts'
+/// evidence; records renumbered. Also returns how many base incidents a verdict overrode and
+/// how many were left out as held out.
+fn combine(
+    base: &[Evidence],
+    verdicts: &[&Labelled],
+    held_out: &[&Labelled],
+) -> (Vec<Evidence>, usize, usize) {
     let over: BTreeSet<(u64, u64)> = verdicts.iter().map(|l| (l.tenant, l.incident)).collect();
+    let held: BTreeSet<(u64, u64)> = held_out.iter().map(|l| (l.tenant, l.incident)).collect();
     let mut overridden = BTreeSet::new();
+    let mut left_out = BTreeSet::new();
     let mut all: Vec<Evidence> = Vec::with_capacity(base.len());
     for e in base {
-        if over.contains(&(e.tenant.0, e.incident.0)) {
-            overridden.insert((e.tenant.0, e.incident.0));
+        let key = (e.tenant.0, e.incident.0);
+        if over.contains(&key) {
+            overridden.insert(key);
+        } else if held.contains(&key) {
+            left_out.insert(key);
         } else {
             all.push(e.clone());
         }
@@ -136,7 +182,7 @@ fn combine(base: &[Evidence], verdicts: &[&Labelled]) -> (Vec<Evidence>, usize) 
     for (i, e) in all.iter_mut().enumerate() {
         e.record = i as u64;
     }
-    (all, overridden.len())
+    (all, overridden.len(), left_out.len())
 }
 
 fn fit(
@@ -214,7 +260,7 @@ pub fn retrain(
     }
     let old = Artifact::load(&p.model)?;
     let db = Db::open(&p.db, 1)?;
-    let labelled = labelled_from_db(&db)?;
+    let (labelled, skipped) = labelled_from_db(&db)?;
     if labelled.len() < MIN_VERDICTS {
         return Err(ServiceError::Retrain(format!(
             "{}: {} verdicted threats, at least {MIN_VERDICTS} are needed",
@@ -251,12 +297,12 @@ pub fn retrain(
     progress("scoring held-out verdicts with the old model");
     let before = measure(&old, &held, kn)?;
     progress("training without the held-out verdicts");
-    let (ev, _) = combine(&base.evidence, &train_part);
+    let (ev, _, held_in_base) = combine(&base.evidence, &train_part, &held);
     let d = data(String::new(), &ev);
     let probe = fit(&params, ev, d, kn)?;
     let after = measure(&probe, &held, kn)?;
     progress("training on every verdict");
-    let (ev, overridden) = combine(&base.evidence, &all_verdicts);
+    let (ev, overridden, _) = combine(&base.evidence, &all_verdicts, &[]);
     let file = format!(
         "{} + {} verdicts from {}",
         p.input.file_name().map_or_else(
@@ -283,12 +329,16 @@ pub fn retrain(
         before,
         after,
         grades,
+        skipped,
+        held_out_incidents: held.iter().map(|l| l.incident.to_string()).collect(),
+        held_in_base,
     };
     artifact.card.notes.push(format!(
-        "Retrained with {} analyst verdicts (TP/BP/FP {:?}; {} base incidents overridden). On the {} most recent verdicts held out: macro-F1 {:.3} -> {:.3}, accuracy {:.3} -> {:.3}, log-loss {:.3} -> {:.3} (old model -> model trained without them).",
+        "Retrained with {} analyst verdicts (TP/BP/FP {:?}; {} base incidents overridden; {} verdicted threats skipped). On the {} most recent verdicts held out: macro-F1 {:.3} -> {:.3}, accuracy {:.3} -> {:.3}, log-loss {:.3} -> {:.3} (old model -> model trained without them).",
         report.verdicts,
         report.grades,
         report.overridden,
+        report.skipped.len(),
         report.held_out,
         report.before.macro_f1,
         report.after.macro_f1,
@@ -311,5 +361,64 @@ mod tests {
         let c = CORRELATED_INCIDENT_BIT | 99;
         assert_eq!(training_id(c), (1 << 62) | 99);
         assert_eq!(training_id(c) & CORRELATED_INCIDENT_BIT, 0);
+    }
+
+    /// A database written before every reader refused ids from 2^62 up can hold a given id
+    /// equal to a correlated threat's training id, and a verdict whose threat has no evidence
+    /// left: both are skipped with their reason, the rest is used (before: the collision made
+    /// every tenant's retrain fail, and the empty threat was dropped without a word).
+    #[test]
+    fn unusable_verdicts_are_skipped_and_reported() {
+        use crate::domain::{AlertId, IncidentId, TenantId};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("r.db"), 1).unwrap();
+        let ev = |incident: u64, given: bool, alert: u64| Evidence {
+            id: alert,
+            tenant: TenantId(3),
+            incident: IncidentId(incident),
+            incident_given: given,
+            alert: AlertId(alert),
+            timestamp: 1_700_000_000,
+            detector: "d".into(),
+            title: "t".into(),
+            category: "Execution".into(),
+            entity_type: "Machine".into(),
+            impacted: true,
+            ..Default::default()
+        };
+        let corr = CORRELATED_INCIDENT_BIT | 99;
+        let given = (1u64 << 62) | 99;
+        assert_eq!(training_id(corr), given);
+        db.insert_evidence(
+            3,
+            &[ev(corr, false, 99), ev(given, true, 5), ev(8, true, 6)],
+        )
+        .unwrap();
+        db.execute_batch_for_tests(&format!(
+            "INSERT INTO verdicts(tenant, threat, grade, analyst, key_id, at, predicted) VALUES
+             (3, {}, 'TP', 'a', 1, 10, 'TP'), (3, {}, 'FP', 'a', 1, 11, 'TP'),
+             (3, 777, 'BP', 'a', 1, 12, 'TP'), (3, 8, 'BP', 'a', 1, 13, 'TP')",
+            db::id_to_sql(corr),
+            db::id_to_sql(given)
+        ))
+        .unwrap();
+        let (labelled, skipped) = labelled_from_db(&db).unwrap();
+        let used: Vec<(u64, Grade)> = labelled.iter().map(|l| (l.incident, l.grade)).collect();
+        assert_eq!(
+            used,
+            [(given, Grade::TruePositive), (8, Grade::BenignPositive)]
+        );
+        let why: Vec<(u64, &str)> = skipped
+            .iter()
+            .map(|s| (s.threat, s.reason.as_str()))
+            .collect();
+        assert_eq!(why.len(), 2, "{why:?}");
+        assert_eq!(why[0].0, given);
+        assert!(
+            why[0].1.contains(&format!("already threat {corr}")),
+            "{why:?}"
+        );
+        assert_eq!(why[1].0, 777);
+        assert!(why[1].1.starts_with("no stored evidence"), "{why:?}");
     }
 }

@@ -454,6 +454,31 @@ fn alerts_queue_threat_verdict_notifications_round_trip() {
     ] {
         assert!(o["paths"][p].is_object(), "OpenAPI lacks {p}");
     }
+    // the alert content types the document lists are exactly the ones the route takes
+    let listed: std::collections::BTreeSet<String> = o["paths"]["/v1/alerts"]["post"]
+        ["requestBody"]["content"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
+    let mut taken = std::collections::BTreeSet::new();
+    for t in [
+        "text/csv",
+        "application/x-ndjson",
+        "application/jsonl",
+        "application/ndjson",
+        "application/json",
+        "application/xml",
+        "text/plain",
+        "application/x-www-form-urlencoded",
+    ] {
+        let r = c.post("/v1/alerts", Some(&key), t, b"").unwrap();
+        if r.status != 415 {
+            taken.insert(t.to_string());
+        }
+    }
+    assert_eq!(listed, taken);
     let page = c.get("/", None).unwrap();
     assert_eq!(page.status, 200);
     assert!(page
@@ -1097,6 +1122,15 @@ fn loose_alerts_are_correlated_across_batches() {
         .map(|t| t["n_alerts"].as_u64().unwrap())
         .collect();
     assert_eq!(sizes.iter().sum::<u64>(), 3);
+    // analysts grade both loose threats before they merge: host-b's first
+    let (a_id, b_id) = ((1u64 << 63) + 1001, (1u64 << 63) + 2001);
+    for (id, body) in [
+        (b_id, r#"{"grade":"FP","reason":"scanner on host-b"}"#),
+        (a_id, r#"{"grade":"TP","reason":"real on host-a"}"#),
+    ] {
+        let r = verdict(&mut c, &key, &id.to_string(), body);
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
     // an alert on both hosts bridges them: one threat remains
     let bridge = "{\"tenant\":7,\"alert_id\":3001,\"timestamp\":\"2024-06-01T10:07:00Z\",\"detector\":\"EDR-x\",\"title\":\"Lateral\",\"category\":\"LateralMovement\",\"entities\":[{\"type\":\"Machine\",\"value\":\"host-a\"},{\"type\":\"Machine\",\"value\":\"host-b\"}]}\n";
     let r = c
@@ -1126,6 +1160,49 @@ fn loose_alerts_are_correlated_across_batches() {
         .unwrap()
         .json();
     assert_eq!(d["evidence"].as_array().unwrap().len(), 5);
+    // the merged threat keeps every verdict in the order given (host-b's carried over, naming
+    // its threat), the latest is the queue's, it stays verdicted; the old id is gone
+    let trail: Vec<(String, String, Value)> = d["verdicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["grade"].as_str().unwrap().to_string(),
+                v["reason"].as_str().unwrap().to_string(),
+                v["from_threat"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            (
+                "FP".to_string(),
+                "scanner on host-b".to_string(),
+                Value::from(b_id.to_string())
+            ),
+            ("TP".to_string(), "real on host-a".to_string(), Value::Null),
+        ]
+    );
+    assert_eq!(d["verdict"]["grade"], "TP");
+    let open = c.get("/v1/queue?top=100", Some(&key)).unwrap().json();
+    assert_eq!(open["total"], 0, "the merged threat is verdicted: {open}");
+    assert_error(
+        &c.get(&format!("/v1/threats/{b_id}"), Some(&key)).unwrap(),
+        404,
+        "not_found",
+    );
+    // a later verdict on the merged threat is its latest; the drift window counts each
+    // analyst decision once (the carried copy is not a new one)
+    let r = verdict(&mut c, &key, id, r#"{"grade":"BP"}"#);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let d = c
+        .get(&format!("/v1/threats/{id}"), Some(&key))
+        .unwrap()
+        .json();
+    assert_eq!(d["verdicts"].as_array().unwrap().len(), 3);
+    assert_eq!(d["verdict"]["grade"], "BP");
 }
 
 /// The service grades a tenant's incidents exactly as `threatrank score` grades the same rows.
@@ -1184,7 +1261,9 @@ fn service_scores_equal_the_cli() {
     }
 }
 
-/// A request over the deadline gets the JSON `timeout` error, and the service keeps serving.
+/// A request over the deadline gets the JSON `timeout` error saying nothing was stored, and
+/// nothing is, even later (before: the batch was committed seconds after the 503); the service
+/// keeps serving.
 #[test]
 fn slow_requests_get_a_timeout_error() {
     let dir = common::tmp();
@@ -1199,8 +1278,22 @@ fn slow_requests_get_a_timeout_error() {
     // storing (fsync) and scoring a few hundred rows takes far longer than 1 ms
     let r = post_csv(&mut c, &key, &tenant_csv(0, 400));
     assert_error(&r, 503, "timeout");
+    assert!(
+        r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing of the batch was stored"),
+        "{}",
+        r.text()
+    );
     // still serving: a static answer is ready at its first poll, inside any deadline
     assert_eq!(c.get("/openapi.json", None).unwrap().status, 200);
+    // long after the answer, still nothing stored
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    drop(s);
+    let db = threatrank::service::Db::open(&db, 1).unwrap();
+    assert_eq!(db.evidence_count(None).unwrap(), 0);
+    assert_eq!(db.threat_count().unwrap(), 0);
 }
 
 /// Verdicts stored by the service fold into training: `threatrank retrain` writes a loadable
@@ -1262,6 +1355,24 @@ fn retrain_folds_stored_verdicts_into_a_new_model() {
     let held = (n as f64 * 0.3).ceil() as u64;
     assert_eq!(r["held_out"], held);
     assert_eq!(r["train_verdicts"].as_u64().unwrap() + held, n);
+    // the verdicted incidents are the sample's own, and the base input holds them too: the
+    // held-out ones are left out of the model measured on them (counted from the base file)
+    let base_ids: std::collections::BTreeSet<String> = std::fs::read_to_string(common::train_csv())
+        .unwrap()
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(common::col("OrgId")) == Some("0"))
+        .filter_map(|l| l.split(',').nth(inc_col).map(str::to_string))
+        .collect();
+    assert_eq!(r["skipped"], serde_json::json!([]));
+    let held_ids = r["held_out_incidents"].as_array().unwrap();
+    assert_eq!(held_ids.len() as u64, held);
+    let in_base = held_ids
+        .iter()
+        .filter(|t| base_ids.contains(t.as_str().unwrap()))
+        .count();
+    assert!(in_base > 0, "fixture: held-out incidents in the base input");
+    assert_eq!(r["held_in_base"], in_base);
     for side in ["before", "after"] {
         assert_eq!(r[side]["n"], held);
         for m in ["macro_f1", "accuracy"] {
