@@ -446,6 +446,16 @@ pub enum Command {
         /// --max-body-bytes); a request waits until its declared length fits.
         #[arg(long, default_value_t = 64 << 20)]
         max_inflight_body_bytes: usize,
+        /// Longest text value of an alert (a CSV field; a JSONL alert's detector, title,
+        /// category, technique, entity type and value), bytes; longer ones reject the record.
+        #[arg(long, default_value_t = 2048)]
+        max_text_bytes: usize,
+        /// Most entities (evidence rows) one JSONL alert may carry; more reject the alert.
+        #[arg(long, default_value_t = 256)]
+        max_entities_per_alert: usize,
+        /// Most evidence rows one request may expand into; a larger batch gets 413.
+        #[arg(long, default_value_t = 50_000)]
+        max_batch_rows: usize,
         /// Notifications for threats at or above this priority (0–100).
         #[arg(long, default_value_t = 80)]
         notify_priority: u8,
@@ -1356,6 +1366,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             header_timeout_seconds,
             shutdown_grace_seconds,
             max_inflight_body_bytes,
+            max_text_bytes,
+            max_entities_per_alert,
+            max_batch_rows,
             notify_priority,
             drift_window,
             drift_rows,
@@ -1369,6 +1382,9 @@ pub fn run(cli: Cli) -> Result<(), PipelineError> {
             p.listen = listen;
             p.max_body_bytes = max_body_bytes;
             p.max_inflight_body_bytes = max_inflight_body_bytes;
+            p.max_text_bytes = max_text_bytes;
+            p.max_entities_per_alert = max_entities_per_alert;
+            p.max_batch_rows = max_batch_rows;
             let seconds = |name, v: f64| {
                 // the range itself is checked with the other parameters
                 if v.is_finite() && v > 0.0 && v <= 1e6 {

@@ -226,6 +226,14 @@ pub struct IngestParams {
     /// When set, a record of any other tenant is rejected (naming its tenant column): the
     /// service takes alerts only for the tenant of the caller's key. Default `None`.
     pub only_tenant: Option<u64>,
+    /// Most entities one native alert may carry (each becomes an evidence row): an alert with
+    /// more is rejected naming `entities` and the limit. Default 1,024 (the shipped sample's
+    /// largest alert has 28 evidence rows); the service uses a smaller one.
+    pub max_entities_per_alert: usize,
+    /// Longest text value of a native alert (detector, title, category, entity type and
+    /// value, technique), bytes; a longer one is rejected naming its field and the limit.
+    /// Default 65,536 (GUIDE CSV fields have `max_field_bytes`).
+    pub max_text_bytes: usize,
 }
 
 impl Default for IngestParams {
@@ -234,6 +242,8 @@ impl Default for IngestParams {
             max_field_bytes: 65_536,
             read_labels: true,
             only_tenant: None,
+            max_entities_per_alert: 1024,
+            max_text_bytes: 65_536,
         }
     }
 }
@@ -254,12 +264,34 @@ impl IngestParams {
         self.only_tenant = tenant;
         self
     }
+    /// Sets [`IngestParams::max_entities_per_alert`] (default 1,024).
+    pub fn max_entities_per_alert(mut self, n: usize) -> Self {
+        self.max_entities_per_alert = n;
+        self
+    }
+    /// Sets [`IngestParams::max_text_bytes`] (default 65,536).
+    pub fn max_text_bytes(mut self, n: usize) -> Self {
+        self.max_text_bytes = n;
+        self
+    }
     /// Checks the parameters.
     pub fn check(&self) -> Result<IngestValidParams, IngestError> {
         if self.max_field_bytes < 64 {
             return Err(IngestError::Param {
                 name: "max_field_bytes",
                 reason: format!("{} is below the minimum of 64", self.max_field_bytes),
+            });
+        }
+        if self.max_entities_per_alert == 0 {
+            return Err(IngestError::Param {
+                name: "max_entities_per_alert",
+                reason: "0: an alert may carry at least one entity".into(),
+            });
+        }
+        if self.max_text_bytes < 16 {
+            return Err(IngestError::Param {
+                name: "max_text_bytes",
+                reason: format!("{} is below the minimum of 16", self.max_text_bytes),
             });
         }
         Ok(IngestValidParams(self.clone()))

@@ -93,6 +93,8 @@ pub struct NativeReader<R: Read> {
     max_line: usize,
     read_labels: bool,
     only_tenant: Option<u64>,
+    max_entities: usize,
+    max_text: usize,
     done: bool,
 }
 
@@ -122,6 +124,8 @@ impl<R: Read> NativeReader<R> {
             max_line: p.max_field_bytes,
             read_labels: p.read_labels,
             only_tenant: p.only_tenant,
+            max_entities: p.max_entities_per_alert,
+            max_text: p.max_text_bytes,
             done: false,
         })
     }
@@ -211,6 +215,46 @@ impl<R: Read> NativeReader<R> {
         }
         let timestamp =
             parse_rfc3339(&a.timestamp).map_err(|e| self.reject(Some("timestamp"), e))?;
+        // bounded expansion: each entity becomes an evidence row carrying the alert's texts
+        if a.entities.len() > self.max_entities {
+            return Err(self.reject(
+                Some("entities"),
+                format!(
+                    "{} entities, over the limit of {} per alert",
+                    a.entities.len(),
+                    self.max_entities
+                ),
+            ));
+        }
+        let texts = [
+            ("detector", a.detector.as_str()),
+            ("title", a.title.as_str()),
+            ("category", a.category.as_str()),
+        ]
+        .into_iter()
+        .chain(a.techniques.iter().map(|t| ("techniques", t.as_str())))
+        .chain(a.entities.iter().flat_map(|e| {
+            let value = match &e.value {
+                Some(serde_json::Value::String(s)) => s.as_str(),
+                _ => "",
+            };
+            [
+                ("entities.type", e.entity_type.as_str()),
+                ("entities.value", value),
+            ]
+        }));
+        for (name, v) in texts {
+            if v.len() > self.max_text {
+                return Err(self.reject(
+                    Some(name),
+                    format!(
+                        "{} bytes, over the limit of {} per text value",
+                        v.len(),
+                        self.max_text
+                    ),
+                ));
+            }
+        }
         for (name, v) in [
             ("detector", &a.detector),
             ("title", &a.title),

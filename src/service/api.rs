@@ -460,13 +460,35 @@ fn ingest_batch(
     gate: &BatchGate,
 ) -> ApiResult<AlertsOut> {
     let tenant = key.tenant;
+    let p = state.params.get();
+    // bounded expansion: every text value, every alert's entities and the batch's rows
+    let field_limit = match format {
+        InputFormat::GuideCsv => p.max_text_bytes,
+        // a JSONL line holds a whole alert: bounded by the body, its values one by one
+        _ => p.max_body_bytes,
+    };
     let params = IngestParams::default()
         .read_labels(false)
         .only_tenant(Some(tenant))
+        .max_field_bytes(field_limit)
+        .max_text_bytes(p.max_text_bytes)
+        .max_entities_per_alert(p.max_entities_per_alert)
         .check()
         .map_err(|e| ApiError::internal(e.to_string()))?;
     let ing = ingest::read_from(body, "request body", format, &params)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if ing.evidence.len() > p.max_batch_rows {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "the batch expands to {} evidence rows, over the limit of {} per request \
+                 (--max-batch-rows); nothing of it was stored",
+                ing.evidence.len(),
+                p.max_batch_rows
+            ),
+        ));
+    }
     let report = ing.report;
     let rejections = report
         .rejected

@@ -74,6 +74,16 @@ pub struct ServeParams {
     pub header_timeout: Duration,
     /// on SIGTERM/SIGINT, how long requests in flight may still run (default 10 s)
     pub shutdown_grace: Duration,
+    /// longest text value of an alert (a GUIDE CSV field; a JSONL alert's detector, title,
+    /// category, technique, entity type and value), bytes (default 2,048): a longer one
+    /// rejects its record, naming the field and the limit
+    pub max_text_bytes: usize,
+    /// most entities one JSONL alert may carry, each an evidence row (default 256): an alert
+    /// with more is rejected naming the limit
+    pub max_entities_per_alert: usize,
+    /// most evidence rows one request may expand into (default 50,000): a batch over it gets
+    /// 413 naming the limit and stores nothing
+    pub max_batch_rows: usize,
     /// request bodies held in memory at once, over all requests, bytes (default 64 MiB, at
     /// least `max_body_bytes`): a request waits (within its deadline) until its declared
     /// length fits
@@ -112,6 +122,9 @@ impl ServeParams {
             header_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             max_inflight_body_bytes: 64 << 20,
+            max_text_bytes: 2048,
+            max_entities_per_alert: 256,
+            max_batch_rows: 50_000,
             notify_priority: 80,
             reasons: 5,
             drift_window: 200,
@@ -158,6 +171,24 @@ impl ServeParams {
                     "{} is outside max_body_bytes ({}) – 1 TiB",
                     self.max_inflight_body_bytes, self.max_body_bytes
                 ),
+            );
+        }
+        if !(64..=(1 << 20)).contains(&self.max_text_bytes) {
+            return bad(
+                "max_text_bytes",
+                format!("{} is outside 64 – 1 MiB", self.max_text_bytes),
+            );
+        }
+        if !(1..=1_000_000).contains(&self.max_entities_per_alert) {
+            return bad(
+                "max_entities_per_alert",
+                format!("{} is outside 1–1000000", self.max_entities_per_alert),
+            );
+        }
+        if !(1..=100_000_000).contains(&self.max_batch_rows) {
+            return bad(
+                "max_batch_rows",
+                format!("{} is outside 1–100000000", self.max_batch_rows),
             );
         }
         if self.notify_priority > 100 {
