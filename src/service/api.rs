@@ -939,7 +939,7 @@ fn evidence_out(e: &Evidence) -> EvidenceOut {
 /// A verdict in the audit trail.
 #[derive(Debug, Serialize)]
 pub struct VerdictOut {
-    /// audit-log position
+    /// position among the caller's tenant's verdicts, from 1
     pub seq: i64,
     /// threat id
     pub threat: String,
@@ -959,7 +959,7 @@ pub struct VerdictOut {
 
 fn verdict_out(v: &Verdict) -> VerdictOut {
     VerdictOut {
-        seq: v.seq,
+        seq: v.tenant_seq,
         threat: v.threat.to_string(),
         grade: v.grade.short(),
         reason: v.reason.clone(),

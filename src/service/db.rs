@@ -114,7 +114,8 @@ CREATE TABLE IF NOT EXISTS verdicts(
   at INTEGER NOT NULL,
   predicted TEXT NOT NULL,
   from_threat INTEGER,
-  from_seq INTEGER
+  from_seq INTEGER,
+  tenant_seq INTEGER
 );
 CREATE INDEX IF NOT EXISTS verdicts_threat ON verdicts(tenant, threat, seq);
 CREATE TRIGGER IF NOT EXISTS verdicts_no_update BEFORE UPDATE ON verdicts
@@ -169,8 +170,11 @@ pub struct KeyInfo {
 /// One stored verdict.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Verdict {
-    /// position in the audit log
+    /// position in the audit log (all tenants; never shown to a tenant)
     pub seq: i64,
+    /// position among its tenant's verdicts, from 1 (what the API shows: one tenant's numbers
+    /// say nothing of another's activity)
+    pub tenant_seq: i64,
     /// threat id
     pub threat: u64,
     /// the analyst's grade
@@ -354,13 +358,20 @@ impl Db {
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
             // version 1 had no `verdicts.from_threat`, `from_seq` (verdicts carried into merged
-            // threats)
+            // threats) nor `tenant_seq` (numbered over all tenants): added, and numbered, in one
+            // transaction (the no-update trigger is lifted for that one statement)
             Some(v) if v == "1" => {
                 writer
                     .execute_batch(
                         "BEGIN;
                          ALTER TABLE verdicts ADD COLUMN from_threat INTEGER;
                          ALTER TABLE verdicts ADD COLUMN from_seq INTEGER;
+                         ALTER TABLE verdicts ADD COLUMN tenant_seq INTEGER;
+                         DROP TRIGGER verdicts_no_update;
+                         UPDATE verdicts SET tenant_seq = (SELECT COUNT(*) FROM verdicts w
+                           WHERE w.tenant = verdicts.tenant AND w.seq <= verdicts.seq);
+                         CREATE TRIGGER verdicts_no_update BEFORE UPDATE ON verdicts
+                         BEGIN SELECT RAISE(ABORT, 'verdicts are an append-only audit log'); END;
                          UPDATE meta SET value = '2' WHERE key = 'schema';
                          COMMIT;",
                     )
@@ -374,6 +385,11 @@ impl Db {
                 })
             }
         }
+        writer
+            .execute_batch(
+                "CREATE UNIQUE INDEX IF NOT EXISTS verdicts_tenant_seq ON verdicts(tenant, tenant_seq);",
+            )
+            .map_err(sql)?;
         let mut rs = Vec::new();
         for _ in 0..readers.max(1) {
             let c = Self::connect(path).map_err(sql)?;
@@ -740,9 +756,11 @@ impl Db {
                     .prepare_cached(
                         "INSERT INTO verdicts
                          (tenant, threat, grade, reason, analyst, key_id, at, predicted,
-                          from_threat, from_seq)
+                          from_threat, from_seq, tenant_seq)
                          SELECT tenant, ?3, grade, reason, analyst, key_id, at, predicted,
-                                COALESCE(from_threat, threat), COALESCE(from_seq, seq)
+                                COALESCE(from_threat, threat), COALESCE(from_seq, seq),
+                                (SELECT COALESCE(MAX(tenant_seq), 0) FROM verdicts
+                                 WHERE tenant = ?1) + ROW_NUMBER() OVER (ORDER BY seq)
                          FROM verdicts WHERE tenant = ?1 AND threat = ?2 ORDER BY seq",
                     )
                     .map_err(|e| self.sql(e))?;
@@ -1005,9 +1023,17 @@ impl Db {
             };
             let predicted = grade_from_sql(&self.file, &predicted)?;
             let at = now();
+            let tenant_seq: i64 = tx
+                .query_row(
+                    "SELECT COALESCE(MAX(tenant_seq), 0) + 1 FROM verdicts WHERE tenant = ?1",
+                    params![id_to_sql(key.tenant)],
+                    |r| r.get(0),
+                )
+                .map_err(|e| self.sql(e))?;
             tx.execute(
-                "INSERT INTO verdicts(tenant, threat, grade, reason, analyst, key_id, at, predicted)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO verdicts(tenant, threat, grade, reason, analyst, key_id, at, predicted,
+                                      tenant_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     id_to_sql(key.tenant),
                     id_to_sql(threat),
@@ -1016,7 +1042,8 @@ impl Db {
                     key.label,
                     key.id,
                     at,
-                    predicted.short()
+                    predicted.short(),
+                    tenant_seq
                 ],
             )
             .map_err(|e| self.sql(e))?;
@@ -1024,6 +1051,7 @@ impl Db {
             tx.commit().map_err(|e| self.sql(e))?;
             Ok(Some(Verdict {
                 seq,
+                tenant_seq,
                 threat,
                 grade,
                 reason: reason.map(str::to_string),
@@ -1056,16 +1084,20 @@ impl Db {
                         r.get::<_, String>(6)?,
                         r.get::<_, i64>(7)?,
                         r.get::<_, Option<i64>>(8)?,
+                        r.get::<_, Option<i64>>(9)?,
                     ))
                 })
                 .map_err(|e| self.sql(e))?;
             let mut out = Vec::new();
             for row in rows {
-                let (seq, threat, grade, reason, analyst, at, predicted, tenant, from) =
+                let (seq, threat, grade, reason, analyst, at, predicted, tenant, from, tseq) =
                     row.map_err(|e| self.sql(e))?;
                 out.push((
                     Verdict {
                         seq,
+                        tenant_seq: tseq.ok_or_else(|| {
+                            self.corrupt(&format!("verdict {seq}"), "no tenant_seq")
+                        })?,
                         threat: id_from_sql(threat),
                         grade: grade_from_sql(&self.file, &grade)?,
                         reason,
@@ -1086,7 +1118,7 @@ impl Db {
     pub fn verdicts(&self, tenant: u64, threat: u64) -> Result<Vec<Verdict>, DbError> {
         Ok(self
             .verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat FROM verdicts
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat, tenant_seq FROM verdicts
                  WHERE tenant = ?1 AND threat = ?2 ORDER BY at, COALESCE(from_seq, seq)",
                 params![id_to_sql(tenant), id_to_sql(threat)],
             )?
@@ -1104,12 +1136,12 @@ impl Db {
     ) -> Result<(Vec<Verdict>, Spread), DbError> {
         let rows = match tenant {
             Some(t) => self.verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat FROM verdicts
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat, tenant_seq FROM verdicts
                  WHERE tenant = ?1 AND from_threat IS NULL ORDER BY seq DESC LIMIT ?2",
                 params![id_to_sql(t), window as i64],
             )?,
             None => self.verdict_rows(
-                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat FROM verdicts
+                "SELECT seq, threat, grade, reason, analyst, at, predicted, tenant, from_threat, tenant_seq FROM verdicts
                  WHERE from_threat IS NULL ORDER BY seq DESC LIMIT ?1",
                 params![window as i64],
             )?,
@@ -1124,7 +1156,7 @@ impl Db {
     pub fn latest_verdicts(&self) -> Result<Vec<(Verdict, u64)>, DbError> {
         self.verdict_rows(
             "SELECT v.seq, v.threat, v.grade, v.reason, v.analyst, v.at, v.predicted, v.tenant,
-                    v.from_threat
+                    v.from_threat, v.tenant_seq
              FROM verdicts v
              WHERE v.seq = (SELECT w.seq FROM verdicts w
                             WHERE w.tenant = v.tenant AND w.threat = v.threat
@@ -1167,8 +1199,9 @@ pub fn as_incident(mut e: Evidence, incident: u64, grade: Grade) -> Evidence {
 mod tests {
     use super::*;
 
-    /// A version-1 file (no `from_threat`/`from_seq` on verdicts) opens as version 2 with its
-    /// verdicts intact and readable; a version this build does not know is refused.
+    /// A version-1 file (no `from_threat`/`from_seq`/`tenant_seq` on verdicts) opens as version
+    /// 2 with its verdicts intact, readable and numbered per tenant, the audit log still
+    /// append-only; a version this build does not know is refused.
     #[test]
     fn a_version_1_database_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
@@ -1176,7 +1209,7 @@ mod tests {
         {
             let c = Connection::open(&path).unwrap();
             let v1 = SCHEMA.replace(
-                "  predicted TEXT NOT NULL,\n  from_threat INTEGER,\n  from_seq INTEGER\n",
+                "  predicted TEXT NOT NULL,\n  from_threat INTEGER,\n  from_seq INTEGER,\n  tenant_seq INTEGER\n",
                 "  predicted TEXT NOT NULL\n",
             );
             assert_ne!(v1, SCHEMA);
@@ -1184,16 +1217,17 @@ mod tests {
             c.execute_batch(
                 "INSERT INTO meta(key, value) VALUES ('schema', '1');
                  INSERT INTO verdicts(tenant, threat, grade, analyst, key_id, at, predicted)
-                 VALUES (7, 5, 'BP', 'alice', 1, 100, 'TP');",
+                 VALUES (8, 1, 'TP', 'bob', 2, 90, 'TP'), (7, 5, 'BP', 'alice', 1, 100, 'TP');",
             )
             .unwrap();
         }
         let db = Db::open(&path, 1).unwrap();
         let v = db.verdicts(7, 5).unwrap();
         assert_eq!(v.len(), 1);
+        // numbered within its tenant: tenant 8's verdict came first, tenant 7's is its first
         assert_eq!(
-            (v[0].grade, v[0].from_threat),
-            (Grade::BenignPositive, None)
+            (v[0].grade, v[0].from_threat, v[0].tenant_seq),
+            (Grade::BenignPositive, None, 1)
         );
         drop(db);
         let c = Connection::open(&path).unwrap();
@@ -1203,6 +1237,8 @@ mod tests {
             })
             .unwrap();
         assert_eq!(version, "2");
+        let up = c.execute("UPDATE verdicts SET grade = 'FP'", []);
+        assert!(up.unwrap_err().to_string().contains("append-only"));
         c.execute("UPDATE meta SET value = '9' WHERE key = 'schema'", [])
             .unwrap();
         drop(c);

@@ -395,9 +395,9 @@ mod tests {
         )
         .unwrap();
         db.execute_batch_for_tests(&format!(
-            "INSERT INTO verdicts(tenant, threat, grade, analyst, key_id, at, predicted) VALUES
-             (3, {}, 'TP', 'a', 1, 10, 'TP'), (3, {}, 'FP', 'a', 1, 11, 'TP'),
-             (3, 777, 'BP', 'a', 1, 12, 'TP'), (3, 8, 'BP', 'a', 1, 13, 'TP')",
+            "INSERT INTO verdicts(tenant, threat, grade, analyst, key_id, at, predicted, tenant_seq)
+             VALUES (3, {}, 'TP', 'a', 1, 10, 'TP', 1), (3, {}, 'FP', 'a', 1, 11, 'TP', 2),
+             (3, 777, 'BP', 'a', 1, 12, 'TP', 3), (3, 8, 'BP', 'a', 1, 13, 'TP', 4)",
             db::id_to_sql(corr),
             db::id_to_sql(given)
         ))

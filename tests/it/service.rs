@@ -652,6 +652,9 @@ fn tenants_never_see_each_other_and_bad_keys_get_401() {
     assert_eq!(trail(&detail(&mut c, &b)), [], "A's verdict reached B");
     let vb = verdict(&mut c, &b, &shared, &call("FP", "bob"));
     assert_eq!(vb.status, 201, "{}", vb.text());
+    // numbered per tenant: B's first verdict is 1 whatever A did (before: one counter over
+    // all tenants told B how many verdicts others had given)
+    assert_eq!(vb.json()["seq"], 1, "{}", vb.text());
     let own = |g: &str, who: &str, why: &str| vec![(g.into(), who.into(), why.into())];
     assert_eq!(
         trail(&detail(&mut c, &a)),
@@ -965,7 +968,7 @@ fn acknowledged_verdicts_survive_kill_9_and_a_simulated_power_loss() {
     let copy = threatrank::service::Db::open(&image_db, 1).expect("the image opens");
     for (id, g, seq) in &acked {
         let vs = copy.verdicts(0, id.parse().unwrap()).unwrap();
-        let got: Vec<(i64, &str)> = vs.iter().map(|v| (v.seq, v.grade.short())).collect();
+        let got: Vec<(i64, &str)> = vs.iter().map(|v| (v.tenant_seq, v.grade.short())).collect();
         assert_eq!(
             got,
             [(*seq, *g)],
