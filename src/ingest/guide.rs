@@ -399,12 +399,16 @@ impl GuideParser {
             ));
         }
         // Size and encoding of every field, before anything is interpreted. Fast path: the
-        // whole record is valid UTF-8 and every field starts on a character boundary (then each
-        // field is valid), checked once; otherwise field by field, for the message.
+        // whole record is valid UTF-8 without a NUL byte and every field starts on a character
+        // boundary (then each field is valid), checked once; otherwise field by field, for the
+        // message. A NUL is never part of a GUIDE value: stored, it would cut strings short in
+        // whatever C code reads them next.
         let whole = std::str::from_utf8(rec.as_slice()).ok().filter(|all| {
             (0..rec.len()).all(|i| rec.range(i).is_some_and(|r| all.get(r).is_some()))
         });
-        let fields_ok = whole.is_some() && rec.iter().all(|f| f.len() <= self.max_field);
+        let fields_ok = whole.is_some()
+            && memchr::memchr(0, rec.as_slice()).is_none()
+            && rec.iter().all(|f| f.len() <= self.max_field);
         let slow_check = if fields_ok { 0 } else { rec.len() };
         for (i, f) in rec.iter().enumerate().take(slow_check) {
             if f.len() > self.max_field {
@@ -426,6 +430,9 @@ impl GuideParser {
                     Some(i),
                     format!("invalid UTF-8 at byte {}", e.valid_up_to()),
                 ));
+            }
+            if let Some(at) = memchr::memchr(0, f) {
+                return Err(self.reject(index, line, Some(i), format!("NUL byte at byte {at}")));
             }
         }
         let text = |i: usize| -> &str {

@@ -244,6 +244,9 @@ impl<R: Read> NativeReader<R> {
             ]
         }));
         for (name, v) in texts {
+            if let Some(at) = v.find('\0') {
+                return Err(self.reject(Some(name), format!("NUL character at byte {at}")));
+            }
             if v.len() > self.max_text {
                 return Err(self.reject(
                     Some(name),

@@ -785,3 +785,11 @@ fn incident_ids_in_the_reserved_space_are_rejected() {
     let ing = read_guide(&ok, "ok.csv").unwrap();
     assert_counts(&ing, 5, 5, 0);
 }
+
+/// A NUL byte is never part of a GUIDE value: the record is rejected naming the column (before:
+/// stored as it came).
+#[test]
+fn nul_bytes_are_rejected_naming_the_column() {
+    let r = one_rejection(&five_with(3, "AlertTitle", b"Sus\0picious"));
+    assert_rejection(&r, 5, 3, Some("AlertTitle"), "NUL byte at byte 3");
+}

@@ -449,3 +449,11 @@ fn jsonl_extension_selects_the_native_reader() {
         assert_eq!(ing.report.rejected[0].file, p.display().to_string());
     }
 }
+
+/// A NUL in a text value rejects the alert naming the field (before: stored as it came).
+#[test]
+fn nul_characters_are_rejected_naming_the_field() {
+    let r = one_rejection(&five_with_field(2, "title", Some(json!("Sus\u{0}picious"))));
+    assert_eq!((r.line, r.column.as_deref()), (3, Some("title")), "{r}");
+    assert_eq!(r.reason, "NUL character at byte 3");
+}
