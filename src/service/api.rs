@@ -122,7 +122,7 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
     } else {
         match tokio::time::timeout(deadline, next.run(req)).await {
             Ok(r) => r,
-            Err(_) => timeout_error(deadline, ""),
+            Err(_) => timeout_error(deadline, "").into_response(),
         }
     };
     let mut resp = resp;
@@ -140,7 +140,8 @@ async fn observe(State(state): State<Shared>, req: Request, next: Next) -> Respo
     resp
 }
 
-fn timeout_error(deadline: std::time::Duration, what: &str) -> Response {
+/// The 503 `timeout` answer of a request over `deadline`; `what` is added to its message.
+fn timeout_error(deadline: std::time::Duration, what: &str) -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "timeout",
@@ -149,7 +150,6 @@ fn timeout_error(deadline: std::time::Duration, what: &str) -> Response {
             deadline.as_secs_f64()
         ),
     )
-    .into_response()
 }
 
 /// Runs a database call on tokio's blocking pool.
@@ -442,7 +442,7 @@ async fn post_alerts(State(state): State<Shared>, headers: HeaderMap, body: Body
         Err(_) if gate.cancel() => {
             // still before the first write: stop waiting for the body or the tenant's turn
             abort.abort();
-            timeout_error(timeout, NOTHING_STORED)
+            timeout_error(timeout, NOTHING_STORED).into_response()
         }
         // writing began before the deadline: finish and say what was stored
         Err(_) => answer
@@ -1042,16 +1042,7 @@ async fn post_verdict(
     let timeout = state.params.get().request_timeout;
     let checked = tokio::time::timeout(timeout, verdict_request(&state, &headers, id, body))
         .await
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "timeout",
-                format!(
-                    "request took longer than {} s{NOTHING_STORED}",
-                    timeout.as_secs_f64()
-                ),
-            )
-        })??;
+        .map_err(|_| timeout_error(timeout, NOTHING_STORED))??;
     let (key, id, grade, reason) = checked;
     let db = state.db.clone();
     let stored = blocking(move || {
